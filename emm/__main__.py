@@ -1,0 +1,5 @@
+"""`python -m emm` is the `emm` command."""
+
+from emm.cli import main
+
+main()

@@ -1,0 +1,188 @@
+"""RabbitMQ: the queues, publishing with confirms, consuming with manual acks, dead-lettering.
+
+Built on aio-pika so a worker shares one event loop between AMQP and pymodbus's async client.
+aio-pika/aiormq errors are turned into BrokerError here; nothing above imports them.
+
+Topology (all durable, messages persistent):
+    emm.jobs       -> emm.jobs.dead        scheduler publishes, workers consume
+    emm.readings   -> emm.readings.dead    workers publish, the writer consumes
+A dead-lettered message keeps its original body; headers say why and where it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import aio_pika.exceptions
+
+from emm.errors import BrokerError, MessageError, SinkRejected
+
+log = logging.getLogger(__name__)
+
+JOBS = "emm.jobs"
+READINGS = "emm.readings"
+QUEUES = (JOBS, READINGS)
+
+
+def dead_letter_queue(queue: str) -> str:
+    return f"{queue}.dead"
+
+
+Delivery = aio_pika.abc.AbstractIncomingMessage
+_ERRORS = (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
+
+
+class Outcome(Enum):
+    """What to do with a consumed message once it has been handled."""
+
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead-letter"
+
+
+def decide(error: BaseException | None) -> Outcome:
+    """The single rule for the fate of a message: done, try again later, or never.
+
+    Messages that can never succeed (malformed, rejected by InfluxDB) are dead-lettered; anything
+    else that failed is retried, because the failure was not the message's fault.
+    """
+    if error is None:
+        return Outcome.ACK
+    if isinstance(error, MessageError | SinkRejected):
+        return Outcome.DEAD_LETTER
+    return Outcome.REQUEUE
+
+
+class Broker:
+    """One robust AMQP connection with a confirming channel; reconnects on its own."""
+
+    def __init__(self, url: str, *, prefetch: int = 0, name: str = "emm") -> None:
+        self.url = url
+        self.prefetch = prefetch
+        self.name = name
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+
+    async def connect(self, *, retry_forever: bool = True) -> None:
+        """Connect and declare the queues, waiting for the broker to come up if it is not yet."""
+        delay = 0.5
+        while True:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self.url,
+                    client_properties={"connection_name": self.name},
+                    timeout=10,
+                )
+                self._channel = await self._connection.channel(publisher_confirms=True)
+                if self.prefetch:
+                    await self._channel.set_qos(prefetch_count=self.prefetch)
+                await declare_topology(self._channel)
+                log.info("connected to RabbitMQ as %s", self.name)
+                return
+            except _ERRORS as exc:
+                if not retry_forever:
+                    raise BrokerError(f"cannot connect to RabbitMQ: {exc!r}") from None
+                log.warning("RabbitMQ not reachable (%r); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @property
+    def channel(self) -> aio_pika.abc.AbstractChannel:
+        if self._channel is None:
+            raise BrokerError("not connected to RabbitMQ")
+        return self._channel
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        expiration_s: float | None = None,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Publish a persistent message and return once the broker confirmed it."""
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            expiration=expiration_s,
+            headers=headers,
+            message_id=message_id,
+        )
+        try:
+            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=30)
+        except _ERRORS as exc:
+            raise BrokerError(f"publish to {queue} not confirmed: {exc!r}") from None
+
+    async def consume(self, queue: str, handler: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Deliver each message of `queue` to `handler` (which must ack or reject it)."""
+        try:
+            q = await self.channel.get_queue(queue, ensure=False)
+            await q.consume(handler, no_ack=False)
+        except _ERRORS as exc:
+            raise BrokerError(f"cannot consume {queue}: {exc!r}") from None
+
+    async def dead_letter(self, queue: str, delivery: Delivery, reason: str) -> None:
+        """Move a message that can never succeed to the queue's dead-letter queue, then ack it."""
+        headers = dict(delivery.headers or {})
+        headers["x-emm-error"] = reason[:1000]
+        headers["x-emm-queue"] = queue
+        await self.publish(
+            dead_letter_queue(queue), delivery.body, headers=headers, message_id=delivery.message_id
+        )
+        await ack(delivery)
+
+    async def settle(self, queue: str, delivery: Delivery, error: BaseException | None) -> None:
+        """Ack, requeue or dead-letter `delivery` as `decide` says for `error`."""
+        outcome = decide(error)
+        if outcome is Outcome.ACK:
+            await ack(delivery)
+        elif outcome is Outcome.DEAD_LETTER:
+            await self.dead_letter(queue, delivery, str(error))
+        else:
+            await nack(delivery, requeue=True)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            try:
+                await self._connection.close()
+            except _ERRORS:
+                pass
+            self._connection = None
+            self._channel = None
+
+
+async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Declare the work queues and their dead-letter queues (idempotent)."""
+    for queue in QUEUES:
+        await channel.declare_queue(queue, durable=True)
+        await channel.declare_queue(dead_letter_queue(queue), durable=True)
+
+
+async def ack(delivery: Delivery) -> bool:
+    """Ack; False when the channel it came on is gone (the broker will redeliver it)."""
+    try:
+        await delivery.ack()
+        return True
+    except _ERRORS as exc:
+        log.warning(
+            "could not ack message %s (%r); it will be delivered again", delivery.message_id, exc
+        )
+        return False
+
+
+async def nack(delivery: Delivery, *, requeue: bool) -> bool:
+    """Negative-ack; False when the channel it came on is gone."""
+    try:
+        await delivery.nack(requeue=requeue)
+        return True
+    except _ERRORS as exc:
+        log.warning("could not nack message %s (%r)", delivery.message_id, exc)
+        return False

@@ -1,0 +1,143 @@
+"""The `emm` command line: the services, `migrate`, `read` and `profiles`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from emm.errors import EmmError
+
+log = logging.getLogger("emm")
+
+SERVICES = ("scheduler", "worker", "writer", "simulator")
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from emm import db
+    from emm.log import setup_logging
+    from emm.profiles import shipped_profiles
+    from emm.settings import MigrateSettings
+
+    settings = MigrateSettings.from_env()
+    setup_logging(settings.log_level, "migrate")
+    seed_host = None if args.no_seed else (args.seed_host or settings.seed_host)
+    seed_port = args.seed_port or settings.seed_port
+    with db.connect(settings.postgres_dsn) as conn:
+        applied = db.migrate(conn, seed_host=seed_host, seed_port=seed_port)
+        loaded = []
+        if not args.no_profiles:
+            for profile in shipped_profiles():
+                if db.import_profile(conn, profile, replace=False):
+                    loaded.append(profile.type)
+    if applied:
+        print(f"applied migration(s) {', '.join(map(str, applied))}")
+    else:
+        print("schema is up to date")
+    if loaded:
+        print(f"loaded profile(s) {', '.join(loaded)}")
+    return 0
+
+
+def _service(name: str, argv: list[str]) -> int:
+    module = {
+        "scheduler": "scheduler.__main__",
+        "worker": "worker.__main__",
+        "writer": "writer.__main__",
+        "simulator": "simulator.__main__",
+    }[name]
+    import importlib
+
+    importlib.import_module(module).main(argv)
+    return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from emm.profiles import load_profile, shipped_profiles
+
+    if args.profiles_command == "list":
+        print(f"{'type':<16} {'registers':>9} {'max/read':>8}  name")
+        for p in shipped_profiles():
+            print(f"{p.type:<16} {len(p.rows):>9} {p.limits.max_registers:>8}  {p.name}")
+        return 0
+    from emm import db
+    from emm.settings import MigrateSettings
+
+    profile = load_profile(args.file)
+    settings = MigrateSettings.from_env()
+    with db.connect(settings.postgres_dsn) as conn:
+        db.import_profile(conn, profile, replace=True)
+    print(f"imported {len(profile.rows)} registers of type {profile.type!r} from {args.file}")
+    return 0
+
+
+def _read(args: argparse.Namespace) -> int:
+    from emm.log import setup_logging
+    from worker.oneshot import read_once
+
+    setup_logging("WARNING", "read")
+    return asyncio.run(read_once(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emm",
+        description="Read energy meters over Modbus TCP on a schedule and store them in InfluxDB.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema (idempotent)")
+    m.add_argument("--no-seed", action="store_true", help="do not add the virtual meter")
+    m.add_argument("--seed-host", help="host of the seeded virtual meter (EMM_SEED_HOST)")
+    m.add_argument("--seed-port", type=int, help="port of the seeded virtual meter (EMM_SEED_PORT)")
+    m.add_argument(
+        "--no-profiles", action="store_true", help="do not load the shipped device profiles"
+    )
+
+    for name, text in (
+        ("scheduler", "publish one read job per meter on every EMM_READ_CRON tick"),
+        ("worker", "read devices for the jobs in emm.jobs"),
+        ("writer", "write the readings in emm.readings to InfluxDB"),
+        ("simulator", "serve virtual meters over Modbus TCP"),
+    ):
+        # The service parses its own options (`emm worker --help`).
+        sub.add_parser(name, help=text, add_help=False)
+
+    r = sub.add_parser("read", help="read a device once and print its values")
+    r.add_argument("--host", required=True)
+    r.add_argument("--port", type=int, default=502)
+    r.add_argument("--unit", type=int, default=1, help="unit id (slave address)")
+    r.add_argument("--type", required=True, help="a shipped profile or a type in PostgreSQL")
+    r.add_argument("--raw", action="store_true", help="also print the registers in hex")
+    r.add_argument("--timeout", type=float, default=2.0, help="seconds per request")
+
+    p = sub.add_parser("profiles", help="list or import device profiles")
+    psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    psub.add_parser("list", help="list the shipped profiles")
+    imp = psub.add_parser("import", help="load a profile file into PostgreSQL (replaces its type)")
+    imp.add_argument("file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in SERVICES:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "migrate":
+            code = _migrate(args)
+        elif args.command == "profiles":
+            code = _profiles(args)
+        elif args.command == "read":
+            code = _read(args)
+        else:
+            code = _service(args.command, extra)
+    except EmmError as exc:
+        print(f"emm {args.command}: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,86 @@
+"""The project's exceptions.
+
+Third-party errors (pika/aiormq, pymodbus, psycopg2, influxdb-client, urllib3) are converted into
+these where they enter, so nothing above that layer needs to know the libraries' types.
+
+    EmmError
+    ├── ConfigError              a bad setting, register row, profile or meter; skip it and go on
+    ├── MessageError             a message body that cannot be decoded (carries the raw bytes)
+    ├── DecodeError              registers that cannot be turned into a value (wrong length, ...)
+    ├── DeviceError              a Modbus device did not give us the data
+    │   ├── TransientDeviceError     timeout, refused or reset connection, busy device: retry
+    │   └── PermanentDeviceError     a Modbus exception answer that a retry will not change
+    ├── BrokerError              RabbitMQ unreachable or the channel closed: reconnect
+    ├── DatabaseError            PostgreSQL unreachable or a statement failed
+    └── SinkError                InfluxDB did not take a write
+        ├── SinkUnavailable          unreachable, 5xx, timeout: keep the messages, retry later
+        └── SinkRejected             400: the data itself is bad, dead-letter it
+"""
+
+from __future__ import annotations
+
+
+class EmmError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class ConfigError(EmmError):
+    """A setting, register row, profile or meter that cannot be used as given."""
+
+
+class MessageError(EmmError):
+    """A queue message whose body is not a valid job or reading."""
+
+    def __init__(self, reason: str, raw: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+class DecodeError(EmmError):
+    """Register words that do not decode to a value of the register's type."""
+
+
+class DeviceError(EmmError):
+    """A device read that failed; `code` is a short machine-readable reason for `meter_status`."""
+
+    code = "device_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class TransientDeviceError(DeviceError):
+    """A failure that may pass: timeout, connection refused or reset, device busy."""
+
+    code = "unreachable"
+
+
+class PermanentDeviceError(DeviceError):
+    """A Modbus exception answer that retrying within the tick will not change."""
+
+    def __init__(self, message: str, *, exception_code: int) -> None:
+        super().__init__(message, code=f"modbus_exception_{exception_code}")
+        self.exception_code = exception_code
+
+
+class BrokerError(EmmError):
+    """RabbitMQ could not be reached or closed the channel."""
+
+
+class DatabaseError(EmmError):
+    """PostgreSQL could not be reached or refused a statement."""
+
+
+class SinkError(EmmError):
+    """InfluxDB did not take a write."""
+
+
+class SinkUnavailable(SinkError):
+    """InfluxDB could not be reached or answered with a server error: retry later."""
+
+
+class SinkRejected(SinkError):
+    """InfluxDB refused the data itself (HTTP 400): retrying will never succeed."""

@@ -1,0 +1,23 @@
+"""Logging set-up shared by every service: one line per event, `key=value` context."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup_logging(level: str = "INFO", service: str = "emm") -> None:
+    """Send the service's log to stderr with time, level and service name."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
+        force=True,
+    )
+    # Library chatter at INFO drowns our own lines (pymodbus logs every reconnect, aio-pika
+    # every channel event); their warnings still come through.
+    for noisy in ("aio_pika", "aiormq", "urllib3", "influxdb_client"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # pymodbus logs every timeout and refused connection as an error; the worker reports each
+    # failed read itself, once, with the meter it concerns.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

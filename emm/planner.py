@@ -1,0 +1,112 @@
+"""Read planning: the fewest Modbus requests that cover a device's registers.
+
+Registers are grouped by function code and merged into contiguous requests, bridging runs of at
+most `max_gap` unused registers and never exceeding the device's per-request limit. Within one
+function code the greedy sweep (extend the current request while the next register fits) gives
+the minimum number of requests for those rules, and the result depends only on the input set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from emm.errors import ConfigError
+from emm.registers import BIT_FUNCTION_CODES, Register
+
+MAX_REGISTERS_PER_READ = 125  # Modbus PDU limit for function codes 3 and 4
+MAX_BITS_PER_READ = 2000  # Modbus PDU limit for function codes 1 and 2
+DEFAULT_MAX_GAP = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How a device may be read: request sizes and how many unused registers to bridge."""
+
+    max_registers: int = MAX_REGISTERS_PER_READ
+    max_bits: int = MAX_BITS_PER_READ
+    max_gap: int = DEFAULT_MAX_GAP
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_registers <= MAX_REGISTERS_PER_READ:
+            raise ConfigError(f"max_read_registers {self.max_registers} is outside 1..125")
+        if not 1 <= self.max_bits <= MAX_BITS_PER_READ:
+            raise ConfigError(f"max_read_bits {self.max_bits} is outside 1..2000")
+        if self.max_gap < 0:
+            raise ConfigError(f"max_gap_registers {self.max_gap} must be 0 or more")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ReadRequest:
+    """One Modbus read: function code, first address, number of registers (or bits)."""
+
+    function_code: int
+    address: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        return self.address + self.count
+
+    def covers(self, register: Register) -> bool:
+        return (
+            register.function_code == self.function_code
+            and self.address <= register.address
+            and register.end <= self.end
+        )
+
+    def to_list(self) -> list[int]:
+        return [self.function_code, self.address, self.count]
+
+    @classmethod
+    def from_list(cls, data: Iterable[int]) -> ReadRequest:
+        fc, address, count = (int(x) for x in data)
+        return cls(fc, address, count)
+
+
+def plan(registers: Iterable[Register], limits: ReadLimits | None = None) -> list[ReadRequest]:
+    """Merge the registers into the fewest read requests the limits allow, sorted."""
+    limits = limits or ReadLimits()
+    by_fc: dict[int, list[Register]] = {}
+    for reg in registers:
+        by_fc.setdefault(reg.function_code, []).append(reg)
+    requests: list[ReadRequest] = []
+    for fc in sorted(by_fc):
+        cap = limits.max_bits if fc in BIT_FUNCTION_CODES else limits.max_registers
+        regs = sorted(by_fc[fc], key=lambda r: (r.address, r.end))
+        start = end = -1
+        for reg in regs:
+            if reg.end - reg.address > cap:
+                raise ConfigError(
+                    f"register {reg.name!r} needs {reg.end - reg.address} registers, more than "
+                    f"the device's limit of {cap} per request"
+                )
+            if (
+                start >= 0
+                and reg.address - end <= limits.max_gap
+                and max(end, reg.end) - start <= cap
+            ):
+                end = max(end, reg.end)
+                continue
+            if start >= 0:
+                requests.append(ReadRequest(fc, start, end - start))
+            start, end = reg.address, reg.end
+        if start >= 0:
+            requests.append(ReadRequest(fc, start, end - start))
+    return requests
+
+
+def assign(
+    requests: Iterable[ReadRequest], registers: Iterable[Register]
+) -> list[tuple[ReadRequest, tuple[Register, ...]]]:
+    """Pair each request with the registers it covers (each register goes to its first cover)."""
+    pending = list(registers)
+    pairs = []
+    for request in requests:
+        covered = tuple(r for r in pending if request.covers(r))
+        pending = [r for r in pending if not request.covers(r)]
+        pairs.append((request, covered))
+    if pending:
+        names = ", ".join(r.name for r in pending)
+        raise ConfigError(f"no planned request covers the register(s) {names}")
+    return pairs

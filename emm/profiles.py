@@ -1,0 +1,189 @@
+"""Device profiles: register maps shipped as TOML files, one per device type.
+
+A profile is validated whole when loaded; a bad row is reported with the file, the line of its
+`[[registers]]` table and the reason, and the profile is rejected (a half map would store
+misleading readings). `emm migrate` loads the shipped profiles into PostgreSQL for types that have
+no registers yet; `emm profiles import FILE` (re)places one type's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from emm.errors import ConfigError
+from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
+from emm.registers import DataType, Order, Register, parse_missing
+
+_TYPE = re.compile(r"^[a-z0-9_]{1,64}$")
+_ROW_KEYS = {
+    "name",
+    "address",
+    "function_code",
+    "data_type",
+    "order",
+    "unit",
+    "scale",
+    "offset",
+    "source",
+    "missing",
+}
+_REQUIRED = ("name", "address", "function_code", "data_type")
+
+
+@dataclass(frozen=True)
+class ProfileRegister:
+    """A register of a profile and the datasheet table it comes from."""
+
+    register: Register
+    source: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device type's register map and read limits."""
+
+    type: str
+    name: str
+    source: str
+    limits: ReadLimits
+    rows: tuple[ProfileRegister, ...]
+    path: str
+
+    @property
+    def registers(self) -> tuple[Register, ...]:
+        return tuple(row.register for row in self.rows)
+
+
+def _row_lines(text: str) -> list[int]:
+    """1-based line numbers of each `[[registers]]` header, in order."""
+    return [
+        number
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip().startswith("[[registers]]")
+    ]
+
+
+def parse_profile(text: str, path: str) -> Profile:
+    """Validate a profile's text; ConfigError names `path`, the line and what is wrong."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    type_ = data.get("type")
+    if not isinstance(type_, str) or not _TYPE.match(type_):
+        raise ConfigError(f"{path}: line 1: 'type' must be lowercase letters, digits or _")
+    try:
+        limits = ReadLimits(
+            max_registers=int(data.get("max_read_registers", MAX_REGISTERS_PER_READ)),
+            max_bits=int(data.get("max_read_bits", MAX_BITS_PER_READ)),
+            max_gap=int(data.get("max_gap_registers", DEFAULT_MAX_GAP)),
+        )
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: read limits: {exc}") from None
+    rows_data = data.get("registers")
+    if not isinstance(rows_data, list) or not rows_data:
+        raise ConfigError(f"{path}: no [[registers]] rows")
+    lines = _row_lines(text)
+    rows: list[ProfileRegister] = []
+    names: set[str] = set()
+    for index, row in enumerate(rows_data):
+        line = lines[index] if index < len(lines) else 0
+        where = f"{path}: line {line}"
+        rows.append(_parse_row(row, where))
+        name = rows[-1].register.name
+        if name in names:
+            raise ConfigError(f"{where}: name {name!r} is used twice")
+        names.add(name)
+    _check_overlaps(rows, path, lines)
+    return Profile(
+        type=type_,
+        name=str(data.get("name", type_)),
+        source=str(data.get("source", "")),
+        limits=limits,
+        rows=tuple(rows),
+        path=path,
+    )
+
+
+def _parse_row(row: Any, where: str) -> ProfileRegister:
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: a register row must be a table")
+    unknown = set(row) - _ROW_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in _REQUIRED:
+        if key not in row:
+            raise ConfigError(f"{where}: missing key {key!r}")
+    try:
+        data_type = DataType.parse(row["data_type"])
+        missing = row.get("missing")
+        if missing is not None and not isinstance(missing, list):
+            raise ConfigError("'missing' must be a list such as [\"0xFFFF\"]")
+        register = Register(
+            name=row["name"],
+            address=row["address"],
+            function_code=row["function_code"],
+            data_type=data_type,
+            order=Order.parse(row.get("order", "ABCD")),
+            unit=str(row.get("unit", "")),
+            scale=float(row.get("scale", 1.0)),
+            offset=float(row.get("offset", 0.0)),
+            missing=None
+            if missing is None
+            else parse_missing(",".join(str(m) for m in missing), data_type),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return ProfileRegister(register, str(row.get("source", "")))
+
+
+def _check_overlaps(rows: list[ProfileRegister], path: str, lines: list[int]) -> None:
+    order = sorted(
+        range(len(rows)), key=lambda i: (rows[i].register.function_code, rows[i].register.address)
+    )
+    for a, b in itertools.pairwise(order):
+        ra, rb = rows[a].register, rows[b].register
+        if ra.function_code == rb.function_code and rb.address < ra.end:
+            line = lines[b] if b < len(lines) else 0
+            raise ConfigError(
+                f"{path}: line {line}: {rb.name!r} at {rb.address} overlaps {ra.name!r} "
+                f"({ra.address}..{ra.end - 1})"
+            )
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    return parse_profile(text, str(p))
+
+
+def shipped_profiles() -> list[Profile]:
+    """The profiles that come with the package, sorted by type."""
+    folder = resources.files("emm") / "profiles"
+    profiles = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            profiles.append(
+                parse_profile(entry.read_text(encoding="utf-8"), f"profiles/{entry.name}")
+            )
+    return profiles
+
+
+def shipped_profile(type_: str) -> Profile | None:
+    """The shipped profile of `type_`, if there is one."""
+    for profile in shipped_profiles():
+        if profile.type == type_:
+            return profile
+    return None

@@ -1,0 +1,298 @@
+"""What a register is: its address, function code, data type, byte/word order and scaling.
+
+A `Register` is validated once when it is built (from a database row, a profile file or a job
+message), so everything downstream can trust it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from emm.errors import ConfigError
+
+
+class DataType(IntEnum):
+    """Register data types; the value is the `registers.data_type` code in PostgreSQL.
+
+    Codes 1-3 are the original project's (int, long, float) and keep their meaning.
+    """
+
+    INT16 = 1
+    INT32 = 2
+    FLOAT32 = 3
+    UINT16 = 4
+    UINT32 = 5
+    INT64 = 6
+    UINT64 = 7
+    FLOAT64 = 8
+    BOOL = 9
+
+    @property
+    def words(self) -> int:
+        """How many 16-bit registers (or bits, for BOOL) one value occupies."""
+        return _WORDS[self]
+
+    @property
+    def struct_char(self) -> str:
+        """The `struct` format character of the type (BOOL has none)."""
+        return _STRUCT_CHAR[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DataType.FLOAT32, DataType.FLOAT64)
+
+    @classmethod
+    def parse(cls, value: Any) -> DataType:
+        """Accept a code (3), a code as text ("3") or a name ("float32")."""
+        if isinstance(value, DataType):
+            return value
+        text = str(value).strip().lower()
+        if text.isdigit():
+            try:
+                return cls(int(text))
+            except ValueError:
+                pass
+        else:
+            for member in cls:
+                if member.name.lower() == text:
+                    return member
+        names = ", ".join(f"{m.value} {m.name.lower()}" for m in cls)
+        raise ConfigError(f"unknown data_type {value!r} (known: {names})")
+
+
+_WORDS = {
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.FLOAT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT64: 4,
+    DataType.BOOL: 1,
+}
+_STRUCT_CHAR = {
+    DataType.INT16: "h",
+    DataType.UINT16: "H",
+    DataType.INT32: "i",
+    DataType.UINT32: "I",
+    DataType.FLOAT32: "f",
+    DataType.INT64: "q",
+    DataType.UINT64: "Q",
+    DataType.FLOAT64: "d",
+    DataType.BOOL: "",
+}
+
+
+class Order(StrEnum):
+    """Byte and word order, named by the order the value's bytes arrive in (A = most significant).
+
+    ABCD big endian; CDAB words swapped (low word first); BADC bytes swapped in each word;
+    DCBA little endian. For 16-bit values only the byte order matters (AB or BA).
+    """
+
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+    @property
+    def byte_order(self) -> int:
+        """The original `byte_order` column code: 1 little, 2 big."""
+        return BIG if self in (Order.ABCD, Order.CDAB) else LITTLE
+
+    @property
+    def word_order(self) -> int:
+        """The original `word_order` column code: 1 little (low word first), 2 big."""
+        return BIG if self in (Order.ABCD, Order.BADC) else LITTLE
+
+    @classmethod
+    def from_codes(cls, byte_order: int, word_order: int) -> Order:
+        """Map the database's byte_order/word_order codes (1 little, 2 big) to an order."""
+        for code, column in ((byte_order, "byte_order"), (word_order, "word_order")):
+            if code not in (LITTLE, BIG):
+                raise ConfigError(f"{column} must be 1 (little) or 2 (big), got {code!r}")
+        return _FROM_CODES[(byte_order, word_order)]
+
+    @classmethod
+    def parse(cls, value: Any) -> Order:
+        try:
+            return cls(str(value).strip().upper())
+        except ValueError:
+            raise ConfigError(f"unknown order {value!r} (known: ABCD, CDAB, BADC, DCBA)") from None
+
+
+LITTLE = 1
+BIG = 2
+_FROM_CODES = {
+    (BIG, BIG): Order.ABCD,
+    (BIG, LITTLE): Order.CDAB,
+    (LITTLE, BIG): Order.BADC,
+    (LITTLE, LITTLE): Order.DCBA,
+}
+
+# Raw "not available" patterns assumed for each type unless a register says otherwise. They are
+# the values vendors (and SunSpec) use for "no value"; NaN and infinities are always missing.
+DEFAULT_MISSING: dict[DataType, frozenset[int]] = {
+    DataType.INT16: frozenset({0x8000}),
+    DataType.UINT16: frozenset({0xFFFF}),
+    DataType.INT32: frozenset({0x80000000, 0x7FFFFFFF}),
+    DataType.UINT32: frozenset({0xFFFFFFFF}),
+    DataType.INT64: frozenset({0x8000000000000000}),
+    DataType.UINT64: frozenset({0xFFFFFFFFFFFFFFFF}),
+    DataType.FLOAT32: frozenset(),
+    DataType.FLOAT64: frozenset(),
+    DataType.BOOL: frozenset(),
+}
+
+READ_FUNCTION_CODES = (1, 2, 3, 4)
+BIT_FUNCTION_CODES = (1, 2)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
+
+
+def parse_missing(text: str | None, data_type: DataType) -> frozenset[int] | None:
+    """Parse a comma separated list of raw sentinel patterns ("0xFFFF, 0x8000").
+
+    None means "the type's defaults"; an empty string means "no sentinels".
+    """
+    if text is None:
+        return None
+    patterns = set()
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            raw = int(part, 0)
+        except ValueError:
+            raise ConfigError(f"missing value {part!r} is not an integer such as 0xFFFF") from None
+        limit = 1 << (16 * data_type.words)
+        if not 0 <= raw < limit:
+            raise ConfigError(
+                f"missing value {part} does not fit a {data_type.name.lower()} (0..{limit - 1:#x})"
+            )
+        patterns.add(raw)
+    return frozenset(patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """One value of a device: where it is, how to decode it and what to call it.
+
+    `missing` holds raw (unsigned) bit patterns meaning "not available"; None uses the
+    type's defaults (`DEFAULT_MISSING`).
+    """
+
+    name: str
+    address: int
+    function_code: int = 3
+    data_type: DataType = DataType.FLOAT32
+    order: Order = Order.ABCD
+    unit: str = ""
+    scale: float = 1.0
+    offset: float = 0.0
+    missing: frozenset[int] | None = None
+    sentinels: frozenset[float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_type", DataType.parse(self.data_type))
+        object.__setattr__(self, "order", Order.parse(self.order))
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(
+                f"measurement_name {self.name!r} must start with a letter or _ and use only "
+                "letters, digits, _ . - (at most 100 characters)"
+            )
+        if self.function_code not in READ_FUNCTION_CODES:
+            raise ConfigError(
+                f"function_code {self.function_code!r} is not a read function code (1, 2, 3, 4)"
+            )
+        is_bit = self.data_type is DataType.BOOL
+        if is_bit != (self.function_code in BIT_FUNCTION_CODES):
+            raise ConfigError(
+                f"data_type {self.data_type.name.lower()} does not fit function_code "
+                f"{self.function_code}: bool goes with 1/2, numbers with 3/4"
+            )
+        if (
+            not isinstance(self.address, int)
+            or self.address < 0
+            or self.address + self.data_type.words > 65536
+        ):
+            raise ConfigError(
+                f"register_address {self.address!r} is outside 0..65535 for a "
+                f"{self.data_type.name.lower()}"
+            )
+        if not (math.isfinite(self.scale) and self.scale != 0):
+            raise ConfigError(f"scale {self.scale!r} must be a finite number other than 0")
+        if not math.isfinite(self.offset):
+            raise ConfigError(f"offset {self.offset!r} must be a finite number")
+        object.__setattr__(self, "sentinels", _sentinels(self))
+
+    @property
+    def end(self) -> int:
+        """One past the last address the value occupies."""
+        return self.address + self.data_type.words
+
+    def to_dict(self) -> dict[str, Any]:
+        """The register as it travels in a job message."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "address": self.address,
+            "fc": self.function_code,
+            "type": self.data_type.name.lower(),
+            "order": self.order.value,
+        }
+        if self.unit:
+            data["unit"] = self.unit
+        if self.scale != 1.0:
+            data["scale"] = self.scale
+        if self.offset != 0.0:
+            data["offset"] = self.offset
+        if self.missing is not None:
+            data["missing"] = sorted(self.missing)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Register:
+        """Inverse of `to_dict`; raises ConfigError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"register must be an object, got {type(data).__name__}")
+        try:
+            missing = data.get("missing")
+            return cls(
+                name=data["name"],
+                address=data["address"],
+                function_code=data["fc"],
+                data_type=DataType.parse(data["type"]),
+                order=Order.parse(data.get("order", "ABCD")),
+                unit=data.get("unit", ""),
+                scale=float(data.get("scale", 1.0)),
+                offset=float(data.get("offset", 0.0)),
+                missing=None if missing is None else frozenset(int(m) for m in missing),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"register is missing the key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"register {data.get('name')!r} is malformed: {exc}") from None
+
+
+def _sentinels(register: Register) -> frozenset[float]:
+    """The sentinel patterns as the decoded (unscaled) values they turn into."""
+    patterns = (
+        register.missing if register.missing is not None else DEFAULT_MISSING[register.data_type]
+    )
+    dtype = register.data_type
+    if dtype is DataType.BOOL or not patterns:
+        return frozenset()
+    width = dtype.words * 2
+    unsigned = {2: "H", 4: "I", 8: "Q"}[width]
+    values = set()
+    for raw in patterns:
+        (value,) = struct.unpack(">" + dtype.struct_char, struct.pack(">" + unsigned, raw))
+        if not (isinstance(value, float) and math.isnan(value)):
+            values.add(value)
+    return frozenset(values)

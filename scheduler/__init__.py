@@ -1,0 +1,1 @@
+"""The scheduler: on every cron tick, one job per meter to `emm.jobs`."""

@@ -1,0 +1,31 @@
+"""`emm scheduler` / `python -m scheduler`."""
+
+from __future__ import annotations
+
+import argparse
+
+from emm.log import setup_logging
+from emm.service import run_until_signalled
+from emm.settings import SchedulerSettings
+from scheduler.app import run
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="emm scheduler",
+        description="Publish one read job per meter on every EMM_READ_CRON tick."
+        " Settings come from EMM_* environment variables.",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the service with settings from the environment."""
+    _parse_args(argv)
+    settings = SchedulerSettings.from_env()
+    setup_logging(settings.log_level, "scheduler")
+    run_until_signalled(lambda stop: run(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

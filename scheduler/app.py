@@ -1,0 +1,104 @@
+"""The scheduler's loop: wait for the tick, load the configuration, publish one job per meter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from emm.broker import JOBS, Broker
+from emm.errors import BrokerError
+from emm.messages import Job
+from emm.schedule import CronSchedule
+from emm.settings import SchedulerSettings
+from scheduler.jobs import build_jobs
+from scheduler.repo import ConfigRepo
+
+log = logging.getLogger(__name__)
+
+PUBLISH_IN_FLIGHT = 256  # unconfirmed publishes at once; confirms arrive in batches
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+async def publish_jobs(
+    broker: Broker, jobs: list[Job], deadline_ms: int, clock: Callable[[], float] = time.time
+) -> int:
+    """Publish every job with confirms, retrying broker failures until the tick's deadline.
+
+    Each job's TTL is the time left until its deadline, so jobs a worker cannot start in
+    time expire instead of piling up. Returns how many were confirmed.
+    """
+    gate = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
+
+    async def one(job: Job) -> bool:
+        delay = 0.2
+        async with gate:
+            while True:
+                left_s = (deadline_ms - clock() * 1000) / 1000
+                if left_s <= 0:
+                    return False
+                try:
+                    await broker.publish(
+                        JOBS, job.encode(), expiration_s=left_s, message_id=job.job_id
+                    )
+                    return True
+                except BrokerError as exc:
+                    log.debug("job %s not published yet: %s", job.job_id, exc)
+                    await asyncio.sleep(min(delay, max(left_s, 0.01)))
+                    delay = min(delay * 2, 5.0)
+
+    results = await asyncio.gather(*(one(job) for job in jobs))
+    return sum(results)
+
+
+async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:
+    """Tick until `stop` is set (or forever)."""
+    stop = stop or asyncio.Event()
+    schedule = CronSchedule(settings.read_cron)
+    repo = ConfigRepo(settings.postgres_dsn)
+    broker = Broker(settings.amqp_url, name="emm-scheduler")
+    await broker.connect()
+    log.info("scheduler started: EMM_READ_CRON=%r", schedule.expression)
+    tick_ms = schedule.next_after(int(time.time() * 1000))
+    try:
+        while not stop.is_set():
+            wait_s = tick_ms / 1000 - time.time()
+            if wait_s > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=wait_s)
+                    break
+                except TimeoutError:
+                    pass
+            period_ms = schedule.period_after(tick_ms)
+            started = time.monotonic()
+            config = await asyncio.to_thread(repo.load)
+            if config is not None:
+                jobs = build_jobs(config, tick_ms, period_ms)
+                published = await publish_jobs(broker, jobs, tick_ms + period_ms)
+                took_ms = (time.monotonic() - started) * 1000
+                if published == len(jobs):
+                    log.info(
+                        "tick %s: %d jobs published in %.0f ms", _iso(tick_ms), published, took_ms
+                    )
+                else:
+                    log.error(
+                        "tick %s: only %d of %d jobs published before the next tick "
+                        "(RabbitMQ unreachable?)",
+                        _iso(tick_ms),
+                        published,
+                        len(jobs),
+                    )
+            now_ms = int(time.time() * 1000)
+            next_ms = schedule.next_after(tick_ms)
+            if next_ms <= now_ms:
+                skipped_to = schedule.next_after(now_ms)
+                log.warning("tick %s overran; skipping to %s", _iso(tick_ms), _iso(skipped_to))
+                next_ms = skipped_to
+            tick_ms = next_ms
+    finally:
+        await broker.close()

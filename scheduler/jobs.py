@@ -1,0 +1,32 @@
+"""Turning the loaded configuration into the jobs of one tick (pure)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from emm.db import LoadedConfig
+from emm.messages import Job
+from emm.planner import ReadLimits, ReadRequest, plan
+from emm.registers import Register
+
+
+@lru_cache(maxsize=1024)
+def plan_for(registers: tuple[Register, ...], limits: ReadLimits) -> tuple[ReadRequest, ...]:
+    """The read plan of a register map; meters of one type share it, so it is cached."""
+    return tuple(plan(registers, limits))
+
+
+def build_jobs(config: LoadedConfig, tick_ms: int, period_ms: int) -> list[Job]:
+    """One job per meter for the tick at `tick_ms`, valid until the next tick."""
+    jobs = []
+    for mc in config.meters:
+        jobs.append(
+            Job(
+                meter=mc.meter,
+                tick_ms=tick_ms,
+                deadline_ms=tick_ms + period_ms,
+                requests=plan_for(mc.registers, mc.limits),
+                registers=mc.registers,
+            )
+        )
+    return jobs

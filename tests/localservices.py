@@ -1,0 +1,143 @@
+"""Start InfluxDB 1.x and VictoriaMetrics from their local binaries, on loopback, in a folder.
+
+Used by the test fixtures when no `EMM_TEST_*` URL is given and no Docker engine answers, and by
+`.ci/run` (`python -m tests.localservices DIR`) to start both before the suite.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(
+    url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until `url` answers with any HTTP status below 500."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+            last = exc
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s: {last}")
+
+
+@dataclass
+class Service:
+    """A started process and the URL it serves."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    folder: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_influxdb_v1(folder: Path, port: int | None = None) -> Service:
+    """InfluxDB 1.x (`influxd`) with its data in `folder`, HTTP on 127.0.0.1:`port`."""
+    binary = shutil.which("influxd") or "/usr/bin/influxd"
+    if not Path(binary).exists():
+        raise FileNotFoundError("influxd not installed (Debian package influxdb)")
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "influxdb.conf"
+    config.write_text(
+        f"""reporting-disabled = true
+bind-address = "127.0.0.1:{free_port()}"
+[meta]
+  dir = "{folder}/meta"
+[data]
+  dir = "{folder}/data"
+  wal-dir = "{folder}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+"""
+    )
+    with (folder / "influxd.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [binary, "-config", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/ping", proc=proc)
+    return Service(url, proc, folder)
+
+
+def start_victoriametrics(folder: Path, port: int | None = None) -> Service:
+    """VictoriaMetrics (speaks InfluxDB's v2 write API) with its data in `folder`.
+
+    Deduplication at 1 ms keeps one sample per series and timestamp, as InfluxDB keeps one point.
+    """
+    binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+    if not Path(binary).exists():
+        raise FileNotFoundError("victoria-metrics not installed (Debian package victoria-metrics)")
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "victoria-metrics.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"-storageDataPath={folder}/data",
+                f"-httpListenAddr=127.0.0.1:{port}",
+                "-dedup.minScrapeInterval=1ms",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-retentionPeriod=100y",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", proc=proc)
+    return Service(url, proc, folder)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.localservices DIR`: start both, leave them running, print their URLs.
+
+    The output is shell assignments of `EMM_TEST_INFLUX_V1_URL` and `EMM_TEST_INFLUX_V2_URL`.
+    """
+    folder = Path(argv[0])
+    v1 = start_influxdb_v1(folder / "influxdb")
+    v2 = start_victoriametrics(folder / "victoria-metrics")
+    print(f"EMM_TEST_INFLUX_V1_URL={v1.url}")
+    print(f"EMM_TEST_INFLUX_V2_URL={v2.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The worker: consumes jobs, reads devices over Modbus TCP, publishes readings."""

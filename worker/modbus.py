@@ -1,0 +1,166 @@
+"""Modbus TCP reads with pymodbus's async client; pymodbus errors become DeviceErrors here.
+
+One `DeviceLink` per (host, port): a device (or a gateway with several unit ids behind it)
+answers one request at a time and many accept only one or two connections, so reads through a
+link are serialised by its lock while other devices are read concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from emm.errors import PermanentDeviceError, TransientDeviceError
+
+log = logging.getLogger(__name__)
+
+# Exception codes worth another try within the tick: 5 ACKNOWLEDGE and 6 SERVER DEVICE BUSY mean
+# "later", 10/11 are a gateway that could not reach the device this time.
+TRANSIENT_EXCEPTION_CODES = frozenset({5, 6, 10, 11})
+EXCEPTION_NAMES = {
+    1: "ILLEGAL FUNCTION",
+    2: "ILLEGAL DATA ADDRESS",
+    3: "ILLEGAL DATA VALUE",
+    4: "SERVER DEVICE FAILURE",
+    5: "ACKNOWLEDGE",
+    6: "SERVER DEVICE BUSY",
+    8: "MEMORY PARITY ERROR",
+    10: "GATEWAY PATH UNAVAILABLE",
+    11: "GATEWAY TARGET DEVICE FAILED TO RESPOND",
+}
+
+
+class DeviceLink:
+    """A (re)connecting client for one host:port; use `async with link.lock` around reads."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float, connect_timeout_s: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.lock = asyncio.Lock()
+        self.last_used = time.monotonic()
+        self._client: AsyncModbusTcpClient | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _connected_client(self) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self.close()
+        # retries=0 and reconnect_delay=0: the worker owns retries (tenacity) and reconnects;
+        # pymodbus's own would multiply with ours and outlive the tick.
+        client = AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            timeout=self.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+        try:
+            ok = await asyncio.wait_for(client.connect(), self.connect_timeout_s)
+        except (TimeoutError, OSError, ModbusException) as exc:
+            client.close()
+            raise TransientDeviceError(
+                f"cannot connect to {self.name}: {exc or type(exc).__name__}", code="unreachable"
+            ) from None
+        if not ok:
+            client.close()
+            raise TransientDeviceError(f"cannot connect to {self.name}", code="unreachable")
+        self._client = client
+        return client
+
+    async def read(self, function_code: int, address: int, count: int, unit_id: int) -> list[int]:
+        """Read `count` registers (or bits) at `address`; raises DeviceError subclasses."""
+        self.last_used = time.monotonic()
+        client = await self._connected_client()
+        call = {
+            1: client.read_coils,
+            2: client.read_discrete_inputs,
+            3: client.read_holding_registers,
+            4: client.read_input_registers,
+        }[function_code]
+        what = f"{self.name} unit {unit_id}: FC{function_code} read of {count} at {address}"
+        try:
+            response = await asyncio.wait_for(
+                call(address, count=count, device_id=unit_id), self.timeout_s + 0.5
+            )
+        except TimeoutError as exc:
+            self.close()
+            raise TransientDeviceError(
+                f"{what}: no answer within {self.timeout_s:g} s", code="timeout"
+            ) from exc
+        except ConnectionException as exc:
+            self.close()
+            raise TransientDeviceError(
+                f"{what}: connection lost ({exc})", code="connection_lost"
+            ) from None
+        except ModbusException as exc:
+            # pymodbus reports a missing answer as ModbusIOException; the link may hold a late
+            # answer now, so start afresh.
+            self.close()
+            raise TransientDeviceError(
+                f"{what}: no answer within {self.timeout_s:g} s ({exc})", code="timeout"
+            ) from None
+        except OSError as exc:
+            self.close()
+            raise TransientDeviceError(f"{what}: {exc}", code="connection_lost") from None
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            message = f"{what}: Modbus exception {code} ({name})"
+            if code in TRANSIENT_EXCEPTION_CODES:
+                raise TransientDeviceError(message, code=f"modbus_exception_{code}")
+            raise PermanentDeviceError(message, exception_code=code)
+        if function_code in (1, 2):
+            return [1 if b else 0 for b in response.bits[:count]]
+        registers = list(response.registers)
+        return registers
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class DevicePool:
+    """The links of one worker process, created on first use and closed when idle."""
+
+    def __init__(self, *, timeout_s: float, connect_timeout_s: float, idle_close_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_close_s = idle_close_s
+        self._links: dict[tuple[str, int], DeviceLink] = {}
+
+    def link(self, host: str, port: int) -> DeviceLink:
+        key = (host, port)
+        link = self._links.get(key)
+        if link is None:
+            link = DeviceLink(
+                host, port, timeout_s=self.timeout_s, connect_timeout_s=self.connect_timeout_s
+            )
+            self._links[key] = link
+        return link
+
+    def close_idle(self) -> int:
+        """Close links unused for `idle_close_s`; returns how many were closed."""
+        cutoff = time.monotonic() - self.idle_close_s
+        stale = [
+            k
+            for k, link in self._links.items()
+            if link.last_used < cutoff and not link.lock.locked()
+        ]
+        for key in stale:
+            self._links.pop(key).close()
+        return len(stale)
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()

@@ -1,0 +1,84 @@
+"""`emm read`: read a device once through the planner and codec the worker uses, print a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emm.codec import RequestDecoder
+from emm.errors import ConfigError, DecodeError, DeviceError
+from emm.planner import assign, plan
+from emm.profiles import Profile, shipped_profile
+from emm.registers import Register
+from worker.modbus import DevicePool
+
+
+def _registers_for(type_: str) -> tuple[tuple[Register, ...], Profile | None]:
+    profile = shipped_profile(type_)
+    if profile is not None:
+        return profile.registers, profile
+    from emm import db
+    from emm.settings import MigrateSettings
+
+    with db.connect(MigrateSettings.from_env().postgres_dsn) as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT json_build_object('id', id, 'type', type, 'address', register_address,
+                       'name', measurement_name, 'unit', data_unit, 'data_type', data_type,
+                       'function_code', function_code, 'byte_order', byte_order,
+                       'word_order', word_order, 'scale', scale, 'offset', value_offset,
+                       'missing', missing_values)
+                   FROM registers WHERE type = %s ORDER BY register_address, id""",
+            (type_,),
+        )
+        rows = [r[0] for r in cur.fetchall()]
+    if not rows:
+        raise ConfigError(f"type {type_!r} is neither a shipped profile nor in the registers table")
+    return tuple(db.register_from_row(row) for row in rows), None
+
+
+async def read_once(args: argparse.Namespace) -> int:
+    """Read every register of `args.type` from the device once; exit code 1 if any failed."""
+    registers, profile = _registers_for(args.type)
+    limits = profile.limits if profile else None
+    requests = plan(registers, limits)
+    pool = DevicePool(timeout_s=args.timeout, connect_timeout_s=args.timeout, idle_close_s=0)
+    link = pool.link(args.host, args.port)
+    rows: list[tuple[str, str, str, str]] = []
+    failed = 0
+    try:
+        for request, covered in assign(requests, registers):
+            decoder = RequestDecoder.build(request.address, request.count, covered)
+            try:
+                words = await link.read(
+                    request.function_code, request.address, request.count, args.unit
+                )
+                values, missing = decoder.decode(words)
+            except (DeviceError, DecodeError) as exc:
+                failed += len(covered)
+                for reg in covered:
+                    rows.append((reg.name, "error", reg.unit, str(exc)))
+                continue
+            for reg in covered:
+                raw = ""
+                if args.raw:
+                    offset = reg.address - request.address
+                    raw = " ".join(f"{w:04X}" for w in words[offset : offset + reg.data_type.words])
+                if reg.name in missing:
+                    rows.append((reg.name, "n/a", reg.unit, raw))
+                else:
+                    rows.append((reg.name, f"{values[reg.name]:.6g}", reg.unit, raw))
+    finally:
+        pool.close()
+    width = max([len("name")] + [len(r[0]) for r in rows])
+    header = f"{'name':<{width}}  {'value':>14}  {'unit':<6}"
+    print(header + ("  raw" if args.raw else ""))
+    for name, value, unit, extra in rows:
+        line = f"{name:<{width}}  {value:>14}  {unit:<6}"
+        if args.raw or value == "error":
+            line += f"  {extra}"
+        print(line.rstrip())
+    print(
+        f"{len(requests)} request(s), {len(rows) - failed} of {len(rows)} values read",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0

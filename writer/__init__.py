@@ -1,0 +1,1 @@
+"""The writer: consumes readings, writes them to InfluxDB in batches, acks after success."""

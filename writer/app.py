@@ -1,0 +1,152 @@
+"""The writer's loop: gather readings into batches, write them, ack only what InfluxDB took.
+
+A batch is flushed when it reaches `batch_size` readings or `flush_interval_ms` after its first
+reading arrived. While InfluxDB is unavailable the batch is retried with capped exponential
+backoff and its messages stay unacked; RabbitMQ stops delivering once `prefetch` messages are
+unacked, which bounds the writer's memory. A batch rejected with 400 is split until the bad
+readings are isolated; those are dead-lettered and the rest is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from emm.broker import READINGS, Broker, Delivery
+from emm.errors import BrokerError, MessageError, SinkRejected, SinkUnavailable
+from emm.messages import Reading
+from emm.settings import WriterSettings
+from writer.influx import Sink, make_sink
+from writer.lines import reading_lines
+
+log = logging.getLogger(__name__)
+
+Item = tuple[Delivery, Reading, list[str]]
+
+
+class Writer:
+    """Consumes `emm.readings` and writes them to `sink` in batches."""
+
+    def __init__(self, settings: WriterSettings, sink: Sink | None = None) -> None:
+        self.settings = settings
+        self.prefetch = min(65535, settings.batch_size * 2)
+        self.broker = Broker(settings.amqp_url, prefetch=self.prefetch, name="emm-writer")
+        self.sink = sink or make_sink(settings)
+        self._pending: list[Item] = []
+        self._first_at: float | None = None
+        self._wake = asyncio.Event()
+        self._outage_since: float | None = None
+        self._stop = asyncio.Event()
+        self.written = 0
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        try:
+            reading = Reading.decode(delivery.body)
+            lines = reading_lines(reading)
+        except MessageError as exc:
+            log.error("malformed reading dead-lettered to %s.dead: %s", READINGS, exc)
+            await self._settle(delivery, exc)
+            return
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append((delivery, reading, lines))
+        if len(self._pending) >= self.settings.batch_size:
+            self._wake.set()
+
+    async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
+        try:
+            await self.broker.settle(READINGS, delivery, error)
+        except BrokerError as exc:
+            log.error("could not settle a reading (%s); RabbitMQ will deliver it again", exc)
+
+    async def _write(self, items: list[Item]) -> None:
+        """Write `items`, isolating rejected readings; raises SinkUnavailable to retry later."""
+        lines = [line for _d, _r, item_lines in items for line in item_lines]
+        try:
+            await asyncio.to_thread(self.sink.write, lines)
+        except SinkRejected as exc:
+            if len(items) == 1:
+                delivery, reading, _lines = items[0]
+                log.error("reading %s dead-lettered: %s", reading.reading_id, exc)
+                await self._settle(delivery, exc)
+                return
+            half = len(items) // 2
+            await self._write(items[:half])
+            await self._write(items[half:])
+            return
+        for delivery, _reading, _lines in items:
+            await self._settle(delivery, None)
+        self.written += len(items)
+
+    async def flush(self) -> None:
+        """Write the oldest batch, retrying until InfluxDB takes it."""
+        batch = self._pending[: self.settings.batch_size]
+        if not batch:
+            return
+        delay = 0.5
+        while True:
+            try:
+                started = time.monotonic()
+                await self._write(batch)
+                break
+            except SinkUnavailable as exc:
+                if self._stop.is_set():
+                    return
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.error("%s; keeping %d readings unacked and retrying", exc, len(batch))
+                else:
+                    log.warning(
+                        "still failing after %.0f s: %s", time.monotonic() - self._outage_since, exc
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+        if self._outage_since is not None:
+            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
+            self._outage_since = None
+        del self._pending[: len(batch)]
+        self._first_at = time.monotonic() if self._pending else None
+        log.debug("wrote %d readings in %.0f ms", len(batch), (time.monotonic() - started) * 1000)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = self._stop = stop or asyncio.Event()
+        await self.broker.connect()
+        await self.broker.consume(READINGS, self.on_delivery)
+        log.info(
+            "writer started: %s API, batches of %d readings or %d ms",
+            self.settings.influx_api,
+            self.settings.batch_size,
+            self.settings.flush_interval_ms,
+        )
+        interval_s = self.settings.flush_interval_ms / 1000
+        try:
+            while not stop.is_set():
+                if self._first_at is None:
+                    timeout = interval_s
+                else:
+                    timeout = max(0.0, self._first_at + interval_s - time.monotonic())
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                due = self._first_at is not None and (
+                    time.monotonic() - self._first_at >= interval_s
+                    or len(self._pending) >= self.settings.batch_size
+                )
+                if due:
+                    await self.flush()
+            # Finish what InfluxDB will take now; what is left stays unacked and is redelivered.
+            if self._pending:
+                try:
+                    await asyncio.wait_for(self._write(list(self._pending)), timeout=5)
+                except (TimeoutError, SinkUnavailable):
+                    pass
+        finally:
+            await self.broker.close()
+            self.sink.close()
+
+
+async def run(settings: WriterSettings, stop: asyncio.Event | None = None) -> None:
+    await Writer(settings).run(stop)

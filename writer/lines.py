@@ -1,0 +1,46 @@
+"""InfluxDB line protocol for readings (pure).
+
+Every reading gives one `energy` point (one float field per register, when any value was read)
+and one `meter_status` point, both stamped with the tick time in milliseconds. Tags are sorted,
+so the same reading always gives the same bytes and a second write of it replaces the first.
+"""
+
+from __future__ import annotations
+
+from emm.messages import Reading
+
+ENERGY = "energy"
+STATUS = "meter_status"
+
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\\": "\\\\"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " "})
+
+
+def _tag(text: str) -> str:
+    return text.translate(_TAG_ESCAPES)
+
+
+def _string_field(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def reading_lines(reading: Reading) -> list[str]:
+    """The line-protocol lines (ms precision) of one reading."""
+    tags = ",".join(f"{_tag(k)}={_tag(v)}" for k, v in sorted(reading.meter.tags().items()) if v)
+    ts = reading.tick_ms
+    lines = []
+    if reading.fields:
+        fields = ",".join(f"{_tag(name)}={value!r}" for name, value in reading.fields.items())
+        lines.append(f"{ENERGY},{tags} {fields} {ts}")
+    s = reading.status
+    status_fields = (
+        f"up={'true' if s.up else 'false'},"
+        f"error_code={_string_field(s.error_code)},"
+        f"latency_ms={float(s.latency_ms)!r},"
+        f"requests={s.requests}i,"
+        f"values={len(reading.fields)}i,"
+        f"missing={len(reading.missing)}i,"
+        f"errors={len(reading.errors)}i"
+    )
+    lines.append(f"{STATUS},{tags} {status_fields} {ts}")
+    return lines
