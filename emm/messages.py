@@ -193,8 +193,10 @@ class Reading:
 
 def _load(body: bytes, kind: str) -> dict[str, Any]:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"{kind} is not UTF-8 text: {exc}", body) from None
+    except (ValueError, RecursionError) as exc:
         raise MessageError(f"{kind} is not valid JSON: {exc}", body) from None
     if not isinstance(data, dict):
         raise MessageError(f"{kind} is not a JSON object", body)

@@ -254,6 +254,11 @@ class InfluxV1:
                     rows.append(dict(zip(series["columns"], values, strict=True)))
         return rows
 
+    def write(self, lines: str) -> None:
+        """Write line protocol (ms precision) directly."""
+        params = urllib.parse.urlencode({"db": self.database, "precision": "ms"})
+        urllib.request.urlopen(f"{self.url}/write?{params}", data=lines.encode(), timeout=10).read()
+
     def post(self, q: str) -> None:
         body = urllib.parse.urlencode({"q": q}).encode()
         urllib.request.urlopen(f"{self.url}/query", data=body, timeout=10).read()

@@ -120,6 +120,12 @@ class Writer:
             self.settings.flush_interval_ms,
         )
         interval_s = self.settings.flush_interval_ms / 1000
+
+        async def wake_on_stop() -> None:
+            await stop.wait()
+            self._wake.set()
+
+        relay = asyncio.create_task(wake_on_stop())
         try:
             while not stop.is_set():
                 if self._first_at is None:
@@ -131,6 +137,8 @@ class Writer:
                 except TimeoutError:
                     pass
                 self._wake.clear()
+                if stop.is_set():
+                    break
                 due = self._first_at is not None and (
                     time.monotonic() - self._first_at >= interval_s
                     or len(self._pending) >= self.settings.batch_size
@@ -144,6 +152,7 @@ class Writer:
                 except (TimeoutError, SinkUnavailable):
                     pass
         finally:
+            relay.cancel()
             await self.broker.close()
             self.sink.close()
 

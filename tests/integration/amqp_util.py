@@ -1,0 +1,61 @@
+"""Small blocking helpers to put messages on and take them off the project's queues in tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+
+
+@dataclass
+class Got:
+    body: bytes
+    headers: dict[str, Any]
+    properties: Any
+
+
+def publish(url: str, queue: str, bodies: list[bytes]) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        for body in bodies:
+            ch.basic_publish(
+                "",
+                queue,
+                body,
+                pika.BasicProperties(delivery_mode=2),
+            )
+    finally:
+        conn.close()
+
+
+def drain(url: str, queue: str) -> list[Got]:
+    """Take (and ack) every message now in `queue`."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    out: list[Got] = []
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True)
+        while True:
+            method, props, body = ch.basic_get(queue)
+            if method is None:
+                break
+            out.append(Got(body, dict(props.headers or {}), props))
+            ch.basic_ack(method.delivery_tag)
+    finally:
+        conn.close()
+    return out
+
+
+def depth(url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of `queue`."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        result = ch.queue_declare(queue, durable=True, passive=True)
+        return result.method.message_count, result.method.consumer_count
+    finally:
+        conn.close()

@@ -1,0 +1,158 @@
+"""The worker against a real RabbitMQ and the simulator: readings, failures, poison jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+from emm.broker import JOBS, READINGS
+from emm.messages import Job, Meter, Reading
+from emm.planner import ReadLimits, plan
+from emm.registers import DataType, Register
+from emm.settings import WorkerSettings
+from simulator.model import expected
+from tests.conftest import Processes, free_port, port_open, wait_for
+from tests.integration.amqp_util import depth, drain, publish
+from worker.app import Worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+STEP_S = 10
+VALUE = Register("test_measurement", 0, 3, DataType.INT16, unit="test_u")
+
+
+def job(meter: Meter, registers: tuple[Register, ...], tick_ms: int, gap: int = 50) -> Job:
+    return Job(
+        meter=meter,
+        tick_ms=tick_ms,
+        deadline_ms=tick_ms + 30_000,
+        requests=tuple(plan(registers, ReadLimits(max_gap=gap))),
+        registers=registers,
+    )
+
+
+async def run_worker(settings: WorkerSettings, amqp_url: str, expect: int, timeout_s: float):
+    """Run a worker until `expect` readings are queued (or the timeout), then stop it."""
+    stop = asyncio.Event()
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        ready, _consumers = await asyncio.to_thread(depth, amqp_url, READINGS)
+        if ready >= expect:
+            break
+    stop.set()
+    await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture
+def simulator(processes: Processes) -> int:
+    port = free_port()
+    env = {
+        "EMM_SIMULATOR_HOST": "127.0.0.1",
+        "EMM_SIMULATOR_PORT": str(port),
+        "EMM_SIMULATOR_STEP_S": str(STEP_S),
+    }
+    processes.start("simulator", ["simulator"], env)
+    wait_for(lambda: port_open("127.0.0.1", port), 15)
+    return port
+
+
+def test_readings_failures_and_poison(
+    amqp_url: str, simulator: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    tick_ms = round(time.time() / STEP_S) * STEP_S * 1000
+    closed_port = free_port()
+    good = Meter(1, "127.0.0.1", simulator, 0, "virtual_modbustcp", "good")
+    dead = Meter(2, "127.0.0.1", closed_port, 0, "virtual_modbustcp", "dead")
+    holed = Meter(3, "127.0.0.1", simulator, 0, "virtual_modbustcp", "holed")
+    hole = Register("notThere", 5, 3, DataType.INT16)
+    jobs = [
+        job(good, (VALUE,), tick_ms),
+        job(dead, (VALUE,), tick_ms),
+        job(holed, (VALUE, hole), tick_ms, gap=0),
+    ]
+    poison = b'{"v": 1, "kind": "job", "meter": "not a meter"}'
+    publish(amqp_url, JOBS, [j.encode() for j in jobs] + [poison])
+
+    settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=0.5, connect_timeout_s=0.5)
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run_worker(settings, amqp_url, expect=3, timeout_s=30))
+
+    readings = {r.meter.id: r for r in (Reading.decode(g.body) for g in drain(amqp_url, READINGS))}
+    assert sorted(readings) == [1, 2, 3]
+    value = expected(0, tick_ms, STEP_S)["test_measurement"]
+
+    ok = readings[1]
+    assert (ok.tick_ms, ok.fields, ok.errors, ok.missing) == (
+        tick_ms,
+        {"test_measurement": value},
+        {},
+        (),
+    )
+    assert (ok.status.up, ok.status.error_code, ok.status.requests) == (True, "", 1)
+
+    down = readings[2]
+    assert down.fields == {}
+    assert (down.status.up, down.status.error_code) == (False, "unreachable")
+    assert down.errors == {"test_measurement": f"cannot connect to 127.0.0.1:{closed_port}"}
+
+    partial = readings[3]
+    assert partial.fields == {"test_measurement": value}
+    assert (partial.status.up, partial.status.error_code) == (True, "modbus_exception_2")
+    assert partial.errors == {
+        "notThere": f"127.0.0.1:{simulator} unit 0: FC3 read of 1 at 5: "
+        "Modbus exception 2 (ILLEGAL DATA ADDRESS)"
+    }
+
+    dead_letters = drain(amqp_url, f"{JOBS}.dead")
+    assert [d.body for d in dead_letters] == [poison]
+    assert dead_letters[0].headers["x-emm-error"].startswith("job is malformed")
+    assert depth(amqp_url, JOBS)[0] == 0  # every job acked, none requeued
+
+    # One warning line per failing meter, naming the meter and its registers.
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker.app"]
+    assert len([m for m in lines if m.startswith("meter 2 ")]) == 1
+    assert len([m for m in lines if m.startswith("meter 3 ")]) == 1
+    assert any("registers not read: notThere" in m for m in lines)
+    assert not [m for m in lines if m.startswith("meter 1 ")]
+
+
+def test_a_job_past_its_tick_is_acked_without_reading(amqp_url: str, simulator: int) -> None:
+    meter = Meter(1, "127.0.0.1", simulator, 0, "virtual_modbustcp")
+    stale = Job(meter, 1_000, 2_000, tuple(plan((VALUE,))), (VALUE,))
+    publish(amqp_url, JOBS, [stale.encode()])
+    settings = WorkerSettings(amqp_url=amqp_url)
+    asyncio.run(run_worker(settings, amqp_url, expect=1, timeout_s=3))
+    assert drain(amqp_url, READINGS) == []
+    assert depth(amqp_url, JOBS)[0] == 0
+
+
+def test_job_bodies_are_plain_json_a_person_can_read() -> None:
+    meter = Meter(7, "10.0.0.7", 502, 1, "sdm630", "pump")
+    body = job(meter, (VALUE,), 1_700_000_000_000).encode()
+    data = json.loads(body)
+    assert data["meter"] == {
+        "id": 7,
+        "host": "10.0.0.7",
+        "port": 502,
+        "unit_id": 1,
+        "type": "sdm630",
+        "description": "pump",
+    }
+    assert data["requests"] == [[3, 0, 1]]
+    assert data["registers"] == [
+        {
+            "name": "test_measurement",
+            "address": 0,
+            "fc": 3,
+            "type": "int16",
+            "order": "ABCD",
+            "unit": "test_u",
+        }
+    ]
