@@ -103,11 +103,13 @@ def test_no_seed_leaves_the_meters_table_empty(pg_dsn: str) -> None:
             "energy_meters_port_check",
         ),
         (
-            "INSERT INTO energy_meters (host, port, slave_address, type) VALUES ('h', 502, 256, 't')",
+            "INSERT INTO energy_meters (host, port, slave_address, type) "
+            "VALUES ('h', 502, 256, 't')",
             "energy_meters_slave_address_check",
         ),
         (
-            "INSERT INTO energy_meters (host, port, slave_address, type) VALUES ('h', 502, -1, 't')",
+            "INSERT INTO energy_meters (host, port, slave_address, type) "
+            "VALUES ('h', 502, -1, 't')",
             "energy_meters_slave_address_check",
         ),
         (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import os
+import subprocess
 import time
 
 import psycopg2
