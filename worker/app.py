@@ -12,7 +12,7 @@ from emm.errors import BrokerError, MessageError
 from emm.messages import Job, Reading
 from emm.settings import WorkerSettings
 from worker.modbus import DevicePool
-from worker.reader import read_job
+from worker.reader import HoleMemory, read_job
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,16 @@ def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
-def report(job: Job, reading: Reading) -> None:
-    """Log one line per meter per tick when anything went wrong, naming meter and registers."""
+def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozenset()) -> None:
+    """Log one line per meter per tick when anything went wrong, naming meter and registers.
+
+    Registers in `known` (refused addresses already reported) do not make a line by themselves.
+    """
     m = job.meter
     where = (
         f"meter {m.id} ({m.type} at {m.host}:{m.port} unit {m.unit_id}) tick {_iso(job.tick_ms)}"
     )
-    if reading.errors:
+    if set(reading.errors) - known:
         names = ", ".join(sorted(reading.errors))
         log.warning("%s: %s; registers not read: %s", where, reading.status.error, names)
     if reading.missing:
@@ -45,6 +48,7 @@ class Worker:
             connect_timeout_s=settings.connect_timeout_s,
             idle_close_s=settings.idle_close_s,
         )
+        self.holes = HoleMemory()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def on_delivery(self, delivery: Delivery) -> None:
@@ -65,8 +69,11 @@ class Worker:
             log.warning("job %s arrived after its tick ended; skipped", job.job_id)
             await self._settle(delivery, None)
             return
-        reading = await read_job(job, self.pool, attempts=self.settings.read_attempts)
-        report(job, reading)
+        known = self.holes.unreadable(job.meter)
+        reading = await read_job(
+            job, self.pool, attempts=self.settings.read_attempts, holes=self.holes
+        )
+        report(job, reading, known)
         try:
             await self.broker.publish(READINGS, reading.encode(), message_id=reading.reading_id)
         except BrokerError as exc:

@@ -156,3 +156,55 @@ def test_job_bodies_are_plain_json_a_person_can_read() -> None:
             "unit": "test_u",
         }
     ]
+
+
+def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
+    amqp_url: str, simulator: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    meter = Meter(5, "127.0.0.1", simulator, 0, "virtual_modbustcp")
+    # The virtual meter maps only address 0: one merged request 0..3 fails with exception 2.
+    registers = (
+        VALUE,
+        Register("gapA", 2, 3, DataType.INT16),
+        Register("gapB", 3, 3, DataType.INT16),
+    )
+    tick_ms = round(time.time() / STEP_S) * STEP_S * 1000
+    first = job(meter, registers, tick_ms)
+    assert [(r.address, r.count) for r in first.requests] == [(0, 4)]
+    settings = WorkerSettings(amqp_url=amqp_url)
+
+    async def two_ticks() -> None:
+        stop = asyncio.Event()
+        worker = Worker(settings)
+        task = asyncio.create_task(worker.run(stop))
+        for n in (1, 2):
+            await asyncio.to_thread(publish, amqp_url, JOBS, [first.encode()])
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if (await asyncio.to_thread(depth, amqp_url, READINGS))[0] >= n:
+                    break
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(two_ticks())
+    readings = [Reading.decode(g.body) for g in drain(amqp_url, READINGS)]
+    assert len(readings) == 2
+    value = expected(0, tick_ms, STEP_S)["test_measurement"]
+    refused = {
+        name: f"127.0.0.1:{simulator} unit 0: FC3 read of 1 at {address}: "
+        "Modbus exception 2 (ILLEGAL DATA ADDRESS)"
+        for name, address in (("gapA", 2), ("gapB", 3))
+    }
+    for r in readings:
+        assert r.fields == {"test_measurement": value}
+        assert r.errors == refused
+        assert (r.status.up, r.status.error_code) == (True, "modbus_exception_2")
+    # First tick: the merged read, then halves [0] and [2, 3], then 2 and 3 alone.
+    assert [r.status.requests for r in readings] == [5, 1]
+    lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith("worker")]
+    assert [m for m in lines if "crosses a hole" in m] == [
+        f"meter 5 (127.0.0.1:{simulator} unit 0): FC3 read of 4 at 0 crosses a hole; "
+        "split into 1 request(s); never readable: gapA, gapB"
+    ]
+    assert len([m for m in lines if m.startswith("meter 5 (virtual_modbustcp")]) == 1

@@ -1,0 +1,113 @@
+"""writer.lines: the exact line-protocol text of a reading."""
+
+from __future__ import annotations
+
+import pytest
+
+from emm.messages import Meter, Reading, Status
+from writer.lines import reading_lines
+
+pytestmark = pytest.mark.timeout(30)
+
+TS = 1_700_000_000_000
+METER = Meter(7, "10.0.0.5", 502, 1, "sdm630", "hall A")
+
+
+def test_reading_with_values() -> None:
+    reading = Reading(
+        METER,
+        TS,
+        {"voltageL1": 230.5, "activePower": -1500.0, "energy": 1e-05, "big": 1e16},
+        Status(up=True, latency_ms=12.25, requests=3),
+        missing=("currentL1",),
+    )
+    assert reading_lines(reading) == [
+        "energy,description=hall\\ A,meter_id=7,type=sdm630 "
+        "voltageL1=230.5,activePower=-1500.0,energy=1e-05,big=1e+16 1700000000000",
+        "meter_status,description=hall\\ A,meter_id=7,type=sdm630 "
+        'up=true,error_code="",latency_ms=12.25,requests=3i,values=4i,missing=1i,errors=0i '
+        "1700000000000",
+    ]
+
+
+def test_description_omitted_when_none_or_empty() -> None:
+    for description in (None, ""):
+        meter = Meter(7, "h", 502, 1, "sdm630", description)
+        reading = Reading(meter, TS, {"v": 1.0}, Status(up=True))
+        assert reading_lines(reading) == [
+            "energy,meter_id=7,type=sdm630 v=1.0 1700000000000",
+            'meter_status,meter_id=7,type=sdm630 up=true,error_code="",latency_ms=0.0,'
+            "requests=0i,values=1i,missing=0i,errors=0i 1700000000000",
+        ]
+
+
+def test_failed_read_has_only_a_status_line() -> None:
+    reading = Reading(
+        Meter(12, "h", 502, 1, "abb_b23"),
+        TS,
+        {},
+        Status(up=False, error_code="timeout", error="no answer", latency_ms=3000, requests=3),
+        errors={"a": "no answer", "b": "no answer"},
+    )
+    assert reading_lines(reading) == [
+        'meter_status,meter_id=12,type=abb_b23 up=false,error_code="timeout",latency_ms=3000.0,'
+        "requests=3i,values=0i,missing=0i,errors=2i 1700000000000",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("description", "tag"),
+    [
+        ("hall A", "hall\\ A"),
+        ("a,b", "a\\,b"),
+        ("k=v", "k\\=v"),
+        ("Hall 2, line=3", "Hall\\ 2\\,\\ line\\=3"),
+        # a newline becomes an escaped space: a bare one would end the tag set
+        ("two\nlines", "two\\ lines"),
+    ],
+)
+def test_tag_escaping(description: str, tag: str) -> None:
+    reading = Reading(Meter(1, "h", 502, 1, "t", description), 5, {}, Status(up=True))
+    assert reading_lines(reading) == [
+        f'meter_status,description={tag},meter_id=1,type=t up=true,error_code="",'
+        "latency_ms=0.0,requests=0i,values=0i,missing=0i,errors=0i 5"
+    ]
+
+
+def test_type_tag_and_field_names_are_escaped() -> None:
+    reading = Reading(
+        Meter(1, "h", 502, 1, "my type"), 5, {"p q": 1.5, "a,b=c": 2.0}, Status(up=True)
+    )
+    assert reading_lines(reading)[0] == "energy,meter_id=1,type=my\\ type p\\ q=1.5,a\\,b\\=c=2.0 5"
+
+
+@pytest.mark.parametrize(
+    ("error_code", "field"),
+    [
+        ("modbus_exception_2", '"modbus_exception_2"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("two\nlines", '"two lines"'),
+    ],
+)
+def test_error_code_string_escaping(error_code: str, field: str) -> None:
+    reading = Reading(Meter(1, "h", 502, 1, "t"), 5, {}, Status(up=False, error_code=error_code))
+    assert reading_lines(reading) == [
+        f"meter_status,meter_id=1,type=t up=false,error_code={field},latency_ms=0.0,"
+        "requests=0i,values=0i,missing=0i,errors=0i 5"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.1, "0.1"),
+        (1 / 3, "0.3333333333333333"),
+        (-0.0, "-0.0"),
+        (123456789.0, "123456789.0"),
+        (2.5e-300, "2.5e-300"),
+    ],
+)
+def test_float_fields_use_repr(value: float, text: str) -> None:
+    reading = Reading(Meter(1, "h", 502, 1, "t"), 5, {"v": value}, Status(up=True))
+    assert reading_lines(reading)[0] == f"energy,meter_id=1,type=t v={text} 5"

@@ -1,0 +1,73 @@
+"""Splitting a merged read that crosses a hole (worker.reader.split_read), with a fake device."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from emm.errors import PermanentDeviceError
+from emm.planner import ReadRequest
+from emm.registers import DataType, Register
+from worker.reader import split_read
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class FakeDevice:
+    """Answers exception 2 for any read touching an address outside `mapped`."""
+
+    def __init__(self, mapped: set[int], code: int = 2) -> None:
+        self.mapped = mapped
+        self.code = code
+        self.requests: list[tuple[int, int]] = []
+
+    async def read(self, request: ReadRequest) -> list[int]:
+        self.requests.append((request.address, request.count))
+        if any(a not in self.mapped for a in range(request.address, request.end)):
+            raise PermanentDeviceError(f"exception at {request.address}", exception_code=self.code)
+        return list(range(request.address, request.end))
+
+
+def regs(*addresses: int) -> tuple[Register, ...]:
+    return tuple(Register(f"r{a}", a, 3, DataType.UINT16) for a in addresses)
+
+
+@pytest.mark.parametrize(
+    ("mapped", "addresses", "parts", "unreadable", "requests"),
+    [
+        # all readable: one request
+        ({0, 1, 2, 3}, (0, 1, 3), [(0, 4)], [], [(0, 4)]),
+        # a gap address (2) is not mapped: the halves read
+        (
+            {0, 1, 3},
+            (0, 1, 3),
+            [(0, 1), (1, 1), (3, 1)],
+            [],
+            [(0, 4), (0, 1), (1, 3), (1, 1), (3, 1)],
+        ),
+        # a register itself is refused
+        ({0, 1, 3}, (0, 3, 5), [(0, 1), (3, 1)], ["r5"], [(0, 6), (0, 1), (3, 3), (3, 1), (5, 1)]),
+        # nothing readable
+        (set(), (0, 1), [], ["r0", "r1"], [(0, 2), (0, 1), (1, 1)]),
+    ],
+)
+def test_split_keeps_what_reads_and_names_what_does_not(
+    mapped, addresses, parts, unreadable, requests
+) -> None:
+    device = FakeDevice(mapped)
+    got, bad = asyncio.run(split_read(device.read, 3, regs(*addresses)))
+    assert [(d.start, d.count) for d, _words in got] == parts
+    assert sorted(bad) == unreadable
+    assert device.requests == requests
+    values = {}
+    for decoder, words in got:
+        values.update(decoder.decode(words)[0])
+    assert values == {f"r{a}": float(a) for a in addresses if f"r{a}" not in bad}
+
+
+def test_other_exceptions_are_not_split() -> None:
+    device = FakeDevice(set(), code=4)
+    with pytest.raises(PermanentDeviceError):
+        asyncio.run(split_read(device.read, 3, regs(0, 1)))
+    assert device.requests == [(0, 2)]
