@@ -1,31 +1,163 @@
-"""Wiring of `emm simulator`."""
+"""Wiring of `emm simulator`: meters from the options, placed on ports, with their faults."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from emm.settings import SimulatorSettings
-from simulator.model import VirtualMeter
-from simulator.server import ANY_UNIT, SimulatedContext, make_server
+from emm.errors import ConfigError
+from emm.profiles import Profile
+from emm.settings import MigrateSettings, SimulatorSettings
+from simulator.faults import FaultPlan, Scenario
+from simulator.fleet import MAX_UNITS_PER_PORT, Placement, check_ports, place, port_count
+from simulator.model import MeterSpec, make_meter, virtual_profile
+from simulator.repo import MeterRow, write_config
+from simulator.server import Device, ModbusTcpServer, SimulatedContext, Stats
 
 log = logging.getLogger(__name__)
 
 
-async def run(settings: SimulatorSettings, stop: asyncio.Event | None = None) -> None:
-    """Serve the original README's virtual meter (any unit id) until `stop` is set."""
+@dataclass(frozen=True)
+class SimulatorOptions:
+    """What to simulate (from the command line); where to listen comes from SimulatorSettings."""
+
+    meters: int | None = None  # None: one meter answering every unit id
+    profile: Profile | None = None  # None: the original virtual meter
+    port_per_meter: bool = False
+    units_per_port: int = MAX_UNITS_PER_PORT
+    scenario: Scenario = field(default_factory=Scenario)
+    write_config: bool = False
+    advertise_host: str = "127.0.0.1"
+
+    @property
+    def type(self) -> str:
+        return virtual_profile().type if self.profile is None else self.profile.type
+
+
+class Simulator:
+    """The virtual meters of one run, served on their ports.
+
+    `clock` is what the meters read as the time (injected by tests). With base port 0 every
+    port is picked freely; `port_of` tells where a meter ended up.
+    """
+
+    def __init__(
+        self,
+        settings: SimulatorSettings,
+        options: SimulatorOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.options = options or SimulatorOptions()
+        self.clock = clock
+        self.placements: list[Placement] = place(
+            self.options.meters,
+            port_per_meter=self.options.port_per_meter,
+            units_per_port=self.options.units_per_port,
+        )
+        check_ports(settings.port, self.placements)
+        self.specs: list[MeterSpec] = []
+        self.servers: list[ModbusTcpServer] = []
+        self.stats = Stats()
+
+    async def start(self) -> None:
+        """Build the meters and listen on every port; ConfigError when a port is taken."""
+        started_s = self.clock()
+        scenario = self.options.scenario
+        by_slot: dict[int, tuple[dict[int, Device], dict[int, FaultPlan]]] = {}
+        for placement in self.placements:
+            plan = FaultPlan(placement.index, started_s, scenario.seed, scenario.faults)
+            spec = MeterSpec(
+                seed=placement.index,
+                profile=self.options.profile,
+                step_s=self.settings.step_s,
+                energy_resets=plan.energy_resets,
+            )
+            self.specs.append(spec)
+            devices, plans = by_slot.setdefault(placement.slot, ({}, {}))
+            devices[placement.unit_id] = make_meter(spec)
+            plans[placement.unit_id] = plan
+        base = self.settings.port
+        for slot in range(port_count(self.placements)):
+            devices, plans = by_slot[slot]
+            context = SimulatedContext(devices, self.clock, plans, self.stats)
+            server = ModbusTcpServer(context, self.settings.host, base + slot if base else 0)
+            try:
+                await server.start()
+            except OSError as exc:
+                await self.stop()
+                raise ConfigError(
+                    f"cannot listen on {self.settings.host}:{server.port}: {exc.strerror or exc}"
+                ) from None
+            self.servers.append(server)
+
+    def port_of(self, index: int) -> int:
+        """The port meter `index` listens on (after `start`)."""
+        return self.servers[self.placements[index].slot].port
+
+    def rows(self, host: str) -> list[MeterRow]:
+        """The `energy_meters` rows that reach the meters at `host`."""
+        return [
+            MeterRow(p.description, host, self.port_of(p.index), p.slave_address)
+            for p in self.placements
+        ]
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.shutdown()
+        self.servers.clear()
+
+
+async def run(
+    settings: SimulatorSettings,
+    stop: asyncio.Event | None = None,
+    options: SimulatorOptions | None = None,
+) -> None:
+    """Serve the meters of `options` (default: the original virtual meter) until `stop` is set."""
     stop = stop or asyncio.Event()
-    context = SimulatedContext({ANY_UNIT: VirtualMeter(seed=0, step_s=settings.step_s)})
-    server = make_server(context, settings.host, settings.port)
-    task = asyncio.create_task(server.serve_forever())
-    log.info(
-        "simulator listening on %s:%d (virtual meter, values change every %g s)",
-        settings.host,
-        settings.port,
-        settings.step_s,
-    )
+    options = options or SimulatorOptions()
+    simulator = Simulator(settings, options)
+    await simulator.start()
     try:
+        ports = sorted({server.port for server in simulator.servers})
+        where = (
+            str(ports[0]) if len(ports) == 1 else f"{ports[0]}..{ports[-1]} ({len(ports)} ports)"
+        )
+        log.info(
+            "simulator listening on %s:%s: %d meter(s) of type %s, values change every %g s%s",
+            settings.host,
+            where,
+            len(simulator.placements),
+            options.type,
+            settings.step_s,
+            f", {len(options.scenario.faults)} fault(s)" if options.scenario.faults else "",
+        )
+        if options.write_config:
+            profile = options.profile or virtual_profile()
+            dsn = MigrateSettings.from_env().postgres_dsn
+            result = await asyncio.to_thread(
+                write_config, dsn, profile, simulator.rows(options.advertise_host)
+            )
+            log.info(
+                "registered %d meter(s) at %s in PostgreSQL: %d added, %d updated",
+                len(simulator.placements),
+                options.advertise_host,
+                result.added,
+                result.updated,
+            )
         await stop.wait()
     finally:
-        await server.shutdown()
-        task.cancel()
+        await simulator.stop()
+        s = simulator.stats
+        log.info(
+            "simulator stopped: %d reads, %d writes refused, %d dropped, %d resets, exceptions %s",
+            s.reads,
+            s.writes_refused,
+            s.dropped,
+            s.resets,
+            dict(s.exceptions),
+        )

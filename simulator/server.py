@@ -1,74 +1,318 @@
-"""The Modbus TCP server: pymodbus's server with a datastore that asks the virtual devices.
+"""The Modbus TCP server: a small asyncio server (MBAP framing) answering from the virtual meters.
 
-Every read is answered from the device models at the time of the request; any write is refused
-with exception 1 (ILLEGAL FUNCTION) and counted, since the system must never write to a device.
+It is our own rather than pymodbus's because faults need the connection itself: a reset must
+abort the TCP connection and a rebooting meter must refuse new ones, and pymodbus's datastore
+callback (`async_getValues`) cannot reach the transport. Being small it is also fast: a read is
+a header unpack, a slice of the meter's cached image and a write.
+
+What is answered:
+- function codes 1-4: the meter's values; addresses it does not have give exception 2;
+  a count outside 1..125 (1..2000 bits) or a malformed request gives exception 3;
+- writes (5, 6, 15, 16, 22, 23) and every other function code: exception 1 (ILLEGAL FUNCTION),
+  writes are counted in `Stats.writes_refused` since the system must never write to a device;
+- a unit id no meter answers to: exception 10 (GATEWAY PATH UNAVAILABLE), as a gateway does;
+- faults (`simulator.faults`) come before the read: a rebooting meter is refused (or, behind a
+  port shared with meters that are up, answers exception 11), then timeouts, resets and
+  exceptions, then holes (exception 2); latency delays whatever the answer is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from simulator.faults import RESET, TIMEOUT, FaultPlan
 
 log = logging.getLogger(__name__)
 
 ANY_UNIT = -1
+READ_LIMITS = {1: 2000, 2: 2000, 3: 125, 4: 125}
+WRITE_FUNCTION_CODES = frozenset({5, 6, 15, 16, 22, 23})
+ILLEGAL_FUNCTION = 1
+ILLEGAL_DATA_VALUE = 3
+GATEWAY_PATH_UNAVAILABLE = 10
+GATEWAY_TARGET_FAILED = 11
+
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length of what follows, unit id
+_READ = struct.Struct(">BHH")  # function code, address, count
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close with RST instead of FIN
 
 
 class Device(Protocol):
-    def read(self, function_code: int, address: int, count: int, t_s: float) -> list[int] | int: ...
+    def read_bytes(self, function_code: int, address: int, count: int, t_s: float) -> bytes | int:
+        """Response data bytes, or a Modbus exception code."""
+        ...
 
 
-class SimulatedContext(ModbusServerContext):
-    """Routes each request to the device at its unit id (or to the catch-all device)."""
+@dataclass
+class Stats:
+    """What the server did, for tests and the shutdown log line."""
 
-    def __init__(self, devices: dict[int, Device], clock: Callable[[], float] = time.time) -> None:
-        # The parent's constructor builds pymodbus's own datastore (and warns that it is
-        # deprecated); this context answers every request itself, so it is not called.
-        self.devices = devices
+    reads: int = 0
+    writes_refused: int = 0
+    unsupported: int = 0
+    dropped: int = 0
+    resets: int = 0
+    connections: int = 0
+    exceptions: Counter[int] = field(default_factory=Counter)
+
+
+def _exception(fc: int, code: int) -> bytes:
+    return bytes((fc | 0x80, code))
+
+
+class SimulatedContext:
+    """The meters behind one port, by unit id (ANY_UNIT: any), and how each request is answered."""
+
+    def __init__(
+        self,
+        devices: Mapping[int, Device],
+        clock: Callable[[], float] = time.time,
+        faults: Mapping[int, FaultPlan] | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.devices = dict(devices)
         self.clock = clock
-        self.old_simulator = True
-        self.simdevices = []
-        self.reads = 0
-        self.writes_refused = 0
-
-    def _device(self, device_id: int) -> Device:
-        device = self.devices.get(device_id) or self.devices.get(ANY_UNIT)
-        if device is None:
-            raise NoSuchIdException(f"no virtual device at unit id {device_id}")
-        return device
-
-    async def async_getValues(
-        self, device_id: int, func_code: int, address: int, count: int = 1
-    ) -> list[int] | list[bool] | ExcCodes:
-        device = self._device(device_id)
-        self.reads += 1
-        result = device.read(func_code, address, count, self.clock())
-        if isinstance(result, int):
-            return ExcCodes(result)
-        if func_code in (1, 2):
-            return [bool(v) for v in result]
-        return result
-
-    async def async_setValues(
-        self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
-    ) -> ExcCodes | None:
-        self.writes_refused += 1
-        log.warning(
-            "refused a write (function code %d at %d, unit %d)", func_code, address, device_id
+        self.faults = {unit: plan for unit, plan in (faults or {}).items() if not plan.quiet}
+        self.stats = stats if stats is not None else Stats()
+        # The port refuses connections only while every meter behind it is rebooting.
+        self.can_refuse = bool(self.devices) and all(
+            unit in self.faults and self.faults[unit].reboots for unit in self.devices
         )
-        return ExcCodes.ILLEGAL_FUNCTION
+
+    @property
+    def reads(self) -> int:
+        return self.stats.reads
+
+    @property
+    def writes_refused(self) -> int:
+        return self.stats.writes_refused
 
     def device_ids(self) -> list[int]:
         return [unit for unit in self.devices if unit != ANY_UNIT]
 
+    def refusing(self, t_s: float) -> bool:
+        """Whether the port is down (every meter behind it rebooting) at `t_s`."""
+        return self.can_refuse and all(plan.rebooting(t_s) for plan in self.faults.values())
+
+    def handle(self, unit: int, pdu: bytes) -> tuple[bytes | str, float]:
+        """The response PDU to `pdu` (or TIMEOUT / RESET) and how long to wait before sending it."""
+        stats = self.stats
+        fc = pdu[0]
+        device = self.devices.get(unit)
+        if device is None:
+            device = self.devices.get(ANY_UNIT)
+            if device is None:
+                stats.exceptions[GATEWAY_PATH_UNAVAILABLE] += 1
+                return _exception(fc, GATEWAY_PATH_UNAVAILABLE), 0.0
+            plan = self.faults.get(ANY_UNIT)
+        else:
+            plan = self.faults.get(unit)
+        if fc not in READ_LIMITS:
+            if fc in WRITE_FUNCTION_CODES:
+                stats.writes_refused += 1
+                log.warning("refused a write (function code %d, unit %d)", fc, unit)
+            else:
+                stats.unsupported += 1
+            stats.exceptions[ILLEGAL_FUNCTION] += 1
+            return _exception(fc, ILLEGAL_FUNCTION), 0.0
+        t_s = self.clock()
+        delay = 0.0
+        if plan is not None:
+            if plan.rebooting(t_s):
+                if self.refusing(t_s):
+                    stats.resets += 1
+                    return RESET, 0.0
+                stats.exceptions[GATEWAY_TARGET_FAILED] += 1
+                return _exception(fc, GATEWAY_TARGET_FAILED), 0.0
+            delay = plan.delay_s(t_s)
+            action = plan.action(t_s)
+            if action is not None:
+                if action == TIMEOUT:
+                    stats.dropped += 1
+                    return TIMEOUT, 0.0
+                if action == RESET:
+                    stats.resets += 1
+                    return RESET, 0.0
+                assert isinstance(action, int)
+                stats.exceptions[action] += 1
+                return _exception(fc, action), delay
+        if len(pdu) != 5:
+            stats.exceptions[ILLEGAL_DATA_VALUE] += 1
+            return _exception(fc, ILLEGAL_DATA_VALUE), delay
+        _, address, count = _READ.unpack(pdu)
+        if not 1 <= count <= READ_LIMITS[fc] or address + count > 65536:
+            stats.exceptions[ILLEGAL_DATA_VALUE] += 1
+            return _exception(fc, ILLEGAL_DATA_VALUE), delay
+        if plan is not None and plan.in_hole(fc, address, count, t_s):
+            stats.exceptions[2] += 1
+            return _exception(fc, 2), delay
+        data = device.read_bytes(fc, address, count, t_s)
+        if isinstance(data, int):
+            stats.exceptions[data] += 1
+            return _exception(fc, data), delay
+        stats.reads += 1
+        return bytes((fc, len(data))) + data, delay
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: splits the stream into MBAP frames and answers each."""
+
+    def __init__(self, server: ModbusTcpServer) -> None:
+        self.server = server
+        self.context = server.context
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        self.context.stats.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        position = 0
+        size = len(buffer)
+        while size - position >= 8:
+            tid, protocol, length, unit = _MBAP.unpack_from(buffer, position)
+            if protocol != 0 or not 2 <= length <= 254:
+                # Not Modbus TCP (or out of step with the stream): nothing sensible to answer.
+                self.reset()
+                return
+            end = position + 6 + length
+            if end > size:
+                break
+            pdu = buffer[position + 7 : end]
+            position = end
+            reply, delay = self.context.handle(unit, pdu)
+            if not isinstance(reply, bytes):
+                if reply == RESET:
+                    self.reset()
+                    return
+                continue  # TIMEOUT: never answered
+            frame = _MBAP.pack(tid, 0, len(reply) + 1, unit) + reply
+            if delay > 0:
+                asyncio.get_running_loop().call_later(delay, self._send, frame)
+            else:
+                self._send(frame)
+        self.buffer = buffer[position:]
+
+    def _send(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP reset, as a device that crashed or rebooted does."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+
+
+class ModbusTcpServer:
+    """Serves one SimulatedContext on host:port; port 0 picks a free port (see `port`).
+
+    While the context says the port is refusing (its meters reboot), the listening socket is
+    closed and open connections are reset; it listens again when the reboot is over.
+    """
+
+    def __init__(
+        self, context: SimulatedContext, host: str, port: int, *, poll_s: float = 0.05
+    ) -> None:
+        self.context = context
+        self.host = host
+        self.port = port
+        self.poll_s = poll_s
+        self.connections: set[_Connection] = set()
+        self._listener: asyncio.Server | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._started = False
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    async def start(self) -> None:
+        """Bind the port (raises OSError when it is taken) and start answering."""
+        if self._started:
+            return
+        self._started = True
+        await self._listen()
+        if self.context.can_refuse:
+            if self.context.refusing(self.context.clock()):
+                self._stop_listening()
+            self._watcher = asyncio.create_task(self._watch(), name=f"reboots:{self.port}")
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=512
+        )
+        if self.port == 0:
+            self.port = self._listener.sockets[0].getsockname()[1]
+
+    def _stop_listening(self, *, reset: bool = True) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for connection in list(self.connections):
+            if reset:
+                connection.reset()
+            elif connection.transport is not None:
+                connection.transport.abort()
+
+    async def _watch(self) -> None:
+        """Follow the reboot windows: stop listening while the port is down, then listen again."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            down = self.context.refusing(self.context.clock())
+            if down and self._listener is not None:
+                log.info("port %d refuses connections (rebooting)", self.port)
+                self._stop_listening()
+            elif not down and self._listener is None:
+                try:
+                    await self._listen()
+                    log.info("port %d accepts connections again", self.port)
+                except OSError as exc:
+                    log.warning("port %d cannot listen again yet: %s", self.port, exc)
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and serve until `shutdown`."""
+        await self.start()
+        await self._closed.wait()
+
+    async def shutdown(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        listener = self._listener
+        self._stop_listening(reset=False)
+        if listener is not None:
+            await listener.wait_closed()
+        self._closed.set()
+
 
 def make_server(context: SimulatedContext, host: str, port: int) -> ModbusTcpServer:
-    """A server for `context` listening on host:port (start it with `await serve_forever()`)."""
-    return ModbusTcpServer(context, address=(host, port))
+    """A server for `context` on host:port (start it with `await start()` or `serve_forever()`)."""
+    return ModbusTcpServer(context, host, port)
