@@ -49,6 +49,7 @@ class Worker:
             idle_close_s=settings.idle_close_s,
         )
         self.holes = HoleMemory()
+        self.handled = 0  # jobs read and acked by this process
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def on_delivery(self, delivery: Delivery) -> None:
@@ -85,6 +86,7 @@ class Worker:
             await self._settle(delivery, exc)
             return
         await self._settle(delivery, None)
+        self.handled += 1
 
     async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
         try:

@@ -71,7 +71,7 @@ async def read_once(args: argparse.Namespace) -> int:
         pool.close()
     width = max([len("name")] + [len(r[0]) for r in rows])
     header = f"{'name':<{width}}  {'value':>14}  {'unit':<6}"
-    print(header + ("  raw" if args.raw else ""))
+    print((header + ("  raw" if args.raw else "")).rstrip())
     for name, value, unit, extra in rows:
         line = f"{name:<{width}}  {value:>14}  {unit:<6}"
         if args.raw or value == "error":

@@ -14,7 +14,7 @@ from emm.messages import Job, Meter, Reading
 from emm.planner import ReadLimits, plan
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
-from simulator.model import expected
+from simulator.model import MeterSpec, expected
 from tests.conftest import Processes, free_port, port_open, wait_for
 from tests.integration.amqp_util import depth, drain, publish
 from worker.app import Worker
@@ -208,3 +208,87 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
         "split into 1 request(s); never readable: gapA, gapB"
     ]
     assert len([m for m in lines if m.startswith("meter 5 (virtual_modbustcp")]) == 1
+
+
+def _free_port_run(count: int) -> int:
+    """A first port such that `count` consecutive ports are free."""
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65000 and not any(
+            port_open("127.0.0.1", p) for p in range(base, base + count)
+        ):
+            return base
+    raise AssertionError("no run of free ports")
+
+
+def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
+    amqp_url: str, processes: Processes
+) -> None:
+    meters, latency_ms = 20, 300
+    base = _free_port_run(meters)
+    processes.start(
+        "simulator",
+        [
+            "simulator",
+            "--profile",
+            "sdm630",
+            "--meters",
+            str(meters),
+            "--port-per-meter",
+            "--port",
+            str(base),
+            "--host",
+            "127.0.0.1",
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        {"EMM_SIMULATOR_STEP_S": str(STEP_S)},
+    )
+    wait_for(lambda: all(port_open("127.0.0.1", base + i) for i in range(meters)), 20)
+    spec = MeterSpec.of_type("sdm630", step_s=STEP_S)
+    profile = spec.profile
+    assert profile is not None
+    requests = tuple(plan(profile.registers, profile.limits))
+    assert len(requests) == 4
+    tick_ms = round(time.time() / STEP_S) * STEP_S * 1000
+    jobs = [
+        Job(
+            Meter(i + 1, "127.0.0.1", base + i, 1, "sdm630"),
+            tick_ms,
+            tick_ms + 30_000,
+            requests,
+            profile.registers,
+        )
+        for i in range(meters)
+    ]
+    settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=2.0)
+    elapsed: list[float] = []
+    workers = [Worker(settings), Worker(settings)]
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+        await asyncio.sleep(0.5)  # both consuming
+        started = time.monotonic()
+        await asyncio.to_thread(publish, amqp_url, JOBS, [j.encode() for j in jobs])
+        while (await asyncio.to_thread(depth, amqp_url, READINGS))[0] < meters:
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 30
+        elapsed.append(time.monotonic() - started)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+
+    asyncio.run(go())
+    readings = [Reading.decode(g.body) for g in drain(amqp_url, READINGS)]
+    assert sorted(r.meter.id for r in readings) == list(range(1, meters + 1))
+    for r in readings:
+        want = expected(
+            MeterSpec.of_type("sdm630", seed=r.meter.port - base, step_s=STEP_S), tick_ms
+        )
+        assert r.fields == want
+        assert r.status.requests == 4
+        assert r.status.latency_ms >= 4 * latency_ms
+    # One after the other this would take 20 x 4 x 0.3 s = 24 s.
+    assert elapsed[0] < 8, elapsed
+    assert sorted(w.handled for w in workers)[0] > 0, [w.handled for w in workers]
+    assert sum(w.handled for w in workers) == meters
