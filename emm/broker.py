@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 JOBS = "emm.jobs"
 READINGS = "emm.readings"
 QUEUES = (JOBS, READINGS)
+RECONNECT_INTERVAL_S = 1.0
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -60,29 +61,80 @@ def decide(error: BaseException | None) -> Outcome:
 
 
 class Broker:
-    """One robust AMQP connection with a confirming channel; reconnects on its own."""
+    """One AMQP connection with a confirming channel, reopened whenever it is lost.
+
+    Reconnection is ours rather than aio-pika's robust connection: every close we did not ask
+    for (a killed broker, a clean broker shutdown, a channel error) leads to a fresh connection,
+    the queues declared again and every consumer restarted, with capped backoff in between.
+    While disconnected `publish` fails at once with BrokerError, so callers decide to retry.
+    """
 
     def __init__(self, url: str, *, prefetch: int = 0, name: str = "emm") -> None:
         self.url = url
         self.prefetch = prefetch
         self.name = name
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumers: list[tuple[str, Callable[[Delivery], Awaitable[None]]]] = []
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    async def _open(self) -> None:
+        connection = await aio_pika.connect(
+            self.url, client_properties={"connection_name": self.name}, timeout=10
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            if self.prefetch:
+                await channel.set_qos(prefetch_count=self.prefetch)
+            await declare_topology(channel)
+            for queue, handler in self._consumers:
+                q = await channel.get_queue(queue, ensure=False)
+                await q.consume(handler, no_ack=False)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
+        connection.close_callbacks.add(self._on_close)
+        channel.close_callbacks.add(self._on_close)
+        self._connected.set()
+
+    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
+        if self._closing or not self._connected.is_set():
+            return
+        self._connected.clear()
+        log.warning("lost the connection to RabbitMQ (%r); reconnecting", exc)
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        old = self._connection
+        self._connection = self._channel = None
+        if old is not None and not old.is_closed:
+            try:
+                await old.close()
+            except _ERRORS:
+                pass
+        delay = RECONNECT_INTERVAL_S
+        while not self._closing:
+            try:
+                await self._open()
+                self.reconnects += 1
+                log.info("reconnected to RabbitMQ as %s", self.name)
+                return
+            except _ERRORS as exc:
+                log.debug("RabbitMQ still unreachable (%r)", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def connect(self, *, retry_forever: bool = True) -> None:
         """Connect and declare the queues, waiting for the broker to come up if it is not yet."""
         delay = 0.5
         while True:
             try:
-                self._connection = await aio_pika.connect_robust(
-                    self.url,
-                    client_properties={"connection_name": self.name},
-                    timeout=10,
-                )
-                self._channel = await self._connection.channel(publisher_confirms=True)
-                if self.prefetch:
-                    await self._channel.set_qos(prefetch_count=self.prefetch)
-                await declare_topology(self._channel)
+                await self._open()
                 log.info("connected to RabbitMQ as %s", self.name)
                 return
             except _ERRORS as exc:
@@ -93,8 +145,13 @@ class Broker:
                 delay = min(delay * 2, 10.0)
 
     @property
+    def connected(self) -> bool:
+        """Whether the connection to RabbitMQ is up right now."""
+        return self._connected.is_set()
+
+    @property
     def channel(self) -> aio_pika.abc.AbstractChannel:
-        if self._channel is None:
+        if self._channel is None or not self._connected.is_set():
             raise BrokerError("not connected to RabbitMQ")
         return self._channel
 
@@ -116,13 +173,16 @@ class Broker:
             headers=headers,
             message_id=message_id,
         )
+        channel = self.channel
         try:
-            await self.channel.default_exchange.publish(message, routing_key=queue, timeout=30)
+            await channel.default_exchange.publish(message, routing_key=queue, timeout=30)
         except _ERRORS as exc:
             raise BrokerError(f"publish to {queue} not confirmed: {exc!r}") from None
 
     async def consume(self, queue: str, handler: Callable[[Delivery], Awaitable[None]]) -> None:
-        """Deliver each message of `queue` to `handler` (which must ack or reject it)."""
+        """Deliver each message of `queue` to `handler` (which must ack or reject it), also
+        after every reconnection."""
+        self._consumers.append((queue, handler))
         try:
             q = await self.channel.get_queue(queue, ensure=False)
             await q.consume(handler, no_ack=False)
@@ -150,6 +210,10 @@ class Broker:
             await nack(delivery, requeue=True)
 
     async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        self._connected.clear()
         if self._connection is not None:
             try:
                 await self._connection.close()
@@ -172,9 +236,8 @@ async def ack(delivery: Delivery) -> bool:
         await delivery.ack()
         return True
     except _ERRORS as exc:
-        log.warning(
-            "could not ack message %s (%r); it will be delivered again", delivery.message_id, exc
-        )
+        # The channel it came on is gone; RabbitMQ requeued it and delivers it again.
+        log.debug("could not ack message %s (%r)", delivery.message_id, exc)
         return False
 
 

@@ -88,6 +88,9 @@ class WorkerSettings:
     read_attempts: int = 3
     connect_timeout_s: float = 2.0
     idle_close_s: float = 60.0
+    offline_after_ticks: int = 3
+    offline_backoff_max_s: float = 60.0
+    outbox_max: int = 50_000
     log_level: str = "INFO"
 
     @classmethod
@@ -100,6 +103,9 @@ class WorkerSettings:
             read_attempts=e.integer("EMM_READ_ATTEMPTS", 3, low=1, high=100),
             connect_timeout_s=e.number("EMM_CONNECT_TIMEOUT_S", 2.0, low=0.01),
             idle_close_s=e.number("EMM_IDLE_CLOSE_S", 60.0, low=0.0),
+            offline_after_ticks=e.integer("EMM_OFFLINE_AFTER_TICKS", 3, low=1),
+            offline_backoff_max_s=e.number("EMM_OFFLINE_BACKOFF_MAX_S", 60.0, low=0.0),
+            outbox_max=e.integer("EMM_WORKER_OUTBOX_MAX", 50_000, low=1),
             log_level=e.text("EMM_LOG_LEVEL", "INFO"),
         )
 
@@ -118,6 +124,7 @@ class WriterSettings:
     flush_interval_ms: int = 1000
     write_timeout_s: float = 10.0
     retry_max_s: float = 30.0
+    stats_file: str = ""  # benchmarks: append "written_ms tick_ms count" per tick per batch
     log_level: str = "INFO"
 
     @classmethod
@@ -134,6 +141,7 @@ class WriterSettings:
             flush_interval_ms=e.integer("EMM_WRITER_FLUSH_INTERVAL_MS", 1000, low=1),
             write_timeout_s=e.number("EMM_INFLUX_TIMEOUT_S", 10.0, low=0.1),
             retry_max_s=e.number("EMM_WRITER_RETRY_MAX_S", 30.0, low=0.1),
+            stats_file=e.text("EMM_WRITER_STATS_FILE", ""),
             log_level=e.text("EMM_LOG_LEVEL", "INFO"),
         )
 

@@ -26,12 +26,14 @@ def _iso(ts_ms: int) -> str:
 
 
 async def publish_jobs(
-    broker: Broker, jobs: list[Job], deadline_ms: int, clock: Callable[[], float] = time.time
+    broker: Broker, jobs: list[Job], give_up_ms: int, clock: Callable[[], float] = time.time
 ) -> int:
-    """Publish every job with confirms, retrying broker failures until the tick's deadline.
+    """Publish every job with confirms, retrying broker failures until `give_up_ms`.
 
-    Each job's TTL is the time left until its deadline, so jobs a worker cannot start in
-    time expire instead of piling up. Returns how many were confirmed.
+    Each job's TTL is the time left until its deadline (the next tick), so jobs no worker can
+    start in time expire instead of piling up. Publishing stops earlier, half a tick after the
+    tick, because a worker would not read a job that late: while RabbitMQ is away the workers
+    read the meters they hold on their own. Returns how many were confirmed.
     """
     gate = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
 
@@ -39,17 +41,20 @@ async def publish_jobs(
         delay = 0.2
         async with gate:
             while True:
-                left_s = (deadline_ms - clock() * 1000) / 1000
-                if left_s <= 0:
+                now_ms = clock() * 1000
+                if now_ms >= give_up_ms:
                     return False
                 try:
                     await broker.publish(
-                        JOBS, job.encode(), expiration_s=left_s, message_id=job.job_id
+                        JOBS,
+                        job.encode(),
+                        expiration_s=(job.deadline_ms - now_ms) / 1000,
+                        message_id=job.job_id,
                     )
                     return True
                 except BrokerError as exc:
                     log.debug("job %s not published yet: %s", job.job_id, exc)
-                    await asyncio.sleep(min(delay, max(left_s, 0.01)))
+                    await asyncio.sleep(min(delay, max((give_up_ms - now_ms) / 1000, 0.01)))
                     delay = min(delay * 2, 5.0)
 
     results = await asyncio.gather(*(one(job) for job in jobs))
@@ -79,7 +84,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             config = await asyncio.to_thread(repo.load)
             if config is not None:
                 jobs = build_jobs(config, tick_ms, period_ms)
-                published = await publish_jobs(broker, jobs, tick_ms + period_ms)
+                published = await publish_jobs(broker, jobs, tick_ms + period_ms // 2)
                 took_ms = (time.monotonic() - started) * 1000
                 if published == len(jobs):
                     log.info(
@@ -87,8 +92,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                     )
                 else:
                     log.error(
-                        "tick %s: only %d of %d jobs published before the next tick "
-                        "(RabbitMQ unreachable?)",
+                        "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
+                        "unreachable); workers read the meters they were given last on their own",
                         _iso(tick_ms),
                         published,
                         len(jobs),

@@ -1,16 +1,32 @@
-"""The worker's loop: many jobs in flight on one event loop, each acked after its reading."""
+"""The worker's loop: many jobs in flight on one event loop, each acked after its reading.
+
+Delivery guarantees (see the README's "Guarantees"):
+- A job is acked only once RabbitMQ confirmed its reading. A reading that cannot be published
+  (broker down) waits in the outbox and is published when the broker is back.
+- A job delivered again (its ack was lost with the connection) is answered from the recent
+  readings instead of reading the device a second time.
+- A job that reaches a worker more than half a tick after its tick is not read: the value would
+  not belong to the tick's timestamp.
+- While RabbitMQ is unreachable no jobs arrive, so the worker keeps reading, on the same ticks,
+  the meters of the last tick it was given; those readings wait in the outbox too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from emm.broker import JOBS, READINGS, Broker, Delivery
 from emm.errors import BrokerError, MessageError
-from emm.messages import Job, Reading
+from emm.messages import Job, Reading, Status
 from emm.settings import WorkerSettings
+from worker.health import DeviceHealth
 from worker.modbus import DevicePool
 from worker.reader import HoleMemory, read_job
 
@@ -19,6 +35,10 @@ log = logging.getLogger(__name__)
 
 def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozenset()) -> None:
@@ -37,6 +57,15 @@ def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozen
         log.info("%s: not available (sentinel/NaN): %s", where, ", ".join(reading.missing))
 
 
+@dataclass
+class Outgoing:
+    """A reading on its way to `emm.readings`; `confirmed` is set once RabbitMQ has it."""
+
+    reading: Reading
+    created_ms: int = field(default_factory=_now_ms)
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Worker:
     """Consumes `emm.jobs`; `concurrency` jobs (the prefetch) are handled at once."""
 
@@ -49,14 +78,29 @@ class Worker:
             idle_close_s=settings.idle_close_s,
         )
         self.holes = HoleMemory()
+        self.health = DeviceHealth(settings.offline_after_ticks, settings.offline_backoff_max_s)
         self.handled = 0  # jobs read and acked by this process
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.redelivered = 0  # jobs RabbitMQ delivered again
+        self.replayed = 0  # readings taken on the worker's own while RabbitMQ was away
+        self._tasks: set[asyncio.Task[object]] = set()
+        # job id -> its reading, for jobs delivered again; kept for a few ticks
+        self._recent: OrderedDict[str, Outgoing] = OrderedDict()
+        self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self._pending = 0  # readings in the outbox, not yet confirmed
+        # the jobs of the newest tick this worker was given, by meter id
+        self._latest_tick_ms = 0
+        self._latest_jobs: dict[int, Job] = {}
+
+    # ------------------------------------------------------------------ jobs
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def on_delivery(self, delivery: Delivery) -> None:
         # Return at once so the consumer keeps receiving; the job runs as its own task.
-        task = asyncio.create_task(self.handle(delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self.handle(delivery))
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
@@ -66,33 +110,139 @@ class Worker:
             log.error("malformed job dead-lettered to %s.dead: %s", JOBS, exc)
             await self._settle(delivery, exc)
             return
-        if time.time() * 1000 > job.deadline_ms:
-            log.warning("job %s arrived after its tick ended; skipped", job.job_id)
-            await self._settle(delivery, None)
-            return
-        known = self.holes.unreadable(job.meter)
-        reading = await read_job(
-            job, self.pool, attempts=self.settings.read_attempts, holes=self.holes
-        )
-        report(job, reading, known)
-        try:
-            await self.broker.publish(READINGS, reading.encode(), message_id=reading.reading_id)
-        except BrokerError as exc:
-            log.error(
-                "reading %s not confirmed (%s); the job goes back to the queue",
-                reading.reading_id,
-                exc,
-            )
-            await self._settle(delivery, exc)
-            return
+        if delivery.redelivered:
+            self.redelivered += 1
+            log.info("job %s delivered again", job.job_id)
+        self._remember(job)
+        out = self._recent.get(job.job_id)
+        if out is None:
+            late_ms = _now_ms() - job.tick_ms
+            period_ms = job.deadline_ms - job.tick_ms
+            if late_ms > period_ms / 2:
+                log.warning(
+                    "job %s reached this worker %.1f s after its tick; not read (the value "
+                    "would not belong to the tick)",
+                    job.job_id,
+                    late_ms / 1000,
+                )
+                await self._settle(delivery, None)
+                return
+            out = await self._read(job)
+        # Ack only once the reading is confirmed (immediately, or when the broker is back).
+        await out.confirmed.wait()
         await self._settle(delivery, None)
         self.handled += 1
+
+    async def _read(self, job: Job) -> Outgoing:
+        """Read the meter of `job` (or note that it is offline) and queue the reading."""
+        period_ms = job.deadline_ms - job.tick_ms
+        reason = self.health.skip_reason(job.meter, job.tick_ms)
+        if reason is not None:
+            reading = Reading(job.meter, job.tick_ms, {}, Status(False, "offline", reason))
+        else:
+            known = self.holes.unreadable(job.meter)
+            was_offline = self.health.is_offline(job.meter)
+            reading = await read_job(
+                job, self.pool, attempts=self.settings.read_attempts, holes=self.holes
+            )
+            self.health.record(
+                job.meter, job.tick_ms, period_ms, reading.status.up, reading.status.error_code
+            )
+            if not was_offline and not self.health.is_offline(job.meter):
+                report(job, reading, known)
+        out = Outgoing(reading)
+        self._recent[job.job_id] = out
+        self._recent.move_to_end(job.job_id)
+        self._pending += 1
+        self._outbox.put_nowait(out)
+        return out
+
+    def _remember(self, job: Job) -> None:
+        """Keep the newest tick's jobs: they are what the worker reads if RabbitMQ goes away."""
+        if job.tick_ms > self._latest_tick_ms:
+            self._latest_tick_ms = job.tick_ms
+            self._latest_jobs = {}
+        if job.tick_ms == self._latest_tick_ms:
+            self._latest_jobs[job.meter.id] = job
 
     async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
         try:
             await self.broker.settle(JOBS, delivery, error)
         except BrokerError as exc:
             log.error("could not settle a job (%s); RabbitMQ will deliver it again", exc)
+
+    # ------------------------------------------------------------------ outbox
+
+    async def _publisher(self) -> None:
+        """Publish queued readings with confirms, waiting out broker outages."""
+        while True:
+            out = await self._outbox.get()
+            delay = 0.2
+            while True:
+                try:
+                    await self.broker.publish(
+                        READINGS, out.reading.encode(), message_id=out.reading.reading_id
+                    )
+                    break
+                except BrokerError as exc:
+                    log.debug("reading %s not confirmed yet: %s", out.reading.reading_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            out.confirmed.set()
+            self._pending -= 1
+
+    def _prune(self) -> None:
+        """Forget readings of jobs older than a few ticks (their jobs cannot come back)."""
+        horizon_ms = _now_ms() - 5 * 60_000
+        while self._recent:
+            out = next(iter(self._recent.values()))
+            if out.reading.tick_ms >= horizon_ms or not out.confirmed.is_set():
+                break
+            self._recent.popitem(last=False)
+
+    # ------------------------------------------------------------------ replay
+
+    async def _replayer(self, stop: asyncio.Event) -> None:
+        """While RabbitMQ is unreachable, read the last tick's meters on the following ticks."""
+        replayed_tick = 0
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+            if self.broker.connected or not self._latest_jobs:
+                replayed_tick = 0
+                continue
+            sample = next(iter(self._latest_jobs.values()))
+            period_ms = sample.deadline_ms - sample.tick_ms
+            if period_ms <= 0:
+                continue
+            now = _now_ms()
+            tick_ms = self._latest_tick_ms + (now - self._latest_tick_ms) // period_ms * period_ms
+            if tick_ms <= self._latest_tick_ms or tick_ms <= replayed_tick:
+                continue
+            if self._pending >= self.settings.outbox_max:
+                log.error(
+                    "outbox full (%d readings waiting for RabbitMQ); tick %s not read",
+                    self._pending,
+                    _iso(tick_ms),
+                )
+                replayed_tick = tick_ms
+                continue
+            replayed_tick = tick_ms
+            jobs = [
+                replace(job, tick_ms=tick_ms, deadline_ms=tick_ms + period_ms)
+                for job in self._latest_jobs.values()
+            ]
+            log.warning(
+                "RabbitMQ unreachable at tick %s: reading the %d meters of the last tick on "
+                "this worker's own; readings wait until it is back",
+                _iso(tick_ms),
+                len(jobs),
+            )
+            for job in jobs:
+                if job.job_id not in self._recent:
+                    self.replayed += 1
+                    self._spawn(self._read(job))
+
+    # ------------------------------------------------------------------ main
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -104,15 +254,25 @@ class Worker:
             self.settings.read_timeout_s,
             self.settings.read_attempts,
         )
+        publisher = asyncio.create_task(self._publisher())
+        replayer = asyncio.create_task(self._replayer(stop))
         try:
             while not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=5.0)
                 except TimeoutError:
                     self.pool.close_idle()
+                    self._prune()
         finally:
+            replayer.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=10)
+            # Give readings still in the outbox a moment to reach RabbitMQ; what does not make
+            # it is read again from the redelivered jobs.
+            deadline = time.monotonic() + 5
+            while self._pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            publisher.cancel()
             await self.broker.close()
             self.pool.close()
 

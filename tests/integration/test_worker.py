@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -23,6 +25,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 STEP_S = 10
 VALUE = Register("test_measurement", 0, 3, DataType.INT16, unit="test_u")
+
+
+def current_tick_ms(read_within_s: float = 4.0) -> int:
+    """The simulator step the next few seconds fall in (waiting out a step change if needed).
+
+    The simulator's values change half-way between steps; reads that start now and take up to
+    `read_within_s` must all see the same step.
+    """
+    phase = time.time() % STEP_S
+    if STEP_S / 2 - read_within_s <= phase < STEP_S / 2:
+        time.sleep(STEP_S / 2 - phase + 0.05)
+    return round(time.time() / STEP_S) * STEP_S * 1000
 
 
 def job(meter: Meter, registers: tuple[Register, ...], tick_ms: int, gap: int = 50) -> Job:
@@ -66,7 +80,7 @@ def simulator(processes: Processes) -> int:
 def test_readings_failures_and_poison(
     amqp_url: str, simulator: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tick_ms = round(time.time() / STEP_S) * STEP_S * 1000
+    tick_ms = current_tick_ms()
     closed_port = free_port()
     good = Meter(1, "127.0.0.1", simulator, 0, "virtual_modbustcp", "good")
     dead = Meter(2, "127.0.0.1", closed_port, 0, "virtual_modbustcp", "dead")
@@ -168,17 +182,19 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
         Register("gapA", 2, 3, DataType.INT16),
         Register("gapB", 3, 3, DataType.INT16),
     )
-    tick_ms = round(time.time() / STEP_S) * STEP_S * 1000
+    tick_ms = current_tick_ms()
     first = job(meter, registers, tick_ms)
     assert [(r.address, r.count) for r in first.requests] == [(0, 4)]
+    # The same device under another meter id: a job of its own, the same learned split.
+    second = replace(first, meter=replace(meter, id=6))
     settings = WorkerSettings(amqp_url=amqp_url)
 
     async def two_ticks() -> None:
         stop = asyncio.Event()
         worker = Worker(settings)
         task = asyncio.create_task(worker.run(stop))
-        for n in (1, 2):
-            await asyncio.to_thread(publish, amqp_url, JOBS, [first.encode()])
+        for n, body in ((1, first.encode()), (2, second.encode())):
+            await asyncio.to_thread(publish, amqp_url, JOBS, [body])
             for _ in range(100):
                 await asyncio.sleep(0.1)
                 if (await asyncio.to_thread(depth, amqp_url, READINGS))[0] >= n:
@@ -211,12 +227,12 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
 
 
 def _free_port_run(count: int) -> int:
-    """A first port such that `count` consecutive ports are free."""
+    """A first port such that `count` consecutive ports are free (below the ephemeral range,
+    so no outgoing connection takes one meanwhile)."""
+    rng = random.Random()
     for _ in range(50):
-        base = free_port()
-        if base + count < 65000 and not any(
-            port_open("127.0.0.1", p) for p in range(base, base + count)
-        ):
+        base = rng.randrange(20000, 32000 - count)
+        if not any(port_open("127.0.0.1", p) for p in range(base, base + count)):
             return base
     raise AssertionError("no run of free ports")
 
@@ -250,7 +266,7 @@ def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
     assert profile is not None
     requests = tuple(plan(profile.registers, profile.limits))
     assert len(requests) == 4
-    tick_ms = round(time.time() / STEP_S) * STEP_S * 1000
+    tick_ms = current_tick_ms()
     jobs = [
         Job(
             Meter(i + 1, "127.0.0.1", base + i, 1, "sdm630"),

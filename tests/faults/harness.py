@@ -1,0 +1,316 @@
+"""The fault tests' bench: private services they may kill, the whole pipeline as processes, and
+the check of what reached InfluxDB against what the simulator says each tick must contain.
+
+"loss" = an expected (meter, tick) missing in InfluxDB; "dup" = a point that should not be
+there: an extra meter, an off-grid timestamp, or a value that differs from the simulator's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from simulator.model import MeterSpec, expected
+from tests import localservices
+from tests.conftest import Processes, port_open, wait_for
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of the test's own (own name, ports and data folder), to kill and restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = localservices.free_port()
+        self.dist_port = localservices.free_port()
+        self.node = f"emmfault{self.port}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        # A short heartbeat so a dead peer is noticed quickly.
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F?heartbeat=10"
+
+    @staticmethod
+    def available() -> str | None:
+        """Why a private node cannot be started here, or None."""
+        if not Path(RABBITMQ_SERVER).exists():
+            return "rabbitmq-server is not installed"
+        if os.geteuid() != 0:
+            return "a private RabbitMQ node needs root (its Erlang cookie)"
+        return None
+
+    def start(self, timeout_s: float = 60) -> None:
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
+            "RABBITMQ_PID_FILE": str(self.folder / "pid"),
+        }
+        with (self.folder / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [RABBITMQ_SERVER],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: port_open("127.0.0.1", self.port), timeout_s, 0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without closing anything."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        wait_for(lambda: not port_open("127.0.0.1", self.port), 30)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM): connections are closed by the broker."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def queue_depth(self, queue: str) -> int:
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        finally:
+            conn.close()
+
+
+class Influx:
+    """A private InfluxDB 1.x with a query helper."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = localservices.free_port()
+        self.service: localservices.Service | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.service = localservices.start_influxdb_v1(self.folder, self.port)
+        self.query("CREATE DATABASE energy", post=True)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    def query(self, q: str, post: bool = False) -> list[dict[str, Any]]:
+        params = urllib.parse.urlencode({"db": "energy", "q": q, "epoch": "ms"})
+        request = urllib.request.Request(
+            f"{self.url}/query?{params}",
+            data=b"" if post else None,
+            method="POST" if post else "GET",
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            data = json.load(resp)
+        rows: list[dict[str, Any]] = []
+        for result in data.get("results", []):
+            if "error" in result:
+                raise AssertionError(result["error"])
+            for series in result.get("series", []):
+                for values in series["values"]:
+                    rows.append(dict(zip(series["columns"], values, strict=True)))
+        return rows
+
+
+@dataclass
+class Pipeline:
+    """The simulator and the four services as processes, configured for one test."""
+
+    processes: Processes
+    dsn: str
+    amqp_url: str
+    influx_url: str
+    meters: int
+    period_s: int = 5
+    profile: str = "sdm630"
+    workers: int = 2
+    simulator_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    sim_port: int = field(default_factory=localservices.free_port)
+    specs: dict[int, MeterSpec] = field(default_factory=dict)  # meter id -> simulator spec
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "EMM_POSTGRES_DSN": self.dsn,
+            "EMM_AMQP_URL": self.amqp_url,
+            "EMM_INFLUX_URL": self.influx_url,
+            "EMM_INFLUX_API": "v1",
+            "EMM_INFLUX_BUCKET": "energy",
+            "EMM_READ_CRON": f"*/{self.period_s} * * * * *",
+            "EMM_SIMULATOR_STEP_S": str(self.period_s),
+            "EMM_WRITER_FLUSH_INTERVAL_MS": "500",
+            "EMM_READ_TIMEOUT_S": "1.0",
+            "EMM_LOG_LEVEL": "INFO",
+            **self.extra_env,
+        }
+
+    def start_simulator(self) -> None:
+        args = [
+            "simulator",
+            "--profile",
+            self.profile,
+            "--meters",
+            str(self.meters),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.sim_port),
+            "--write-config",
+            *self.simulator_args,
+        ]
+        self.processes.start("simulator", args, self.env)
+        wait_for(lambda: port_open("127.0.0.1", self.sim_port), 30)
+        wait_for(self._registered, 30)
+
+    def _registered(self) -> bool:
+        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, description FROM energy_meters WHERE description LIKE 'sim-%'")
+            rows = cur.fetchall()
+        conn.close()
+        if len(rows) < self.meters:
+            return False
+        for meter_id, description in rows:
+            index = int(description.removeprefix("sim-"))
+            self.specs[meter_id] = MeterSpec.of_type(self.profile, seed=index, step_s=self.period_s)
+        return True
+
+    def start_services(self) -> int:
+        """Start writer, workers and then the scheduler; returns the first tick it publishes."""
+        self.start("writer")
+        for n in range(self.workers):
+            self.start(f"worker{n}")
+        wait_for(lambda: "writer started" in self.log("writer"), 30)
+        for n in range(self.workers):
+            wait_for(lambda n=n: "worker started" in self.log(f"worker{n}"), 30)
+        self.start("scheduler")
+        first = wait_for(lambda: published_ticks(self.log("scheduler")), 30)
+        return first[0]
+
+    def start(self, name: str) -> None:
+        command = name.rstrip("0123456789")
+        self.processes.start(name, [command], self.env)
+
+    def kill(self, name: str) -> None:
+        proc = self.processes.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def alive(self) -> dict[str, int | None]:
+        """Exit codes of the services (None: still running)."""
+        return {name: proc.poll() for name, proc in self.processes.procs.items()}
+
+    def log(self, name: str) -> str:
+        return self.processes.log(name)
+
+
+@dataclass
+class Verdict:
+    expected: int
+    stored: int
+    lost: list[tuple[int, int]]
+    dup: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stored} stored of {self.expected} expected; lost {len(self.lost)} "
+            f"{self.lost[:10]}; dup {len(self.dup)} {self.dup[:5]}"
+        )
+
+
+_NOT_FIELDS = ("time", "meter_id", "type", "description")
+
+
+def check(pipeline: Pipeline, influx: Influx, first_tick_ms: int, last_tick_ms: int) -> Verdict:
+    """Compare every `energy` point with the simulator's values for ticks in the window."""
+    period_ms = pipeline.period_s * 1000
+    ticks = list(range(first_tick_ms, last_tick_ms + 1, period_ms))
+    rows = influx.query(
+        f"SELECT * FROM energy WHERE time >= {first_tick_ms}ms AND time <= {last_tick_ms}ms"
+    )
+    stored: dict[tuple[int, int], dict[str, Any]] = {}
+    dup: list[str] = []
+    cache: dict[tuple[int, int], dict[str, float]] = {}
+    for row in rows:
+        meter_id = int(row["meter_id"])
+        tick = int(row["time"])
+        key = (meter_id, tick)
+        if meter_id not in pipeline.specs:
+            dup.append(f"unknown meter {meter_id}")
+            continue
+        if tick % period_ms:
+            dup.append(f"meter {meter_id} off-grid timestamp {tick}")
+            continue
+        stored[key] = row
+        if key not in cache:
+            cache[key] = expected(pipeline.specs[meter_id], tick)
+        want = cache[key]
+        got = {k: v for k, v in row.items() if k not in _NOT_FIELDS and v is not None}
+        if got != want:
+            wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            dup.append(f"meter {meter_id} tick {tick}: wrong {wrong[:4]}")
+    lost = [(m, t) for t in ticks for m in sorted(pipeline.specs) if (m, t) not in stored]
+    return Verdict(len(ticks) * len(pipeline.specs), len(stored), lost, dup)
+
+
+def published_ticks(scheduler_log: str) -> list[int]:
+    """Ticks (ms) the scheduler's log says it published completely."""
+    ticks = []
+    for line in scheduler_log.splitlines():
+        marker = ": tick "
+        if marker in line and "jobs published in" in line:
+            stamp = line.split(marker, 1)[1].split(": ", 1)[0]
+            ticks.append(int(datetime.fromisoformat(stamp).timestamp() * 1000))
+    return ticks
+
+
+def stored_ticks(influx: Influx) -> list[int]:
+    """The distinct timestamps stored so far."""
+    rows = influx.query("SELECT count(up) FROM meter_status GROUP BY time(1s) fill(none)")
+    return sorted(int(r["time"]) for r in rows)
+
+
+def tick_floor(ts_ms: int, period_s: int) -> int:
+    return ts_ms // (period_s * 1000) * period_s * 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def which(binary: str) -> bool:
+    return shutil.which(binary) is not None

@@ -1,0 +1,75 @@
+"""RabbitMQ dies (SIGKILL) or restarts cleanly in the middle of a run: nothing lost or doubled."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import Processes
+from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+
+
+def run_until_caught_up(pipeline: Pipeline, influx: Influx, first: int, last: int, limit_s: float):
+    """Poll until every (meter, tick) up to `last` is stored, or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        verdict = check(pipeline, influx, first, last)
+        if not verdict.lost or time.monotonic() > deadline:
+            return verdict
+        time.sleep(1)
+
+
+def test_broker_killed_for_30_s(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+) -> None:
+    pipeline = Pipeline(processes, pg_dsn, rabbit.url, influx.url, meters=100, period_s=5)
+    pipeline.start_simulator()
+    first = pipeline.start_services()
+    p_ms = pipeline.period_s * 1000
+    time.sleep(max(0.0, (first + 2 * p_ms + p_ms // 2 - now_ms()) / 1000))
+    rabbit.kill()
+    killed_at = now_ms()
+    time.sleep(30)
+    rabbit.start()
+    back_at = now_ms()
+    # Ten ticks in all, at least two after the broker's return.
+    last = max(first + 9 * p_ms, tick_floor(back_at, pipeline.period_s) + 2 * p_ms)
+    time.sleep(max(0.0, (last - now_ms()) / 1000))
+    verdict = run_until_caught_up(pipeline, influx, first, last, limit_s=60)
+    caught_up_s = (now_ms() - back_at) / 1000
+    assert pipeline.alive() == dict.fromkeys(pipeline.alive()), {
+        n: pipeline.log(n)[-2000:] for n, c in pipeline.alive().items() if c is not None
+    }
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+    assert verdict.stored == 100 * ((last - first) // p_ms + 1)
+    assert caught_up_s < 60
+    assert killed_at < back_at
+    # The ticks during the outage were read by the workers on their own.
+    assert "RabbitMQ unreachable at tick" in pipeline.log("worker0") + pipeline.log("worker1")
+
+
+def test_broker_restarted_cleanly_three_times(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+) -> None:
+    pipeline = Pipeline(processes, pg_dsn, rabbit.url, influx.url, meters=100, period_s=5)
+    pipeline.start_simulator()
+    first = pipeline.start_services()
+    p_ms = pipeline.period_s * 1000
+    for _ in range(3):
+        time.sleep(2 * pipeline.period_s + 1.3)
+        rabbit.stop()
+        rabbit.start()
+    back_at = now_ms()
+    last = tick_floor(back_at, pipeline.period_s) + 2 * p_ms
+    time.sleep(max(0.0, (last - now_ms()) / 1000))
+    verdict = run_until_caught_up(pipeline, influx, first, last, limit_s=60)
+    assert pipeline.alive() == dict.fromkeys(pipeline.alive()), {
+        n: pipeline.log(n)[-2000:] for n, c in pipeline.alive().items() if c is not None
+    }
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+    assert (now_ms() - back_at) / 1000 < 60
