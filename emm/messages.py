@@ -142,6 +142,8 @@ class Reading:
     status: Status
     missing: tuple[str, ...] = ()
     errors: dict[str, str] = field(default_factory=dict)
+    # fields that are cumulative counters (energy): they only grow unless the meter restarted
+    counters: tuple[str, ...] = ()
 
     @property
     def reading_id(self) -> str:
@@ -158,6 +160,7 @@ class Reading:
                 "status": self.status.to_dict(),
                 "missing": list(self.missing),
                 "errors": self.errors,
+                "counters": list(self.counters),
             },
             separators=(",", ":"),
             allow_nan=False,
@@ -184,6 +187,7 @@ class Reading:
                 ),
                 missing=tuple(str(m) for m in data.get("missing", ())),
                 errors={str(k): str(v) for k, v in data.get("errors", {}).items()},
+                counters=tuple(str(c) for c in data.get("counters", ())),
             )
         except KeyError as exc:
             raise MessageError(f"reading lacks the key {exc.args[0]!r}", body) from None

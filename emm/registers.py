@@ -151,6 +151,10 @@ DEFAULT_MISSING: dict[DataType, frozenset[int]] = {
 }
 
 READ_FUNCTION_CODES = (1, 2, 3, 4)
+# Units of cumulative counters: a decrease means the meter restarted counting.
+COUNTER_UNITS = frozenset(
+    {"wh", "kwh", "mwh", "gwh", "varh", "kvarh", "mvarh", "vah", "kvah", "mvah", "ah", "kah"}
+)
 BIT_FUNCTION_CODES = (1, 2)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 
@@ -231,6 +235,11 @@ class Register:
         if not math.isfinite(self.offset):
             raise ConfigError(f"offset {self.offset!r} must be a finite number")
         object.__setattr__(self, "sentinels", _sentinels(self))
+
+    @property
+    def is_counter(self) -> bool:
+        """Whether the value is a cumulative counter (energy, charge) that only grows."""
+        return self.unit.strip().lower() in COUNTER_UNITS
 
     @property
     def end(self) -> int:

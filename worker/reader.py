@@ -258,4 +258,10 @@ async def read_job(
         status=status,
         missing=tuple(missing),
         errors=errors,
+        counters=_counters(job.registers),
     )
+
+
+@lru_cache(maxsize=1024)
+def _counters(registers: tuple[Register, ...]) -> tuple[str, ...]:
+    return tuple(r.name for r in registers if r.is_counter)

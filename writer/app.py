@@ -23,6 +23,7 @@ from emm.broker import READINGS, Broker, Delivery
 from emm.errors import BrokerError, MessageError, SinkRejected, SinkUnavailable
 from emm.messages import Reading
 from emm.settings import WriterSettings
+from writer.counters import CounterWatch
 from writer.influx import Sink, make_sink
 from writer.lines import reading_lines
 
@@ -45,12 +46,13 @@ class Writer:
         self._outage_since: float | None = None
         self._stop = asyncio.Event()
         self.written = 0
+        self.counters = CounterWatch()
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
 
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
             reading = Reading.decode(delivery.body)
-            lines = reading_lines(reading)
+            lines = reading_lines(reading, self.counters.check(reading))
         except MessageError as exc:
             log.error("malformed reading dead-lettered to %s.dead: %s", READINGS, exc)
             await self._settle(delivery, exc)

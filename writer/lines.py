@@ -24,8 +24,12 @@ def _string_field(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
-def reading_lines(reading: Reading) -> list[str]:
-    """The line-protocol lines (ms precision) of one reading."""
+def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> list[str]:
+    """The line-protocol lines (ms precision) of one reading.
+
+    `counter_resets` names counters that went down since the meter's previous tick; they are
+    flagged in the `meter_status` point.
+    """
     tags = ",".join(f"{_tag(k)}={_tag(v)}" for k, v in sorted(reading.meter.tags().items()) if v)
     ts = reading.tick_ms
     lines = []
@@ -42,5 +46,8 @@ def reading_lines(reading: Reading) -> list[str]:
         f"missing={len(reading.missing)}i,"
         f"errors={len(reading.errors)}i"
     )
+    if counter_resets:
+        names = _string_field(",".join(counter_resets))
+        status_fields += f",counter_resets={len(counter_resets)}i,counter_reset_fields={names}"
     lines.append(f"{STATUS},{tags} {status_fields} {ts}")
     return lines

@@ -143,7 +143,7 @@ def test_reading_wire_format() -> None:
         b'"type":"sdm630","description":"hall"},"tick_ms":1700000000000,'
         b'"fields":{"voltageL1":230.5},"status":{"up":false,"error_code":"timeout",'
         b'"error":"boom","latency_ms":1.5,"requests":2},"missing":["currentL1"],'
-        b'"errors":{"powerL1":"timeout"}}'
+        b'"errors":{"powerL1":"timeout"},"counters":[]}'
     )
 
 

@@ -1,0 +1,90 @@
+"""Workers and the writer die (SIGKILL) in the middle of their work: nothing lost or doubled."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.conftest import Processes, wait_for
+from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+
+
+def wait_all_stored(pipeline: Pipeline, influx: Influx, first: int, last: int, limit_s: float):
+    deadline = time.monotonic() + limit_s
+    while True:
+        verdict = check(pipeline, influx, first, last)
+        if not verdict.lost or time.monotonic() > deadline:
+            return verdict
+        time.sleep(1)
+
+
+def test_workers_killed_five_times(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+) -> None:
+    # 100 meters each on a port of its own, 100 ms per request: a tick's jobs are in flight
+    # for about 0.4 s, which is when the kills land.
+    pipeline = Pipeline(
+        processes,
+        pg_dsn,
+        rabbit.url,
+        influx.url,
+        meters=100,
+        period_s=5,
+        workers=2,
+        simulator_args=["--port-per-meter", "--latency-ms", "100"],
+    )
+    pipeline.start_simulator()
+    first = pipeline.start_services()
+    p_ms = pipeline.period_s * 1000
+    rng = random.Random()
+    kill_ticks = sorted(rng.sample(range(2, 18), 5))
+    for n in kill_ticks:
+        at = first + n * p_ms + rng.randint(100, 300)
+        time.sleep(max(0.0, (at - now_ms()) / 1000))
+        victim = f"worker{rng.randrange(2)}"
+        pipeline.kill(victim)
+        pipeline.start(victim)
+    last = first + 19 * p_ms  # 20 ticks x 100 meters = 2,000 meter-ticks
+    time.sleep(max(0.0, (last - now_ms()) / 1000))
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=30)
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+    assert verdict.stored == 2000
+    logs = pipeline.log("worker0") + pipeline.log("worker1")
+    redelivered = logs.count("delivered again")
+    assert redelivered >= 1, "no job was delivered again: the kills did not bite"
+
+
+def test_writer_killed_with_a_half_full_batch(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+) -> None:
+    pipeline = Pipeline(
+        processes,
+        pg_dsn,
+        rabbit.url,
+        influx.url,
+        meters=100,
+        period_s=2,
+        workers=1,
+        # A batch of 250 readings that is only flushed by count: after one tick it holds 100.
+        extra_env={"EMM_WRITER_BATCH_SIZE": "250", "EMM_WRITER_FLUSH_INTERVAL_MS": "60000"},
+    )
+    pipeline.start_simulator()
+    first = pipeline.start_services()
+    p_ms = pipeline.period_s * 1000
+    # Two ticks in: 200 readings, of which the writer holds a batch-in-waiting, none written.
+    time.sleep(max(0.0, (first + p_ms + 1500 - now_ms()) / 1000))
+    assert influx.query("SELECT count(up) FROM meter_status") == []
+    pipeline.kill("writer")
+    pipeline.extra_env = {}
+    pipeline.start("writer")
+    last = tick_floor(now_ms(), pipeline.period_s) + 3 * p_ms
+    time.sleep(max(0.0, (last - now_ms()) / 1000))
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=30)
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+    wait_for(lambda: "writer started" in pipeline.log("writer"), 5)
