@@ -23,6 +23,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(count: int) -> int:
+    """A first port of `count` consecutive free ports, below Linux's ephemeral range (32768+)
+    so no outgoing connection takes one of them meanwhile."""
+    import random
+
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 32700 - count)
+        taken = False
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError(f"no run of {count} free ports")
+
+
 def wait_http(
     url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

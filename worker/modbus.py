@@ -101,12 +101,12 @@ class DeviceLink:
             raise TransientDeviceError(
                 f"{what}: connection lost ({exc})", code="connection_lost"
             ) from None
-        except ModbusException as exc:
+        except ModbusException:
             # pymodbus reports a missing answer as ModbusIOException; the link may hold a late
             # answer now, so start afresh.
             self.close()
             raise TransientDeviceError(
-                f"{what}: no answer within {self.timeout_s:g} s ({exc})", code="timeout"
+                f"{what}: no answer within {self.timeout_s:g} s", code="timeout"
             ) from None
         except OSError as exc:
             self.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
-from tests.faults.harness import Influx, PrivateRabbitMQ
+from tests.faults.harness import Influx, PrivatePostgres, PrivateRabbitMQ
 
 
 @pytest.fixture
@@ -36,3 +36,16 @@ def influx(tmp_path: Path) -> Iterator[Influx]:
         yield db
     finally:
         db.stop()
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    reason = PrivatePostgres.available()
+    if reason:
+        unavailable(reason)
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

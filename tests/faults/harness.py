@@ -7,6 +7,7 @@ there: an extra meter, an off-grid timestamp, or a value that differs from the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,6 +97,31 @@ class PrivateRabbitMQ:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
 
+    def queue_counts(self, queue: str) -> tuple[int, int]:
+        """(ready, unacknowledged) messages of `queue`, as rabbitmqctl reports them."""
+        ctl = Path(RABBITMQ_SERVER).with_name("rabbitmqctl")
+        out = subprocess.run(
+            [
+                str(ctl),
+                "-n",
+                self.node,
+                "-q",
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == queue:
+                return int(parts[1]), int(parts[2])
+        raise AssertionError(f"queue {queue} not listed: {out!r}")
+
     def queue_depth(self, queue: str) -> int:
         import pika
 
@@ -104,6 +130,83 @@ class PrivateRabbitMQ:
             return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
         finally:
             conn.close()
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, run as the `postgres` user, to stop and start."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.port = localservices.free_port()
+        # The server runs as `postgres`, which cannot enter root's temporary folders.
+        self.folder = Path(tempfile.mkdtemp(prefix="emm-pg-"))
+        self.data = self.folder / "data"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def available() -> str | None:
+        if _postgres_bin() is None:
+            return "PostgreSQL server binaries are not installed"
+        if os.geteuid() != 0 or shutil.which("runuser") is None:
+            return "a private PostgreSQL needs root and runuser (it runs as user postgres)"
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "there is no postgres user"
+        return None
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120
+        )
+
+    def start(self) -> None:
+        bin_dir = _postgres_bin()
+        assert bin_dir is not None
+        if not self.data.exists():
+            shutil.chown(self.folder, "postgres", "postgres")
+            self._as_postgres(
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            )
+        self._as_postgres(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off",
+            "start",
+        )
+
+    def stop(self) -> None:
+        bin_dir = _postgres_bin()
+        assert bin_dir is not None
+        self._as_postgres(str(bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Influx:
@@ -160,7 +263,7 @@ class Pipeline:
     workers: int = 2
     simulator_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
-    sim_port: int = field(default_factory=localservices.free_port)
+    sim_port: int = 0  # chosen at start: a run of free ports when each meter has its own
     specs: dict[int, MeterSpec] = field(default_factory=dict)  # meter id -> simulator spec
 
     @property
@@ -180,6 +283,8 @@ class Pipeline:
         }
 
     def start_simulator(self) -> None:
+        ports = self.meters if "--port-per-meter" in self.simulator_args else 1
+        self.sim_port = self.sim_port or localservices.free_port_run(ports)
         args = [
             "simulator",
             "--profile",
@@ -198,10 +303,17 @@ class Pipeline:
         wait_for(self._registered, 30)
 
     def _registered(self) -> bool:
-        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
-            cur.execute("SELECT id, description FROM energy_meters WHERE description LIKE 'sim-%'")
-            rows = cur.fetchall()
-        conn.close()
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT id, description FROM energy_meters WHERE description LIKE 'sim-%'"
+                )
+                rows = cur.fetchall()
+        except psycopg2.errors.UndefinedTable:
+            return False  # the simulator has not created the schema yet
+        finally:
+            conn.close()
         if len(rows) < self.meters:
             return False
         for meter_id, description in rows:
@@ -237,6 +349,14 @@ class Pipeline:
     def log(self, name: str) -> str:
         return self.processes.log(name)
 
+    def rss_mb(self, name: str) -> float:
+        """Resident memory of a service process now."""
+        pid = self.processes.procs[name].pid
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmRSS for {name}")
+
 
 @dataclass
 class Verdict:
@@ -255,8 +375,15 @@ class Verdict:
 _NOT_FIELDS = ("time", "meter_id", "type", "description")
 
 
-def check(pipeline: Pipeline, influx: Influx, first_tick_ms: int, last_tick_ms: int) -> Verdict:
-    """Compare every `energy` point with the simulator's values for ticks in the window."""
+def check(
+    pipeline: Pipeline,
+    influx: Influx,
+    first_tick_ms: int,
+    last_tick_ms: int,
+    only: set[int] | None = None,
+) -> Verdict:
+    """Compare every `energy` point with the simulator's values for ticks in the window
+    (for the meters in `only`, when given)."""
     period_ms = pipeline.period_s * 1000
     ticks = list(range(first_tick_ms, last_tick_ms + 1, period_ms))
     rows = influx.query(
@@ -267,6 +394,8 @@ def check(pipeline: Pipeline, influx: Influx, first_tick_ms: int, last_tick_ms: 
     cache: dict[tuple[int, int], dict[str, float]] = {}
     for row in rows:
         meter_id = int(row["meter_id"])
+        if only is not None and meter_id not in only:
+            continue
         tick = int(row["time"])
         key = (meter_id, tick)
         if meter_id not in pipeline.specs:
@@ -283,8 +412,9 @@ def check(pipeline: Pipeline, influx: Influx, first_tick_ms: int, last_tick_ms: 
         if got != want:
             wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
             dup.append(f"meter {meter_id} tick {tick}: wrong {wrong[:4]}")
-    lost = [(m, t) for t in ticks for m in sorted(pipeline.specs) if (m, t) not in stored]
-    return Verdict(len(ticks) * len(pipeline.specs), len(stored), lost, dup)
+    meters = sorted(pipeline.specs if only is None else only)
+    lost = [(m, t) for t in ticks for m in meters if (m, t) not in stored]
+    return Verdict(len(ticks) * len(meters), len(stored), lost, dup)
 
 
 def published_ticks(scheduler_log: str) -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from dataclasses import replace
 
@@ -17,6 +16,7 @@ from emm.planner import ReadLimits, plan
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
 from simulator.model import MeterSpec, expected
+from tests import localservices
 from tests.conftest import Processes, free_port, port_open, wait_for
 from tests.integration.amqp_util import depth, drain, publish
 from worker.app import Worker
@@ -226,22 +226,11 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
     assert len([m for m in lines if m.startswith("meter 5 (virtual_modbustcp")]) == 1
 
 
-def _free_port_run(count: int) -> int:
-    """A first port such that `count` consecutive ports are free (below the ephemeral range,
-    so no outgoing connection takes one meanwhile)."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 32000 - count)
-        if not any(port_open("127.0.0.1", p) for p in range(base, base + count)):
-            return base
-    raise AssertionError("no run of free ports")
-
-
 def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
     amqp_url: str, processes: Processes
 ) -> None:
     meters, latency_ms = 20, 300
-    base = _free_port_run(meters)
+    base = localservices.free_port_run(meters)
     processes.start(
         "simulator",
         [

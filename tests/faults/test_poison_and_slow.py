@@ -1,0 +1,137 @@
+"""Messages that can never succeed go to the dead-letter queues at once; a slow device does not
+cost the worker its connection or its acks."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import pika
+import pytest
+
+from emm.broker import JOBS, READINGS
+from emm.messages import Meter, Reading, Status
+from tests.conftest import Processes
+from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
+
+
+def publish(url: str, queue: str, body: bytes) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+    finally:
+        conn.close()
+
+
+def drain(url: str, queue: str) -> list[tuple[bytes, dict]]:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    out = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, body = ch.basic_get(queue)
+            if method is None:
+                return out
+            out.append((body, dict(props.headers or {})))
+            ch.basic_ack(method.delivery_tag)
+    finally:
+        conn.close()
+
+
+def test_poison_is_dead_lettered_and_delays_nothing(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes, tmp_path: Path
+) -> None:
+    stats = tmp_path / "writer-stats.txt"
+    pipeline = Pipeline(
+        processes,
+        pg_dsn,
+        rabbit.url,
+        influx.url,
+        meters=20,
+        period_s=5,
+        workers=1,
+        extra_env={"EMM_WRITER_STATS_FILE": str(stats)},
+    )
+    pipeline.start_simulator()
+    first = pipeline.start_services()
+    p_ms = pipeline.period_s * 1000
+    time.sleep(max(0.0, (first + p_ms + 500 - now_ms()) / 1000))
+
+    # A field InfluxDB already holds as a string: a float for it is rejected with 400.
+    influx_write = f'energy,meter_id=999 poison="text" {first - 3_600_000}'
+    urllib.request.urlopen(
+        f"{influx.url}/write?db=energy&precision=ms", data=influx_write.encode(), timeout=10
+    ).read()
+    rejected = Reading(
+        Meter(999, "127.0.0.1", 1, 1, "sdm630"), first, {"poison": 1.0}, Status(True)
+    ).encode()
+    bad_job = b'{"v": 1, "kind": "job", "meter": {"id": 1}'
+    bad_reading = b'{"v": 1, "kind": "reading", "tick_ms": "soon"}'
+    injected_at = now_ms()
+    publish(rabbit.url, JOBS, bad_job)
+    publish(rabbit.url, READINGS, bad_reading)
+    publish(rabbit.url, READINGS, rejected)
+
+    last = tick_floor(injected_at, pipeline.period_s) + 3 * p_ms
+    time.sleep(max(0.0, (last + 2000 - now_ms()) / 1000))
+    verdict = check(pipeline, influx, first, last)
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+
+    dead_jobs = drain(rabbit.url, f"{JOBS}.dead")
+    dead_readings = drain(rabbit.url, f"{READINGS}.dead")
+    assert [body for body, _h in dead_jobs] == [bad_job]
+    assert sorted(body for body, _h in dead_readings) == sorted([bad_reading, rejected])
+    assert dead_jobs[0][1]["x-emm-error"].startswith("job is not valid JSON")
+    reasons = {body: h["x-emm-error"] for body, h in dead_readings}
+    assert "rejected the write (HTTP 400)" in reasons[rejected]
+    assert reasons[bad_reading].startswith("reading lacks the key") or reasons[
+        bad_reading
+    ].startswith("reading is malformed")
+    # Each went once: nothing came back to the work queues.
+    assert "delivered again" not in pipeline.log("worker0")
+
+    # Readings of the ticks after the poison were written within one tick of their tick.
+    lags = [
+        int(written) - int(tick)
+        for written, tick, _count in (line.split() for line in stats.read_text().splitlines())
+        if int(tick) > injected_at and int(tick) <= last
+    ]
+    assert lags, "no readings written after the poison"
+    assert max(lags) < p_ms, lags
+
+
+def test_a_read_longer_than_the_heartbeat_keeps_connection_and_ack(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+) -> None:
+    heartbeat_url = rabbit.url.replace("heartbeat=10", "heartbeat=1")
+    pipeline = Pipeline(
+        processes,
+        pg_dsn,
+        heartbeat_url,
+        influx.url,
+        meters=3,
+        period_s=10,
+        workers=1,
+        profile="virtual_modbustcp",
+        simulator_args=["--port-per-meter", "--latency-ms", "4000"],
+        extra_env={"EMM_READ_TIMEOUT_S": "8"},
+    )
+    pipeline.start_simulator()
+    first = pipeline.start_services()
+    last = first + 2 * pipeline.period_s * 1000
+    time.sleep(max(0.0, (last + 6000 - now_ms()) / 1000))
+    verdict = check(pipeline, influx, first, last)
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+    latencies = influx.query("SELECT latency_ms FROM meter_status")
+    assert min(r["latency_ms"] for r in latencies) >= 4000
+    worker_log = pipeline.log("worker0")
+    assert "lost the connection" not in worker_log
+    assert "delivered again" not in worker_log
+    assert rabbit.queue_depth(JOBS) == 0
