@@ -16,7 +16,11 @@ def setup_logging(level: str = "INFO", service: str = "emm") -> None:
     )
     # Library chatter at INFO drowns our own lines (pymodbus logs every reconnect, aio-pika
     # every channel event); their warnings still come through.
-    for noisy in ("aio_pika", "aiormq", "urllib3", "influxdb_client"):
+    # aio-pika and aiormq log every failed reconnection attempt as an error; emm.broker reports
+    # losing and regaining the connection itself.
+    for quiet in ("aio_pika", "aiormq"):
+        logging.getLogger(quiet).setLevel(logging.CRITICAL)
+    for noisy in ("urllib3", "influxdb_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     # pymodbus logs every timeout and refused connection as an error; the worker reports each
     # failed read itself, once, with the meter it concerns.

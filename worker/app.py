@@ -90,6 +90,7 @@ class Worker:
         # the jobs of the newest tick this worker was given, by meter id
         self._latest_tick_ms = 0
         self._latest_jobs: dict[int, Job] = {}
+        self._previous_jobs: dict[int, Job] = {}  # of the tick before, one period earlier
 
     # ------------------------------------------------------------------ jobs
 
@@ -160,6 +161,9 @@ class Worker:
     def _remember(self, job: Job) -> None:
         """Keep the newest tick's jobs: they are what the worker reads if RabbitMQ goes away."""
         if job.tick_ms > self._latest_tick_ms:
+            period_ms = job.deadline_ms - job.tick_ms
+            follows = job.tick_ms - self._latest_tick_ms == period_ms
+            self._previous_jobs = self._latest_jobs if follows else {}
             self._latest_tick_ms = job.tick_ms
             self._latest_jobs = {}
         if job.tick_ms == self._latest_tick_ms:
@@ -202,6 +206,19 @@ class Worker:
 
     # ------------------------------------------------------------------ replay
 
+    def _replay_set(self) -> dict[int, Job]:
+        """The meters this worker reads while RabbitMQ is away.
+
+        Those of the last tick it was given; and when that tick brought fewer jobs than the one
+        before (the connection went while its jobs were being delivered), also the meters of
+        the tick before that did not come again: their jobs are stuck in the broker.
+        """
+        jobs = dict(self._latest_jobs)
+        if len(self._latest_jobs) < len(self._previous_jobs):
+            for meter_id, job in self._previous_jobs.items():
+                jobs.setdefault(meter_id, job)
+        return jobs
+
     async def _replayer(self, stop: asyncio.Event) -> None:
         """While RabbitMQ is unreachable, read the last tick's meters on the following ticks."""
         replayed_tick = 0
@@ -216,8 +233,10 @@ class Worker:
                 continue
             now = _now_ms()
             tick_ms = self._latest_tick_ms + (now - self._latest_tick_ms) // period_ms * period_ms
-            if tick_ms <= self._latest_tick_ms or tick_ms <= replayed_tick:
+            if tick_ms <= replayed_tick:
                 continue
+            if tick_ms == self._latest_tick_ms and now - tick_ms > period_ms // 2:
+                continue  # too late for the stuck jobs of the last tick; wait for the next
             if self._pending >= self.settings.outbox_max:
                 log.error(
                     "outbox full (%d readings waiting for RabbitMQ); tick %s not read",
@@ -229,18 +248,20 @@ class Worker:
             replayed_tick = tick_ms
             jobs = [
                 replace(job, tick_ms=tick_ms, deadline_ms=tick_ms + period_ms)
-                for job in self._latest_jobs.values()
+                for job in self._replay_set().values()
             ]
+            jobs = [job for job in jobs if job.job_id not in self._recent]
+            if not jobs:
+                continue
             log.warning(
-                "RabbitMQ unreachable at tick %s: reading the %d meters of the last tick on "
-                "this worker's own; readings wait until it is back",
+                "RabbitMQ unreachable at tick %s: reading %d meter(s) given to this worker "
+                "lately on its own; readings wait until it is back",
                 _iso(tick_ms),
                 len(jobs),
             )
             for job in jobs:
-                if job.job_id not in self._recent:
-                    self.replayed += 1
-                    self._spawn(self._read(job))
+                self.replayed += 1
+                self._spawn(self._read(job))
 
     # ------------------------------------------------------------------ main
 

@@ -1,0 +1,43 @@
+"""Which meters a worker reads on its own while RabbitMQ is away (Worker._replay_set)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emm.messages import Job, Meter
+from emm.planner import plan
+from emm.registers import DataType, Register
+from emm.settings import WorkerSettings
+from worker.app import Worker
+
+pytestmark = pytest.mark.timeout(10)
+
+REG = Register("v", 0, 3, DataType.INT16)
+PERIOD = 5_000
+
+
+def job(meter_id: int, tick_ms: int) -> Job:
+    meter = Meter(meter_id, "127.0.0.1", 502, meter_id, "virtual_modbustcp")
+    return Job(meter, tick_ms, tick_ms + PERIOD, tuple(plan((REG,))), (REG,))
+
+
+def replay(given: dict[int, list[int]]) -> list[int]:
+    worker = Worker(WorkerSettings(amqp_url="amqp://unused"))
+    for tick, meters in sorted(given.items()):
+        for m in meters:
+            worker._remember(job(m, tick))
+    return sorted(worker._replay_set())
+
+
+def test_the_meters_of_the_last_tick() -> None:
+    assert replay({0: [1, 3, 5], PERIOD: [1, 3, 5]}) == [1, 3, 5]
+    assert replay({0: [1, 3, 5], PERIOD: [2, 4, 6]}) == [2, 4, 6]
+
+
+def test_a_last_tick_cut_short_adds_the_meters_of_the_tick_before() -> None:
+    # The connection went while tick 2's jobs were arriving: 5 was still in the broker.
+    assert replay({0: [1, 3, 5], PERIOD: [1, 3]}) == [1, 3, 5]
+
+
+def test_a_gap_between_ticks_does_not_count_as_the_tick_before() -> None:
+    assert replay({0: [1, 3, 5], 3 * PERIOD: [1]}) == [1]
