@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from emm.errors import ConfigError, MessageError
@@ -82,17 +83,19 @@ class Job:
         return f"{self.meter.id}@{self.tick_ms}"
 
     def encode(self) -> bytes:
-        return json.dumps(
+        # The plan and registers are the same for every meter of a type: serialise them once.
+        head = _compact(
             {
                 "v": SCHEMA_VERSION,
                 "kind": "job",
                 "meter": self.meter.to_dict(),
                 "tick_ms": self.tick_ms,
                 "deadline_ms": self.deadline_ms,
-                "requests": [r.to_list() for r in self.requests],
-                "registers": [r.to_dict() for r in self.registers],
-            },
-            separators=(",", ":"),
+            }
+        )
+        return (
+            f'{head[:-1]},"requests":{_requests_json(self.requests)},'
+            f'"registers":{_registers_json(self.registers)}}}'
         ).encode()
 
     @classmethod
@@ -193,6 +196,20 @@ class Reading:
             raise MessageError(f"reading lacks the key {exc.args[0]!r}", body) from None
         except (TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise MessageError(f"reading is malformed: {exc}", body) from None
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+@lru_cache(maxsize=1024)
+def _requests_json(requests: tuple[ReadRequest, ...]) -> str:
+    return _compact([r.to_list() for r in requests])
+
+
+@lru_cache(maxsize=1024)
+def _registers_json(registers: tuple[Register, ...]) -> str:
+    return _compact([r.to_dict() for r in registers])
 
 
 def _load(body: bytes, kind: str) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class DataType(IntEnum):
         """Accept a code (3), a code as text ("3") or a name ("float32")."""
         if isinstance(value, DataType):
             return value
+        known = _DATA_TYPE_NAMES.get(value) if isinstance(value, str) else None
+        if known is not None:
+            return known
         text = str(value).strip().lower()
         if text.isdigit():
             try:
@@ -64,6 +67,8 @@ class DataType(IntEnum):
         names = ", ".join(f"{m.value} {m.name.lower()}" for m in cls)
         raise ConfigError(f"unknown data_type {value!r} (known: {names})")
 
+
+_DATA_TYPE_NAMES = {member.name.lower(): member for member in DataType}
 
 _WORDS = {
     DataType.INT16: 1,
@@ -267,9 +272,29 @@ class Register:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Register:
-        """Inverse of `to_dict`; raises ConfigError naming what is wrong."""
+        """Inverse of `to_dict`; raises ConfigError naming what is wrong.
+
+        Every job of a meter type carries the same registers, so built registers are cached by
+        their content: a worker validates each one once, not once per job.
+        """
         if not isinstance(data, dict):
             raise ConfigError(f"register must be an object, got {type(data).__name__}")
+        try:
+            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.items())
+            cached = _FROM_DICT_CACHE.get(key)
+        except TypeError:  # an unhashable value: let validation below say what is wrong
+            key, cached = None, None
+        if cached is not None:
+            return cached
+        register = cls._from_dict(data)
+        if key is not None:
+            if len(_FROM_DICT_CACHE) >= 65536:
+                _FROM_DICT_CACHE.clear()
+            _FROM_DICT_CACHE[key] = register
+        return register
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Register:
         try:
             missing = data.get("missing")
             return cls(
@@ -287,6 +312,9 @@ class Register:
             raise ConfigError(f"register is missing the key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"register {data.get('name')!r} is malformed: {exc}") from None
+
+
+_FROM_DICT_CACHE: dict[tuple[tuple[str, Any], ...], Register] = {}
 
 
 def _sentinels(register: Register) -> frozenset[float]:

@@ -121,7 +121,7 @@ class WriterSettings:
     influx_org: str = ""
     influx_bucket: str = "energy"
     batch_size: int = 5000
-    flush_interval_ms: int = 1000
+    flush_interval_ms: int = 200
     write_timeout_s: float = 10.0
     retry_max_s: float = 30.0
     stats_file: str = ""  # benchmarks: append "written_ms tick_ms count" per tick per batch
@@ -138,7 +138,7 @@ class WriterSettings:
             influx_org=e.text("EMM_INFLUX_ORG", ""),
             influx_bucket=e.text("EMM_INFLUX_BUCKET", "energy"),
             batch_size=e.integer("EMM_WRITER_BATCH_SIZE", 5000, low=1, high=65535),
-            flush_interval_ms=e.integer("EMM_WRITER_FLUSH_INTERVAL_MS", 1000, low=1),
+            flush_interval_ms=e.integer("EMM_WRITER_FLUSH_INTERVAL_MS", 200, low=1),
             write_timeout_s=e.number("EMM_INFLUX_TIMEOUT_S", 10.0, low=0.1),
             retry_max_s=e.number("EMM_WRITER_RETRY_MAX_S", 30.0, low=0.1),
             stats_file=e.text("EMM_WRITER_STATS_FILE", ""),

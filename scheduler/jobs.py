@@ -17,10 +17,15 @@ def plan_for(registers: tuple[Register, ...], limits: ReadLimits) -> tuple[ReadR
 
 
 def build_jobs(config: LoadedConfig, tick_ms: int, period_ms: int) -> list[Job]:
-    """One job per meter for the tick at `tick_ms`, valid until the next tick."""
-    jobs = []
+    """One job per meter for the tick at `tick_ms`, valid until the next tick.
+
+    Jobs are ordered round-robin over the devices (host:port): meters behind one gateway are
+    read one after the other, so a worker's share of the queue should hold many gateways at
+    once rather than one gateway's meters in a row.
+    """
+    by_link: dict[tuple[str, int], list[Job]] = {}
     for mc in config.meters:
-        jobs.append(
+        by_link.setdefault((mc.meter.host, mc.meter.port), []).append(
             Job(
                 meter=mc.meter,
                 tick_ms=tick_ms,
@@ -29,4 +34,10 @@ def build_jobs(config: LoadedConfig, tick_ms: int, period_ms: int) -> list[Job]:
                 registers=mc.registers,
             )
         )
-    return jobs
+    queues = list(by_link.values())
+    return [
+        queue[i]
+        for i in range(max((len(q) for q in queues), default=0))
+        for queue in queues
+        if i < len(queue)
+    ]

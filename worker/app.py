@@ -32,6 +32,8 @@ from worker.reader import HoleMemory, read_job
 
 log = logging.getLogger(__name__)
 
+PUBLISHERS = 64  # readings being confirmed at once
+
 
 def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
@@ -275,7 +277,12 @@ class Worker:
             self.settings.read_timeout_s,
             self.settings.read_attempts,
         )
-        publisher = asyncio.create_task(self._publisher())
+        # Several publishers: each waits for its confirm, so one alone would make every reading
+        # queue behind the previous one's round trip.
+        publishers = [
+            asyncio.create_task(self._publisher())
+            for _ in range(min(PUBLISHERS, self.settings.concurrency))
+        ]
         replayer = asyncio.create_task(self._replayer(stop))
         try:
             while not stop.is_set():
@@ -293,7 +300,8 @@ class Worker:
             deadline = time.monotonic() + 5
             while self._pending and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            publisher.cancel()
+            for publisher in publishers:
+                publisher.cancel()
             await self.broker.close()
             self.pool.close()
 
