@@ -231,6 +231,20 @@ def influx_v2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         service.stop()
 
 
+def influxql_rows(body: bytes) -> list[dict[str, Any]]:
+    """The rows of an InfluxDB 1.x `/query` answer as dicts; an error in it fails the test."""
+    import json
+
+    rows: list[dict[str, Any]] = []
+    for result in json.loads(body).get("results", []):
+        if "error" in result:
+            raise AssertionError(result["error"])
+        for series in result.get("series", []):
+            for values in series["values"]:
+                rows.append(dict(zip(series["columns"], values, strict=True)))
+    return rows
+
+
 class InfluxV1:
     """A test database on an InfluxDB 1.x server, with a tiny query helper."""
 
@@ -240,19 +254,9 @@ class InfluxV1:
 
     def query(self, q: str) -> list[dict[str, Any]]:
         """Rows of an InfluxQL query as dicts (time in ms)."""
-        import json
-
         params = urllib.parse.urlencode({"db": self.database, "q": q, "epoch": "ms"})
         with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=10) as resp:
-            data = json.load(resp)
-        rows: list[dict[str, Any]] = []
-        for result in data.get("results", []):
-            if "error" in result:
-                raise AssertionError(result["error"])
-            for series in result.get("series", []):
-                for values in series["values"]:
-                    rows.append(dict(zip(series["columns"], values, strict=True)))
-        return rows
+            return influxql_rows(resp.read())
 
     def write(self, lines: str) -> None:
         """Write line protocol (ms precision) directly."""

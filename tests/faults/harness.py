@@ -8,7 +8,6 @@ there: an extra meter, an off-grid timestamp, or a value that differs from the s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ import psycopg2
 
 from simulator.model import MeterSpec, expected
 from tests import localservices
-from tests.conftest import Processes, port_open, wait_for
+from tests.conftest import Processes, influxql_rows, port_open, wait_for
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
@@ -238,15 +237,7 @@ class Influx:
             method="POST" if post else "GET",
         )
         with urllib.request.urlopen(request, timeout=30) as resp:
-            data = json.load(resp)
-        rows: list[dict[str, Any]] = []
-        for result in data.get("results", []):
-            if "error" in result:
-                raise AssertionError(result["error"])
-            for series in result.get("series", []):
-                for values in series["values"]:
-                    rows.append(dict(zip(series["columns"], values, strict=True)))
-        return rows
+            return influxql_rows(resp.read())
 
 
 @dataclass
@@ -426,6 +417,18 @@ def published_ticks(scheduler_log: str) -> list[int]:
             stamp = line.split(marker, 1)[1].split(": ", 1)[0]
             ticks.append(int(datetime.fromisoformat(stamp).timestamp() * 1000))
     return ticks
+
+
+def wait_all_stored(
+    pipeline: Pipeline, influx: Influx, first: int, last: int, limit_s: float
+) -> Verdict:
+    """Check every second until every (meter, tick) up to `last` is stored, or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        verdict = check(pipeline, influx, first, last)
+        if not verdict.lost or time.monotonic() > deadline:
+            return verdict
+        time.sleep(1)
 
 
 def stored_ticks(influx: Influx) -> list[int]:

@@ -7,19 +7,16 @@ import time
 import pytest
 
 from tests.conftest import Processes
-from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+from tests.faults.harness import (
+    Influx,
+    Pipeline,
+    PrivateRabbitMQ,
+    now_ms,
+    tick_floor,
+    wait_all_stored,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
-
-
-def run_until_caught_up(pipeline: Pipeline, influx: Influx, first: int, last: int, limit_s: float):
-    """Poll until every (meter, tick) up to `last` is stored, or `limit_s` passes."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        verdict = check(pipeline, influx, first, last)
-        if not verdict.lost or time.monotonic() > deadline:
-            return verdict
-        time.sleep(1)
 
 
 def test_broker_killed_for_30_s(
@@ -38,7 +35,7 @@ def test_broker_killed_for_30_s(
     # Ten ticks in all, at least two after the broker's return.
     last = max(first + 9 * p_ms, tick_floor(back_at, pipeline.period_s) + 2 * p_ms)
     time.sleep(max(0.0, (last - now_ms()) / 1000))
-    verdict = run_until_caught_up(pipeline, influx, first, last, limit_s=60)
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=60)
     caught_up_s = (now_ms() - back_at) / 1000
     assert pipeline.alive() == dict.fromkeys(pipeline.alive()), {
         n: pipeline.log(n)[-2000:] for n, c in pipeline.alive().items() if c is not None
@@ -66,7 +63,7 @@ def test_broker_restarted_cleanly_three_times(
     back_at = now_ms()
     last = tick_floor(back_at, pipeline.period_s) + 2 * p_ms
     time.sleep(max(0.0, (last - now_ms()) / 1000))
-    verdict = run_until_caught_up(pipeline, influx, first, last, limit_s=60)
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=60)
     assert pipeline.alive() == dict.fromkeys(pipeline.alive()), {
         n: pipeline.log(n)[-2000:] for n, c in pipeline.alive().items() if c is not None
     }

@@ -10,7 +10,14 @@ import pytest
 
 from emm.broker import READINGS
 from tests.conftest import Processes
-from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+from tests.faults.harness import (
+    Influx,
+    Pipeline,
+    PrivateRabbitMQ,
+    now_ms,
+    tick_floor,
+    wait_all_stored,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -54,12 +61,7 @@ def test_influxdb_down_for_four_minutes(
     assert rss_end - rss_before < 30, (rss_before, rss_end)
 
     last = tick_floor(back_at, pipeline.period_s) + p_ms
-    deadline = time.monotonic() + 120
-    while True:
-        verdict = check(pipeline, influx, first, last)
-        if not verdict.lost or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=120)
     drained_s = (now_ms() - back_at) / 1000
     assert verdict.lost == [], str(verdict)
     assert verdict.dup == [], str(verdict)

@@ -8,18 +8,16 @@ import time
 import pytest
 
 from tests.conftest import Processes, wait_for
-from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+from tests.faults.harness import (
+    Influx,
+    Pipeline,
+    PrivateRabbitMQ,
+    now_ms,
+    tick_floor,
+    wait_all_stored,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
-
-
-def wait_all_stored(pipeline: Pipeline, influx: Influx, first: int, last: int, limit_s: float):
-    deadline = time.monotonic() + limit_s
-    while True:
-        verdict = check(pipeline, influx, first, last)
-        if not verdict.lost or time.monotonic() > deadline:
-            return verdict
-        time.sleep(1)
 
 
 def test_workers_killed_five_times(
