@@ -312,6 +312,15 @@ class Pipeline:
             self.specs[meter_id] = MeterSpec.of_type(self.profile, seed=index, step_s=self.period_s)
         return True
 
+    @property
+    def period_ms(self) -> int:
+        return self.period_s * 1000
+
+    def run(self) -> int:
+        """Start the simulator, then the services; returns the first tick published."""
+        self.start_simulator()
+        return self.start_services()
+
     def start_services(self) -> int:
         """Start writer, workers and then the scheduler; returns the first tick it publishes."""
         self.start("writer")

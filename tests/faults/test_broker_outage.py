@@ -23,9 +23,8 @@ def test_broker_killed_for_30_s(
     pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
 ) -> None:
     pipeline = Pipeline(processes, pg_dsn, rabbit.url, influx.url, meters=100, period_s=5)
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     time.sleep(max(0.0, (first + 2 * p_ms + p_ms // 2 - now_ms()) / 1000))
     rabbit.kill()
     killed_at = now_ms()
@@ -53,9 +52,8 @@ def test_broker_restarted_cleanly_three_times(
     pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
 ) -> None:
     pipeline = Pipeline(processes, pg_dsn, rabbit.url, influx.url, meters=100, period_s=5)
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     for _ in range(3):
         time.sleep(2 * pipeline.period_s + 1.3)
         rabbit.stop()

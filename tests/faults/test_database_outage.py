@@ -39,7 +39,7 @@ def test_scheduler_keeps_ticking_while_postgres_is_down(
     conn.close()
     late_spec = pipeline.specs.pop(late_id)
     first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    p_ms = pipeline.period_ms
     time.sleep(2 * pipeline.period_s + 0.5)
 
     postgres.stop()

@@ -64,9 +64,8 @@ def test_offline_backoff_comeback_status_and_counter_restart(
         },
     )
     sim_started = now_ms()
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     last = tick_floor(sim_started + 56_000, pipeline.period_s)
     time.sleep(max(0.0, (last + 3000 - now_ms()) / 1000))
     ids = ids_by_index(pg_dsn)
@@ -159,7 +158,7 @@ def test_a_dead_meter_does_not_slow_the_healthy_ones(
 
     enable(False)
     first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    p_ms = pipeline.period_ms
     # The dead meter is in and out every two ticks, so both samples see the same machine.
     phases = 14
     for phase in range(phases):

@@ -38,9 +38,8 @@ def test_influxdb_down_for_four_minutes(
         workers=1,
         extra_env={"EMM_WRITER_BATCH_SIZE": str(BATCH), "EMM_WRITER_RETRY_MAX_S": "5"},
     )
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     time.sleep(max(0.0, (first + p_ms + 3000 - now_ms()) / 1000))
     rss_before = pipeline.rss_mb("writer")
 

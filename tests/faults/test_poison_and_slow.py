@@ -57,9 +57,8 @@ def test_poison_is_dead_lettered_and_delays_nothing(
         workers=1,
         extra_env={"EMM_WRITER_STATS_FILE": str(stats)},
     )
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     time.sleep(max(0.0, (first + p_ms + 500 - now_ms()) / 1000))
 
     # A field InfluxDB already holds as a string: a float for it is rejected with 400.
@@ -122,8 +121,7 @@ def test_a_read_longer_than_the_heartbeat_keeps_connection_and_ack(
         simulator_args=["--port-per-meter", "--latency-ms", "4000"],
         extra_env={"EMM_READ_TIMEOUT_S": "8"},
     )
-    pipeline.start_simulator()
-    first = pipeline.start_services()
+    first = pipeline.run()
     last = first + 2 * pipeline.period_s * 1000
     time.sleep(max(0.0, (last + 6000 - now_ms()) / 1000))
     verdict = check(pipeline, influx, first, last)

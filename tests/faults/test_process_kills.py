@@ -35,9 +35,8 @@ def test_workers_killed_five_times(
         workers=2,
         simulator_args=["--port-per-meter", "--latency-ms", "100"],
     )
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     rng = random.Random()
     kill_ticks = sorted(rng.sample(range(2, 18), 5))
     for n in kill_ticks:
@@ -71,9 +70,8 @@ def test_writer_killed_with_a_half_full_batch(
         # A batch of 250 readings that is only flushed by count: after one tick it holds 100.
         extra_env={"EMM_WRITER_BATCH_SIZE": "250", "EMM_WRITER_FLUSH_INTERVAL_MS": "60000"},
     )
-    pipeline.start_simulator()
-    first = pipeline.start_services()
-    p_ms = pipeline.period_s * 1000
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
     # Two ticks in: 200 readings, of which the writer holds a batch-in-waiting, none written.
     time.sleep(max(0.0, (first + p_ms + 1500 - now_ms()) / 1000))
     assert influx.query("SELECT count(up) FROM meter_status") == []
