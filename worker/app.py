@@ -99,11 +99,28 @@ class Worker:
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background read failed", exc_info=task.exception())
 
     async def on_delivery(self, delivery: Delivery) -> None:
         # Return at once so the consumer keeps receiving; the job runs as its own task.
-        self._spawn(self.handle(delivery))
+        self._spawn(self._handle_safely(delivery))
+
+    async def _handle_safely(self, delivery: Delivery) -> None:
+        """`handle`, with a fault of our own dead-lettering the job instead of leaving it
+        unacked (stuck in the prefetch) or redelivering it forever."""
+        try:
+            await self.handle(delivery)
+        except Exception as exc:
+            log.exception("job %s could not be handled; dead-lettered", delivery.message_id)
+            try:
+                await self.broker.dead_letter(JOBS, delivery, f"internal error: {exc!r}")
+            except BrokerError as again:
+                log.error("could not dead-letter job %s (%s)", delivery.message_id, again)
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""

@@ -57,6 +57,11 @@ class Writer:
             log.error("malformed reading dead-lettered to %s.dead: %s", READINGS, exc)
             await self._settle(delivery, exc)
             return
+        except Exception as exc:
+            # A fault of ours: dead-letter the reading rather than leave it unacked for good.
+            log.exception("reading %s could not be prepared; dead-lettered", delivery.message_id)
+            await self._settle(delivery, MessageError(f"internal error: {exc!r}", delivery.body))
+            return
         if not self._pending:
             self._first_at = time.monotonic()
         self._pending.append((delivery, reading, lines))
