@@ -64,7 +64,7 @@ class Outgoing:
     """A reading on its way to `emm.readings`; `confirmed` is set once RabbitMQ has it."""
 
     reading: Reading
-    created_ms: int = field(default_factory=_now_ms)
+    keep_until_ms: int  # a job delivered again after this is not read anyway (too late)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -170,7 +170,7 @@ class Worker:
             )
             if not was_offline and not self.health.is_offline(job.meter):
                 report(job, reading, known)
-        out = Outgoing(reading)
+        out = Outgoing(reading, keep_until_ms=job.deadline_ms + period_ms)
         self._recent[job.job_id] = out
         self._recent.move_to_end(job.job_id)
         self._pending += 1
@@ -215,11 +215,12 @@ class Worker:
             self._pending -= 1
 
     def _prune(self) -> None:
-        """Forget readings of jobs older than a few ticks (their jobs cannot come back)."""
-        horizon_ms = _now_ms() - 5 * 60_000
+        """Forget confirmed readings whose jobs, if delivered again, would be too late to read:
+        such a job is acked without a read either way, so the reading is no longer needed."""
+        now = _now_ms()
         while self._recent:
             out = next(iter(self._recent.values()))
-            if out.reading.tick_ms >= horizon_ms or not out.confirmed.is_set():
+            if out.keep_until_ms >= now or not out.confirmed.is_set():
                 break
             self._recent.popitem(last=False)
 
