@@ -608,7 +608,10 @@ def _frame_name(frame: str) -> str:
     if not match:
         return frame
     path = match["file"]
-    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+    root = str(ROOT) + "/"
+    if path.startswith(root):
+        path = path[len(root) :]
+    for marker in ("site-packages/", "python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{match['func']} ({path})"
