@@ -37,8 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +56,7 @@ from emm.planner import plan
 from emm.schedule import CronSchedule
 from simulator.fleet import MAX_UNITS_PER_PORT, place, port_count
 from simulator.model import MeterSpec
+from tests.localservices import Processes, emm_command, free_port_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -69,11 +68,6 @@ STATUS_FIELDS = ("requests", "latency_ms", "up")
 def say(message: str) -> None:
     """Progress on stderr; stdout carries only the JSON result."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def emm_command() -> list[str]:
-    script = Path(sys.executable).parent / "emm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "emm"]
 
 
 def iso(ts_ms: int) -> str:
@@ -89,94 +83,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def free_port_run(count: int, low: int = 12000, high: int = 32000, tries: int = 40) -> int:
-    """A base port with `count` consecutive free ports on 127.0.0.1 (below the ephemeral range)."""
-    import random
-
-    rnd = random.Random()
-    for _ in range(tries):
-        base = rnd.randrange(low, high - count)
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError(f"no run of {count} free ports found between {low} and {high}")
-
-
 # --------------------------------------------------------------------------- processes
-
-
-class Procs:
-    """Child processes with logs in a folder; stopped with SIGTERM (then SIGKILL)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(
-        self, name: str, argv: list[str], env: dict[str, str], cwd: Path = ROOT
-    ) -> subprocess.Popen[bytes]:
-        with (self.folder / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=cwd,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        try:
-            return (self.folder / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_log(self, name: str, pattern: str, timeout_s: float) -> re.Match[str]:
-        """Wait until `name`'s log matches `pattern`; fail early if the process exits."""
-        deadline = time.monotonic() + timeout_s
-        regex = re.compile(pattern)
-        while True:
-            match = regex.search(self.log(name))
-            if match:
-                return match
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with code {proc.returncode}:\n{self.log(name)[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{name}: no {pattern!r} in its log within {timeout_s:.0f} s:\n"
-                    f"{self.log(name)[-3000:]}"
-                )
-            time.sleep(0.1)
-
-    def stop(self, name: str, timeout_s: float = 20) -> int | None:
-        proc = self.procs.get(name)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
 
 
 # --------------------------------------------------------------------------- outside services
@@ -745,7 +652,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     warmup_s = cfg.warmup_s if cfg.warmup_s is not None else max(period_ms / 1000, 2.0)
 
     folder = Path(tempfile.mkdtemp(prefix="emm-bench-"))
-    procs = Procs(folder)
+    procs = Processes(folder, cwd=ROOT)  # `-m bench.*` children need the checkout
     sampler = ProcSampler(interval_s=1.0)
     depths: DepthSampler | None = None
     sink: Sink | None = None
@@ -788,7 +695,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                 sim_argv.append("--port-per-meter")
             if cfg.latency_ms:
                 sim_argv += ["--latency-ms", str(cfg.latency_ms)]
-            sim = procs.start(
+            sim = procs.spawn(
                 "simulator", sim_argv, {**common, "EMM_SIMULATOR_STEP_S": str(cfg.step_s)}
             )
             procs.wait_log("simulator", r"registered \d+ meter", 300)
@@ -806,7 +713,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             }
             if cfg.flush_interval_ms:
                 writer_env["EMM_WRITER_FLUSH_INTERVAL_MS"] = str(cfg.flush_interval_ms)
-            writer = procs.start("writer", [*emm_command(), "writer"], writer_env)
+            writer = procs.spawn("writer", [*emm_command(), "writer"], writer_env)
             worker_env = {**common, "EMM_WORKER_CONCURRENCY": str(cfg.concurrency)}
             worker_argv, worker_cwd = [*emm_command(), "worker"], ROOT
             if cfg.worker_from:
@@ -821,11 +728,11 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                 if k == 0 and cfg.probe_worker:
                     argv = [sys.executable, "-m", "bench.workerprobe"]
                     env = {**worker_env, "EMM_BENCH_PROBE_FILE": str(probe_file)}
-                workers.append(procs.start(f"worker-{k}", argv, env, worker_cwd))
+                workers.append(procs.spawn(f"worker-{k}", argv, env, worker_cwd))
             procs.wait_log("writer", "writer started", 60)
             for k in range(cfg.workers):
                 procs.wait_log(f"worker-{k}", "worker started", 60)
-            scheduler = procs.start(
+            scheduler = procs.spawn(
                 "scheduler", [*emm_command(), "scheduler"], {**common, "EMM_READ_CRON": cfg.cron}
             )
             procs.wait_log("scheduler", "scheduler started", 60)

@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests import localservices
+from tests.localservices import Processes
 
 CI = bool(os.environ.get("CI"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,50 +310,6 @@ def victoria(influx_v2_server: str) -> VictoriaMetrics:
 
 def free_port() -> int:
     return localservices.free_port()
-
-
-def emm_command() -> list[str]:
-    """The installed `emm` console script (the real entry point), or `python -m emm`."""
-    script = Path(sys.executable).parent / "emm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "emm"]
-
-
-class Processes:
-    """Starts `emm` subcommands with logs in files; stops them all at the end of the test."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with (self.folder / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [*emm_command(), *args],
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.folder,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.folder / f"{name}.log").read_text(errors="replace")
-
-    def stop(self, name: str, timeout_s: float = 15) -> int:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
 
 
 @pytest.fixture

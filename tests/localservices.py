@@ -1,12 +1,17 @@
-"""Start InfluxDB 1.x and VictoriaMetrics from their local binaries, on loopback, in a folder.
+"""Local processes for tests and benchmarks: InfluxDB 1.x and VictoriaMetrics from their binaries
+on loopback in a folder, free ports, and the project's own `emm` commands as child processes.
 
-Used by the test fixtures when no `EMM_TEST_*` URL is given and no Docker engine answers, and by
-`.ci/run` (`python -m tests.localservices DIR`) to start both before the suite.
+Used by the test fixtures when no `EMM_TEST_*` URL is given and no Docker engine answers, by the
+benchmarks, and by `.ci/run` (`python -m tests.localservices DIR`) to start both servers before
+the suite. Standard library only.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -145,6 +150,86 @@ def start_victoriametrics(folder: Path, port: int | None = None) -> Service:
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc=proc)
     return Service(url, proc, folder)
+
+
+def emm_command() -> list[str]:
+    """The installed `emm` console script (the real entry point), or `python -m emm`."""
+    script = Path(sys.executable).parent / "emm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "emm"]
+
+
+class Processes:
+    """Child processes with a log file each in `folder`; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, folder: Path, cwd: Path | None = None) -> None:
+        self.folder = folder
+        self.cwd = cwd or folder  # where the children run unless told otherwise
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` with `env` added to this environment, output to `<name>.log`."""
+        with (self.folder / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd or self.cwd,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start `emm ARGS` (e.g. `["worker"]`)."""
+        return self.spawn(name, [*emm_command(), *args], env)
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.folder / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, name: str, pattern: str, timeout_s: float) -> re.Match[str]:
+        """Wait until `name`'s log matches `pattern`; fail early if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        regex = re.compile(pattern)
+        while True:
+            match = regex.search(self.log(name))
+            if match:
+                return match
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {proc.returncode}:\n{self.log(name)[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{name}: no {pattern!r} in its log within {timeout_s:.0f} s:\n"
+                    f"{self.log(name)[-3000:]}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, name: str, timeout_s: float = 15) -> int | None:
+        """SIGTERM `name`, SIGKILL it if it has not exited after `timeout_s`; its exit code."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        """Stop everything, the last started first."""
+        for name in reversed(list(self.procs)):
+            self.stop(name)
 
 
 def main(argv: list[str]) -> int:

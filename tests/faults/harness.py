@@ -24,7 +24,8 @@ import psycopg2
 
 from simulator.model import MeterSpec, expected
 from tests import localservices
-from tests.conftest import Processes, influxql_rows, port_open, wait_for
+from tests.conftest import influxql_rows, port_open, wait_for
+from tests.localservices import Processes
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 

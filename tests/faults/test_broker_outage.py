@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from tests.conftest import Processes
 from tests.faults.harness import (
     Influx,
     Pipeline,
@@ -15,6 +14,7 @@ from tests.faults.harness import (
     tick_floor,
     wait_all_stored,
 )
+from tests.localservices import Processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

@@ -8,7 +8,7 @@ import time
 import psycopg2
 import pytest
 
-from tests.conftest import Processes, wait_for
+from tests.conftest import wait_for
 from tests.faults.harness import (
     Influx,
     Pipeline,
@@ -19,6 +19,7 @@ from tests.faults.harness import (
     published_ticks,
     tick_floor,
 )
+from tests.localservices import Processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

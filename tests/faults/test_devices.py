@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.conftest import Processes
 from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+from tests.localservices import Processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -9,7 +9,6 @@ import time
 import pytest
 
 from emm.broker import READINGS
-from tests.conftest import Processes
 from tests.faults.harness import (
     Influx,
     Pipeline,
@@ -18,6 +17,7 @@ from tests.faults.harness import (
     tick_floor,
     wait_all_stored,
 )
+from tests.localservices import Processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 

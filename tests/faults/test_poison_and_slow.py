@@ -12,8 +12,8 @@ import pytest
 
 from emm.broker import JOBS, READINGS
 from emm.messages import Meter, Reading, Status
-from tests.conftest import Processes
 from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
+from tests.localservices import Processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import Processes, wait_for
+from tests.conftest import wait_for
 from tests.faults.harness import (
     Influx,
     Pipeline,
@@ -16,6 +16,7 @@ from tests.faults.harness import (
     tick_floor,
     wait_all_stored,
 )
+from tests.localservices import Processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

@@ -13,7 +13,7 @@ import pytest
 from emm import db
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
-from tests.conftest import emm_command
+from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

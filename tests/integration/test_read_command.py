@@ -9,7 +9,8 @@ import time
 import pytest
 
 from simulator.model import expected
-from tests.conftest import Processes, emm_command, free_port, port_open, wait_for
+from tests.conftest import free_port, port_open, wait_for
+from tests.localservices import Processes, emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -18,8 +18,8 @@ from emm.settings import SchedulerSettings
 from scheduler.app import publish_jobs, run
 from scheduler.jobs import build_jobs
 from scheduler.repo import ConfigRepo
-from tests.conftest import emm_command
 from tests.integration.amqp_util import drain
+from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

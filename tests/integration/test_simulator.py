@@ -34,7 +34,8 @@ from simulator.app import Simulator, SimulatorOptions, run
 from simulator.faults import Fault, Scenario
 from simulator.model import MeterSpec, expected, resolve_profile
 from simulator.repo import write_config
-from tests.conftest import emm_command, free_port
+from tests.conftest import free_port
+from tests.localservices import emm_command
 
 pytestmark = pytest.mark.integration
 

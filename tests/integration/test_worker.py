@@ -17,8 +17,9 @@ from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
 from simulator.model import MeterSpec, expected
 from tests import localservices
-from tests.conftest import Processes, free_port, port_open, wait_for
+from tests.conftest import free_port, port_open, wait_for
 from tests.integration.amqp_util import depth, drain, publish
+from tests.localservices import Processes
 from worker.app import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
