@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg2
 import psycopg2.errors
@@ -24,6 +24,8 @@ from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_RE
 from emm.registers import DataType, Order, Register, parse_missing
 
 log = logging.getLogger(__name__)
+
+Connection: TypeAlias = psycopg2.extensions.connection
 
 VIRTUAL_TYPE = "virtual_modbustcp"
 _LOCK_ID = 0x454D4D  # advisory lock so two `emm migrate` runs do not race
@@ -112,41 +114,64 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
 ]
 
-_LOAD_SQL = """
+# A `registers` row as the loaders read it (shared by the tick query and `load_type`).
+_REGISTER_JSON = """json_build_object(
+    'id', r.id, 'type', r.type, 'address', r.register_address, 'name', r.measurement_name,
+    'unit', r.data_unit, 'data_type', r.data_type, 'function_code', r.function_code,
+    'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
+    'offset', r.value_offset, 'missing', r.missing_values)"""
+_TYPE_JSON = """json_build_object(
+    'type', t.type, 'max_registers', t.max_read_registers, 'max_bits', t.max_read_bits,
+    'max_gap', t.max_gap_registers)"""
+
+_LOAD_SQL = f"""
 SELECT 'meter', json_build_object(
     'id', m.id, 'host', m.host, 'port', m.port, 'unit_id', m.slave_address,
     'type', m.type, 'description', m.description)
 FROM energy_meters m
 WHERE m.enabled
 UNION ALL
-SELECT 'register', json_build_object(
-    'id', r.id, 'type', r.type, 'address', r.register_address, 'name', r.measurement_name,
-    'unit', r.data_unit, 'data_type', r.data_type, 'function_code', r.function_code,
-    'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
-    'offset', r.value_offset, 'missing', r.missing_values)
+SELECT 'register', {_REGISTER_JSON}
 FROM registers r
 WHERE r.type IN (SELECT type FROM energy_meters WHERE enabled)
 UNION ALL
-SELECT 'type', json_build_object(
-    'type', t.type, 'max_registers', t.max_read_registers, 'max_bits', t.max_read_bits,
-    'max_gap', t.max_gap_registers)
+SELECT 'type', {_TYPE_JSON}
 FROM meter_types t
+"""
+
+_TYPE_SQL = f"""
+SELECT 'register', {_REGISTER_JSON} FROM registers r WHERE r.type = %(type)s
+UNION ALL
+SELECT 'type', {_TYPE_JSON} FROM meter_types t WHERE t.type = %(type)s
 """
 
 
 @contextmanager
 def connect(dsn: str, *, timeout_s: float = 5.0) -> Iterator[psycopg2.extensions.connection]:
     """Open a connection (closed on exit); failures become DatabaseError."""
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=max(1, int(timeout_s)))
-    except psycopg2.Error as exc:
-        raise DatabaseError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from None
+    conn = open_connection(dsn, timeout_s=timeout_s)
     try:
         yield conn
     except psycopg2.Error as exc:
         raise DatabaseError(_first_line(exc)) from None
     finally:
         conn.close()
+
+
+def open_connection(dsn: str, *, timeout_s: float = 5.0) -> psycopg2.extensions.connection:
+    """A new connection for a caller that keeps it; failure becomes DatabaseError."""
+    try:
+        return psycopg2.connect(dsn, connect_timeout=max(1, int(timeout_s)))
+    except psycopg2.Error as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from None
+
+
+def close_quietly(conn: Connection) -> None:
+    """Close a connection that may already be broken."""
+    try:
+        conn.close()
+    except psycopg2.Error:
+        pass
 
 
 def _first_line(exc: BaseException) -> str:
@@ -229,33 +254,47 @@ def load_config(conn: psycopg2.extensions.connection) -> LoadedConfig:
     A bad register row or meter is reported in `errors` (naming its table and id) and skipped;
     the rest is returned.
     """
-    with conn, conn.cursor() as cur:
-        cur.execute(_LOAD_SQL)
-        rows = cur.fetchall()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(_LOAD_SQL)
+            rows = cur.fetchall()
+    except psycopg2.Error as exc:
+        raise DatabaseError(_first_line(exc)) from None
     return build_config(rows)
 
 
-def build_config(rows: list[tuple[str, dict[str, Any]]]) -> LoadedConfig:
-    """Validate the loaded rows into meters (pure: no database access)."""
-    out = LoadedConfig()
+def load_type(
+    conn: psycopg2.extensions.connection, type_: str
+) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:
+    """One type's registers and read limits, validated as the scheduler validates them, with
+    the messages of the rows that had to be skipped. No registers: an empty tuple."""
+    with conn, conn.cursor() as cur:
+        cur.execute(_TYPE_SQL, {"type": type_})
+        rows = cur.fetchall()
+    errors: list[str] = []
+    registers, limits = _types(rows, errors)
+    return tuple(registers.get(type_, ())), limits.get(type_, ReadLimits()), errors
+
+
+def _types(
+    rows: list[tuple[str, dict[str, Any]]], errors: list[str]
+) -> tuple[dict[str, list[Register]], dict[str, ReadLimits]]:
+    """Registers and read limits by type from loaded rows; bad rows go to `errors`."""
     registers_by_type: dict[str, list[Register]] = {}
     limits_by_type: dict[str, ReadLimits] = {}
-    meters: list[dict[str, Any]] = []
     for kind, data in sorted(rows, key=lambda r: (r[0], r[1].get("address", 0), r[1].get("id", 0))):
-        if kind == "meter":
-            meters.append(data)
-        elif kind == "register":
+        if kind == "register":
             try:
                 reg = register_from_row(data)
             except ConfigError as exc:
-                out.errors.append(
+                errors.append(
                     f"registers row id={data.get('id')} (type {data.get('type')!r}, "
                     f"{data.get('name')!r}) skipped: {exc}"
                 )
                 continue
             regs = registers_by_type.setdefault(data["type"], [])
             if any(r.name == reg.name for r in regs):
-                out.errors.append(
+                errors.append(
                     f"registers row id={data.get('id')} (type {data.get('type')!r}) skipped: "
                     f"measurement_name {reg.name!r} appears twice for this type"
                 )
@@ -269,7 +308,15 @@ def build_config(rows: list[tuple[str, dict[str, Any]]]) -> LoadedConfig:
                     max_gap=DEFAULT_MAX_GAP if data["max_gap"] is None else data["max_gap"],
                 )
             except ConfigError as exc:
-                out.errors.append(f"meter_types row {data.get('type')!r} ignored: {exc}")
+                errors.append(f"meter_types row {data.get('type')!r} ignored: {exc}")
+    return registers_by_type, limits_by_type
+
+
+def build_config(rows: list[tuple[str, dict[str, Any]]]) -> LoadedConfig:
+    """Validate the loaded rows into meters (pure: no database access)."""
+    out = LoadedConfig()
+    registers_by_type, limits_by_type = _types(rows, out.errors)
+    meters = [data for kind, data in rows if kind == "meter"]
     for data in sorted(meters, key=lambda d: d["id"]):
         try:
             meter = Meter.from_dict(data)

@@ -106,4 +106,5 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 next_ms = skipped_to
             tick_ms = next_ms
     finally:
+        repo.close()
         await broker.close()

@@ -16,6 +16,7 @@ class ConfigRepo:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
+        self._conn: db.Connection | None = None  # kept from tick to tick
         self.last: db.LoadedConfig | None = None
         self.last_loaded_at: float | None = None
         self._outage = False
@@ -23,9 +24,11 @@ class ConfigRepo:
     def load(self) -> db.LoadedConfig | None:
         """The current configuration, or the last one loaded if the database cannot be read."""
         try:
-            with db.connect(self.dsn) as conn:
-                config = db.load_config(conn)
+            if self._conn is None or self._conn.closed:
+                self._conn = db.open_connection(self.dsn)
+            config = db.load_config(self._conn)
         except DatabaseError as exc:
+            self.close()  # reconnect on the next tick
             if self.last is None:
                 log.error("cannot load the configuration and none was loaded before: %s", exc)
                 return None
@@ -48,3 +51,9 @@ class ConfigRepo:
         self.last = config
         self.last_loaded_at = time.time()
         return config
+
+    def close(self) -> None:
+        """Drop the kept connection (a new one is opened by the next load)."""
+        if self._conn is not None:
+            db.close_quietly(self._conn)
+            self._conn = None

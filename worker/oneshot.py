@@ -7,39 +7,33 @@ import sys
 
 from emm.codec import RequestDecoder
 from emm.errors import ConfigError, DecodeError, DeviceError
-from emm.planner import assign, plan
-from emm.profiles import Profile, shipped_profile
+from emm.planner import ReadLimits, assign, plan
+from emm.profiles import shipped_profile
 from emm.registers import Register
 from worker.modbus import DevicePool
 
 
-def _registers_for(type_: str) -> tuple[tuple[Register, ...], Profile | None]:
+def _registers_for(type_: str) -> tuple[tuple[Register, ...], ReadLimits]:
+    """A shipped profile's map, or else the type's rows in PostgreSQL read as the scheduler
+    reads them (same validation, same read limits)."""
     profile = shipped_profile(type_)
     if profile is not None:
-        return profile.registers, profile
+        return profile.registers, profile.limits
     from emm import db
     from emm.settings import MigrateSettings
 
-    with db.connect(MigrateSettings.from_env().postgres_dsn) as conn, conn, conn.cursor() as cur:
-        cur.execute(
-            """SELECT json_build_object('id', id, 'type', type, 'address', register_address,
-                       'name', measurement_name, 'unit', data_unit, 'data_type', data_type,
-                       'function_code', function_code, 'byte_order', byte_order,
-                       'word_order', word_order, 'scale', scale, 'offset', value_offset,
-                       'missing', missing_values)
-                   FROM registers WHERE type = %s ORDER BY register_address, id""",
-            (type_,),
-        )
-        rows = [r[0] for r in cur.fetchall()]
-    if not rows:
+    with db.connect(MigrateSettings.from_env().postgres_dsn) as conn:
+        registers, limits, errors = db.load_type(conn, type_)
+    for error in errors:
+        print(f"warning: {error}", file=sys.stderr)
+    if not registers:
         raise ConfigError(f"type {type_!r} is neither a shipped profile nor in the registers table")
-    return tuple(db.register_from_row(row) for row in rows), None
+    return registers, limits
 
 
 async def read_once(args: argparse.Namespace) -> int:
     """Read every register of `args.type` from the device once; exit code 1 if any failed."""
-    registers, profile = _registers_for(args.type)
-    limits = profile.limits if profile else None
+    registers, limits = _registers_for(args.type)
     requests = plan(registers, limits)
     pool = DevicePool(timeout_s=args.timeout, connect_timeout_s=args.timeout, idle_close_s=0)
     link = pool.link(args.host, args.port)

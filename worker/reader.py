@@ -74,23 +74,23 @@ class HoleMemory:
 
     def __init__(self, ttl_s: float = HOLE_MEMORY_TTL_S) -> None:
         self.ttl_s = ttl_s
-        self._splits: dict[tuple[str, int, int, RequestDecoder], Split] = {}
+        # device (host, port, unit id) -> planned request's decoder -> what it was split into
+        self._splits: dict[tuple[str, int, int], dict[RequestDecoder, Split]] = {}
 
     def get(self, meter: Meter, decoder: RequestDecoder) -> Split | None:
-        key = (meter.host, meter.port, meter.unit_id, decoder)
-        split = self._splits.get(key)
+        device = self._splits.get((meter.host, meter.port, meter.unit_id))
+        if device is None:
+            return None
+        split = device.get(decoder)
         if split is not None and split.expires_at < time.monotonic():
-            del self._splits[key]
+            del device[decoder]
             return None
         return split
 
     def unreadable(self, meter: Meter) -> set[str]:
         """Names of the meter's registers already known to be refused (reported once)."""
-        names: set[str] = set()
-        for (host, port, unit, _decoder), split in self._splits.items():
-            if (host, port, unit) == (meter.host, meter.port, meter.unit_id):
-                names.update(split.unreadable)
-        return names
+        device = self._splits.get((meter.host, meter.port, meter.unit_id), {})
+        return {name for split in device.values() for name in split.unreadable}
 
     def learn(
         self,
@@ -100,7 +100,7 @@ class HoleMemory:
         unreadable: dict[str, str],
     ) -> Split:
         split = Split(tuple(parts), dict(unreadable), time.monotonic() + self.ttl_s)
-        self._splits[(meter.host, meter.port, meter.unit_id, decoder)] = split
+        self._splits.setdefault((meter.host, meter.port, meter.unit_id), {})[decoder] = split
         return split
 
 

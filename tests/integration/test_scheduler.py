@@ -158,7 +158,11 @@ def test_database_outage_keeps_the_last_configuration(pg_dsn: str) -> None:
     repo = ConfigRepo(pg_dsn)
     first = repo.load()
     assert first is not None and [m.meter.id for m in first.meters] == [1]
-    repo.dsn = "postgresql://nobody@127.0.0.1:1/none"  # the database "goes away"
+    # The database "goes away": the kept connection is killed and no new one can be made.
+    assert repo._conn is not None
+    execute(pg_dsn, "SELECT pg_terminate_backend(%s)", repo._conn.get_backend_pid())
+    repo.dsn = "postgresql://nobody@127.0.0.1:1/none"
+    assert repo.load() is first
     assert repo.load() is first
     repo.dsn = pg_dsn
     execute(

@@ -153,24 +153,23 @@ def test_reading_with_non_finite_value_is_not_encoded() -> None:
         reading.encode()
 
 
-def _job(**changes: Any) -> bytes:
-    data = json.loads(JOB.encode())
+def _changed(message: Job | Reading, **changes: Any) -> bytes:
+    """`message` encoded, with keys replaced (or removed, for the value KeyError)."""
+    data = json.loads(message.encode())
     for key, value in changes.items():
         if value is KeyError:
             del data[key]
         else:
             data[key] = value
     return json.dumps(data).encode()
+
+
+def _job(**changes: Any) -> bytes:
+    return _changed(JOB, **changes)
 
 
 def _reading(**changes: Any) -> bytes:
-    data = json.loads(READING.encode())
-    for key, value in changes.items():
-        if value is KeyError:
-            del data[key]
-        else:
-            data[key] = value
-    return json.dumps(data).encode()
+    return _changed(READING, **changes)
 
 
 GOOD_REGISTER = {"name": "v", "address": 0, "fc": 3, "type": "int16"}
