@@ -317,6 +317,8 @@ def build_config(rows: list[tuple[str, dict[str, Any]]]) -> LoadedConfig:
     out = LoadedConfig()
     registers_by_type, limits_by_type = _types(rows, out.errors)
     meters = [data for kind, data in rows if kind == "meter"]
+    # one tuple per type, shared by its meters: jobs serialise a type's registers once
+    shared = {type_: tuple(regs) for type_, regs in registers_by_type.items()}
     for data in sorted(meters, key=lambda d: d["id"]):
         try:
             meter = Meter.from_dict(data)
@@ -331,7 +333,7 @@ def build_config(rows: list[tuple[str, dict[str, Any]]]) -> LoadedConfig:
             )
             continue
         limits = limits_by_type.get(meter.type, ReadLimits())
-        out.meters.append(MeterConfig(meter, tuple(type_regs), limits))
+        out.meters.append(MeterConfig(meter, shared[meter.type], limits))
     return out
 
 

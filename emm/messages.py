@@ -3,6 +3,12 @@
 Both are frozen dataclasses that own their JSON encoding and carry a schema version `v`. Decoding a
 body that is not a valid message raises MessageError with the raw bytes attached, so the caller can
 dead-letter exactly what it received.
+
+Jobs are version 2: each register is a row `[name, address, fc, unit, type, order, scale, offset,
+missing]` with trailing defaults (float32, ABCD, unscaled) left out; version 1 spelled each one as
+an object, twice the bytes, and workers still read it. The plan and registers come last, the same
+bytes for every meter of a type, so a worker parses and validates them once per type and then
+only reads the head of each job.
 """
 
 from __future__ import annotations
@@ -10,14 +16,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from emm.errors import ConfigError, MessageError
+from emm.identity import ByIdentity
 from emm.planner import ReadRequest
 from emm.registers import Register
 
-SCHEMA_VERSION = 1
+JOB_VERSION = 2
+JOB_VERSIONS_READ = (1, 2)
+READING_VERSION = 1
+# where the part of a job shared by every meter of its type begins
+_PLAN_START = b',"requests":'
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,33 +96,68 @@ class Job:
         # The plan and registers are the same for every meter of a type: serialise them once.
         head = _compact(
             {
-                "v": SCHEMA_VERSION,
+                "v": JOB_VERSION,
                 "kind": "job",
                 "meter": self.meter.to_dict(),
                 "tick_ms": self.tick_ms,
                 "deadline_ms": self.deadline_ms,
             }
         )
-        return (
-            f'{head[:-1]},"requests":{_requests_json(self.requests)},'
-            f'"registers":{_registers_json(self.registers)}}}'
-        ).encode()
+        return head[:-1].encode() + _plan_json(self.requests, self.registers)
 
     @classmethod
     def decode(cls, body: bytes) -> Job:
-        data = _load(body, "job")
+        # Fast path: the plan part is byte for byte one already validated, so only the head
+        # (meter and tick) is parsed.
+        cut = body.find(_PLAN_START)
+        known = _KNOWN_PLANS.get(body[cut:]) if cut > 0 else None
+        data: dict[str, Any] | None = None
+        if known is not None:
+            try:
+                data = _load(body[:cut] + b"}", "job", JOB_VERSIONS_READ)
+                requests, registers = known
+            except MessageError:
+                known = None  # say what is wrong from the whole body
+        if data is None or known is None:
+            data = _load(body, "job", JOB_VERSIONS_READ)
         try:
+            meter = Meter.from_dict(data["meter"])
+            if known is None:
+                requests = tuple(ReadRequest.from_list(r) for r in data["requests"])
+                registers = tuple(_register(r) for r in data["registers"])
+                if cut > 0 and _is_plan_only(body[cut:]):
+                    if len(_KNOWN_PLANS) >= 256:
+                        _KNOWN_PLANS.clear()
+                    _KNOWN_PLANS[body[cut:]] = (requests, registers)
             return cls(
-                meter=Meter.from_dict(data["meter"]),
+                meter=meter,
                 tick_ms=int(data["tick_ms"]),
                 deadline_ms=int(data["deadline_ms"]),
-                requests=tuple(ReadRequest.from_list(r) for r in data["requests"]),
-                registers=tuple(Register.from_dict(r) for r in data["registers"]),
+                requests=requests,
+                registers=registers,
             )
         except KeyError as exc:
             raise MessageError(f"job lacks the key {exc.args[0]!r}", body) from None
         except (TypeError, ValueError, ConfigError) as exc:
             raise MessageError(f"job is malformed: {exc}", body) from None
+
+
+# the plan part of recent jobs (from `_PLAN_START` to the end) -> its requests and registers
+_KNOWN_PLANS: dict[bytes, tuple[tuple[ReadRequest, ...], tuple[Register, ...]]] = {}
+
+
+def _register(data: Any) -> Register:
+    return Register.from_dict(data) if isinstance(data, dict) else Register.from_row(data)
+
+
+def _is_plan_only(tail: bytes) -> bool:
+    """Whether `tail` holds the keys requests and registers and nothing else, so a job's
+    head plus this tail mean the same as the whole body."""
+    try:
+        rest = json.loads(b"{" + tail[1:])
+    except ValueError:
+        return False
+    return isinstance(rest, dict) and set(rest) == {"requests", "registers"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +200,7 @@ class Reading:
     def encode(self) -> bytes:
         return json.dumps(
             {
-                "v": SCHEMA_VERSION,
+                "v": READING_VERSION,
                 "kind": "reading",
                 "meter": self.meter.to_dict(),
                 "tick_ms": self.tick_ms,
@@ -171,7 +216,7 @@ class Reading:
 
     @classmethod
     def decode(cls, body: bytes) -> Reading:
-        data = _load(body, "reading")
+        data = _load(body, "reading", (READING_VERSION,))
         try:
             fields = {str(k): float(v) for k, v in data["fields"].items()}
             if not all(math.isfinite(v) for v in fields.values()):
@@ -202,17 +247,19 @@ def _compact(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-@lru_cache(maxsize=1024)
-def _requests_json(requests: tuple[ReadRequest, ...]) -> str:
-    return _compact([r.to_list() for r in requests])
+def _plan_text(requests: tuple[ReadRequest, ...], registers: tuple[Register, ...]) -> bytes:
+    """`,"requests":[...],"registers":[...]}`: the end of a job, the same for every meter of a
+    type (so cached by the identity of the tuples the scheduler shares between them)."""
+    return (
+        f"{_PLAN_START.decode()}{_compact([r.to_list() for r in requests])},"
+        f'"registers":{_compact([r.to_row() for r in registers])}}}'
+    ).encode()
 
 
-@lru_cache(maxsize=1024)
-def _registers_json(registers: tuple[Register, ...]) -> str:
-    return _compact([r.to_dict() for r in registers])
+_plan_json = ByIdentity(_plan_text)
 
 
-def _load(body: bytes, kind: str) -> dict[str, Any]:
+def _load(body: bytes, kind: str, versions: tuple[int, ...]) -> dict[str, Any]:
     try:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -221,10 +268,12 @@ def _load(body: bytes, kind: str) -> dict[str, Any]:
         raise MessageError(f"{kind} is not valid JSON: {exc}", body) from None
     if not isinstance(data, dict):
         raise MessageError(f"{kind} is not a JSON object", body)
-    if data.get("v") != SCHEMA_VERSION:
-        raise MessageError(
-            f"{kind} has schema version {data.get('v')!r}, this build reads {SCHEMA_VERSION}", body
-        )
     if data.get("kind") != kind:
         raise MessageError(f"expected a {kind}, got kind {data.get('kind')!r}", body)
+    version = data.get("v")
+    if type(version) is not int or version not in versions:
+        readable = " and ".join(str(v) for v in versions)
+        raise MessageError(
+            f"{kind} has schema version {version!r}, this build reads {readable}", body
+        )
     return data

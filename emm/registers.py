@@ -270,6 +270,39 @@ class Register:
             data["missing"] = sorted(self.missing)
         return data
 
+    def to_row(self) -> list[Any]:
+        """The register as a row of a version 2 job (columns `ROW_COLUMNS`), the trailing values
+        left out while they hold their defaults: `["voltageL1", 0, 4, "V"]` is a float32 in
+        ABCD order, unscaled."""
+        row: list[Any] = [
+            self.name,
+            self.address,
+            self.function_code,
+            self.unit,
+            self.data_type.name.lower(),
+            self.order.value,
+            self.scale,
+            self.offset,
+            None if self.missing is None else sorted(self.missing),
+        ]
+        while len(row) > 3 and row[-1] == _ROW_DEFAULTS[len(row) - 4]:
+            row.pop()
+        return row
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Register:
+        """Inverse of `to_row`; raises ConfigError naming what is wrong."""
+        if not isinstance(row, list):
+            raise ConfigError(f"register must be a list or an object, got {type(row).__name__}")
+        if not 3 <= len(row) <= len(ROW_COLUMNS):
+            raise ConfigError(
+                f"register row has {len(row)} values, expected 3 to {len(ROW_COLUMNS)}: "
+                + ", ".join(ROW_COLUMNS)
+            )
+        data = dict(zip(ROW_COLUMNS, row, strict=False))
+        data.setdefault("type", "float32")
+        return cls.from_dict(data)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Register:
         """Inverse of `to_dict`; raises ConfigError naming what is wrong.
@@ -313,6 +346,10 @@ class Register:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"register {data.get('name')!r} is malformed: {exc}") from None
 
+
+# the values of a register row in a version 2 job, in order (the keys of `to_dict`)
+ROW_COLUMNS = ("name", "address", "fc", "unit", "type", "order", "scale", "offset", "missing")
+_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None)
 
 _FROM_DICT_CACHE: dict[tuple[tuple[str, Any], ...], Register] = {}
 

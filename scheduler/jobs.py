@@ -24,13 +24,19 @@ def build_jobs(config: LoadedConfig, tick_ms: int, period_ms: int) -> list[Job]:
     once rather than one gateway's meters in a row.
     """
     by_link: dict[tuple[str, int], list[Job]] = {}
+    # meters of a type share one registers tuple: look its plan up once, not once per meter
+    plans: dict[tuple[int, ReadLimits], tuple[ReadRequest, ...]] = {}
     for mc in config.meters:
+        key = (id(mc.registers), mc.limits)
+        requests = plans.get(key)
+        if requests is None:
+            requests = plans[key] = plan_for(mc.registers, mc.limits)
         by_link.setdefault((mc.meter.host, mc.meter.port), []).append(
             Job(
                 meter=mc.meter,
                 tick_ms=tick_ms,
                 deadline_ms=tick_ms + period_ms,
-                requests=plan_for(mc.registers, mc.limits),
+                requests=requests,
                 registers=mc.registers,
             )
         )

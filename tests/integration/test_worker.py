@@ -161,16 +161,8 @@ def test_job_bodies_are_plain_json_a_person_can_read() -> None:
         "description": "pump",
     }
     assert data["requests"] == [[3, 0, 1]]
-    assert data["registers"] == [
-        {
-            "name": "test_measurement",
-            "address": 0,
-            "fc": 3,
-            "type": "int16",
-            "order": "ABCD",
-            "unit": "test_u",
-        }
-    ]
+    # one row per register: name, address, fc, unit, type (order ABCD and no scale left out)
+    assert data["registers"] == [["test_measurement", 0, 3, "test_u", "int16"]]
 
 
 def test_a_merged_read_across_a_hole_is_split_once_and_remembered(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emm.errors import ConfigError, MessageError
-from emm.messages import SCHEMA_VERSION, Job, Meter, Reading, Status
+from emm.messages import JOB_VERSION, Job, Meter, Reading, Status
 from emm.planner import ReadRequest
 from emm.registers import DataType, Order, Register
 
@@ -84,7 +84,37 @@ readings = st.builds(
 @FAST
 @given(jobs)
 def test_job_round_trip(job: Job) -> None:
-    assert Job.decode(job.encode()) == job
+    body = job.encode()
+    assert Job.decode(body) == job
+    assert Job.decode(body) == job  # again, now that its plan is known
+
+
+def test_a_known_plan_is_not_parsed_again_and_the_head_still_is() -> None:
+    first = Job(METER, 1_000, 11_000, JOB.requests, JOB.registers)
+    other = Job(Meter(8, "10.0.0.6", 503, 2, "sdm630"), 2_000, 12_000, JOB.requests, JOB.registers)
+    assert Job.decode(first.encode()) == first
+    assert Job.decode(other.encode()) == other
+    # a broken head behind a known plan is reported from the whole body
+    body = other.encode().replace(b'"tick_ms":2000', b'"tick_ms":"soon"')
+    with pytest.raises(MessageError) as info:
+        Job.decode(body)
+    assert info.value.raw == body
+    assert str(info.value) == "job is malformed: invalid literal for int() with base 10: 'soon'"
+
+
+def test_a_version_1_job_is_still_read() -> None:
+    body = json.dumps(
+        {
+            "v": 1,
+            "kind": "job",
+            "meter": METER.to_dict(),
+            "tick_ms": JOB.tick_ms,
+            "deadline_ms": JOB.deadline_ms,
+            "requests": [[4, 0, 2]],
+            "registers": [REGISTER.to_dict()],
+        }
+    ).encode()
+    assert Job.decode(body) == JOB
 
 
 @FAST
@@ -107,32 +137,13 @@ READING = Reading(
 
 
 def test_job_wire_format() -> None:
-    assert json.loads(JOB.encode()) == {
-        "v": SCHEMA_VERSION,
-        "kind": "job",
-        "meter": {
-            "id": 7,
-            "host": "10.0.0.5",
-            "port": 502,
-            "unit_id": 1,
-            "type": "sdm630",
-            "description": "hall",
-        },
-        "tick_ms": 1_700_000_000_000,
-        "deadline_ms": 1_700_000_010_000,
-        "requests": [[4, 0, 2]],
-        "registers": [
-            {
-                "name": "voltageL1",
-                "address": 0,
-                "fc": 4,
-                "type": "float32",
-                "order": "CDAB",
-                "unit": "V",
-                "scale": 0.1,
-            }
-        ],
-    }
+    assert JOB.encode() == (
+        b'{"v":2,"kind":"job","meter":{"id":7,"host":"10.0.0.5","port":502,"unit_id":1,'
+        b'"type":"sdm630","description":"hall"},"tick_ms":1700000000000,'
+        b'"deadline_ms":1700000010000,"requests":[[4,0,2]],'
+        b'"registers":[["voltageL1",0,4,"V","float32","CDAB",0.1]]}'
+    )
+    assert JOB_VERSION == 2
     assert JOB.job_id == "7@1700000000000"
     assert READING.reading_id == "7@1700000000000"
 
@@ -192,9 +203,10 @@ GOOD_REGISTER = {"name": "v", "address": 0, "fc": 3, "type": "int16"}
         (b"[1, 2]", "job is not a JSON object"),
         (b'"job"', "job is not a JSON object"),
         (b"null", "job is not a JSON object"),
-        (_job(v=2), "job has schema version 2, this build reads 1"),
-        (_job(v=KeyError), "job has schema version None, this build reads 1"),
-        (_job(v="1"), "job has schema version '1', this build reads 1"),
+        (_job(v=3), "job has schema version 3, this build reads 1 and 2"),
+        (_job(v=KeyError), "job has schema version None, this build reads 1 and 2"),
+        (_job(v="1"), "job has schema version '1', this build reads 1 and 2"),
+        (_job(v=True), "job has schema version True, this build reads 1 and 2"),
         (_job(kind="reading"), "expected a job, got kind 'reading'"),
         (_job(kind=KeyError), "expected a job, got kind None"),
         (_job(tick_ms=KeyError), "job lacks the key 'tick_ms'"),
@@ -223,8 +235,20 @@ GOOD_REGISTER = {"name": "v", "address": 0, "fc": 3, "type": "int16"}
             "job is malformed: unknown data_type 'int99' (known: 1 int16, 2 int32, 3 float32, "
             "4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool)",
         ),
-        (_job(registers=["v"]), "job is malformed: register must be an object, got str"),
-        (_job(registers=[None]), "job is malformed: register must be an object, got NoneType"),
+        (_job(registers=["v"]), "job is malformed: register must be a list or an object, got str"),
+        (
+            _job(registers=[None]),
+            "job is malformed: register must be a list or an object, got NoneType",
+        ),
+        (
+            _job(registers=[["v", 0]]),
+            "job is malformed: register row has 2 values, expected 3 to 9: name, address, fc, "
+            "unit, type, order, scale, offset, missing",
+        ),
+        (
+            _job(registers=[["v", 0, 3, "", "int16", "ABCD", 0]]),
+            "job is malformed: scale 0.0 must be a finite number other than 0",
+        ),
     ],
 )
 def test_bad_job(body: bytes, reason: str) -> None:
@@ -249,6 +273,7 @@ def test_deeply_nested_body_is_a_message_error() -> None:
         (b"not json", "reading is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
         (b"42", "reading is not a JSON object"),
         (_reading(v=0), "reading has schema version 0, this build reads 1"),
+        (_reading(v=2), "reading has schema version 2, this build reads 1"),
         (_reading(kind="job"), "expected a reading, got kind 'job'"),
         (JOB.encode(), "expected a reading, got kind 'job'"),
         (_reading(fields=KeyError), "reading lacks the key 'fields'"),
