@@ -88,9 +88,9 @@ class DeviceLink:
         }[function_code]
         what = f"{self.name} unit {unit_id}: FC{function_code} read of {count} at {address}"
         try:
-            response = await asyncio.wait_for(
-                call(address, count=count, device_id=unit_id), self.timeout_s + 0.5
-            )
+            # a safety net over pymodbus's own timeout; unlike wait_for it makes no task
+            async with asyncio.timeout(self.timeout_s + 0.5):
+                response = await call(address, count=count, device_id=unit_id)
         except TimeoutError as exc:
             self.close()
             raise TransientDeviceError(
@@ -111,6 +111,12 @@ class DeviceLink:
         except OSError as exc:
             self.close()
             raise TransientDeviceError(f"{what}: {exc}", code="connection_lost") from None
+        except RuntimeError as exc:
+            # uvloop refuses a write to a transport the device has just closed
+            self.close()
+            raise TransientDeviceError(
+                f"{what}: connection lost ({exc})", code="connection_lost"
+            ) from None
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown exception")
