@@ -32,8 +32,6 @@ from worker.reader import HoleMemory, read_job
 
 log = logging.getLogger(__name__)
 
-PUBLISHERS = 64  # readings being confirmed at once
-
 
 def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
@@ -84,6 +82,8 @@ class Worker:
         self.handled = 0  # jobs read and acked by this process
         self.redelivered = 0  # jobs RabbitMQ delivered again
         self.replayed = 0  # readings taken on the worker's own while RabbitMQ was away
+        self.late = 0  # jobs acked unread because they came more than half a tick late
+        self._late: dict[int, int] = {}  # tick -> late jobs since the last report
         self._tasks: set[asyncio.Task[object]] = set()
         # job id -> its reading, for jobs delivered again; kept for a few ticks
         self._recent: OrderedDict[str, Outgoing] = OrderedDict()
@@ -139,12 +139,7 @@ class Worker:
             late_ms = _now_ms() - job.tick_ms
             period_ms = job.deadline_ms - job.tick_ms
             if late_ms > period_ms / 2:
-                log.warning(
-                    "job %s reached this worker %.1f s after its tick; not read (the value "
-                    "would not belong to the tick)",
-                    job.job_id,
-                    late_ms / 1000,
-                )
+                self._note_late(job, late_ms)
                 await self._settle(delivery, None)
                 return
             out = await self._read(job)
@@ -152,6 +147,31 @@ class Worker:
         await out.confirmed.wait()
         await self._settle(delivery, None)
         self.handled += 1
+
+    def _note_late(self, job: Job, late_ms: int) -> None:
+        """Log the first job of a tick that came too late; the rest are counted and summed up
+        by `_report_late` (an overloaded worker would otherwise log thousands of lines)."""
+        if job.tick_ms not in self._late:
+            log.warning(
+                "job %s reached this worker %.1f s after its tick; not read (the value would not "
+                "belong to the tick)",
+                job.job_id,
+                late_ms / 1000,
+            )
+            self._late[job.tick_ms] = 0
+        self._late[job.tick_ms] += 1
+        self.late += 1
+
+    def _report_late(self) -> None:
+        for tick_ms, count in sorted(self._late.items()):
+            if count > 1:
+                log.warning(
+                    "tick %s: %d jobs reached this worker more than half a tick after the tick; "
+                    "not read (more workers or a longer period would read them)",
+                    _iso(tick_ms),
+                    count,
+                )
+        self._late.clear()
 
     async def _read(self, job: Job) -> Outgoing:
         """Read the meter of `job` (or note that it is offline) and queue the reading."""
@@ -295,11 +315,11 @@ class Worker:
             self.settings.read_timeout_s,
             self.settings.read_attempts,
         )
-        # Several publishers: each waits for its confirm, so one alone would make every reading
-        # queue behind the previous one's round trip.
+        # One publisher per job in flight: each waits for its confirm, which RabbitMQ gives only
+        # once a persistent message is on disk (often 100-200 ms under load), so fewer would
+        # make readings queue for the confirms of others while their jobs hold the prefetch.
         publishers = [
-            asyncio.create_task(self._publisher())
-            for _ in range(min(PUBLISHERS, self.settings.concurrency))
+            asyncio.create_task(self._publisher()) for _ in range(self.settings.concurrency)
         ]
         replayer = asyncio.create_task(self._replayer(stop))
         try:
@@ -309,7 +329,9 @@ class Worker:
                 except TimeoutError:
                     self.pool.close_idle()
                     self._prune()
+                    self._report_late()
         finally:
+            self._report_late()
             replayer.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=10)
