@@ -18,7 +18,7 @@ from scheduler.repo import ConfigRepo
 
 log = logging.getLogger(__name__)
 
-PUBLISH_IN_FLIGHT = 256  # unconfirmed publishes at once; confirms arrive in batches
+PUBLISH_IN_FLIGHT = 2048  # unconfirmed publishes at once; confirms arrive in batches
 
 
 def _iso(ts_ms: int) -> str:

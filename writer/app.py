@@ -29,6 +29,8 @@ from writer.lines import reading_lines
 
 log = logging.getLogger(__name__)
 
+WRITES_IN_FLIGHT = 2  # batches written at once
+
 Item = tuple[Delivery, Reading, list[str]]
 
 
@@ -48,6 +50,7 @@ class Writer:
         self.written = 0
         self.counters = CounterWatch()
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
+        self._writes: set[asyncio.Task[None]] = set()  # batches being written
 
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -104,10 +107,13 @@ class Writer:
         self._stats.flush()
 
     async def flush(self) -> None:
-        """Write the oldest batch, retrying until InfluxDB takes it."""
+        """Write the oldest batch, retrying until InfluxDB takes it (or the writer stops: its
+        readings then stay unacked and RabbitMQ delivers them again)."""
         batch = self._pending[: self.settings.batch_size]
         if not batch:
             return
+        del self._pending[: len(batch)]
+        self._first_at = time.monotonic() if self._pending else None
         delay = 0.5
         while True:
             try:
@@ -129,8 +135,6 @@ class Writer:
         if self._outage_since is not None:
             log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
             self._outage_since = None
-        del self._pending[: len(batch)]
-        self._first_at = time.monotonic() if self._pending else None
         log.debug("wrote %d readings in %.0f ms", len(batch), (time.monotonic() - started) * 1000)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -170,8 +174,17 @@ class Writer:
                     or len(self._pending) >= self.settings.batch_size
                 )
                 if due:
-                    await self.flush()
+                    # Up to WRITES_IN_FLIGHT batches at once: the next batch fills and goes
+                    # while InfluxDB is still taking the previous one.
+                    while len(self._writes) >= WRITES_IN_FLIGHT:
+                        await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
+                    write = asyncio.create_task(self.flush())
+                    self._writes.add(write)
+                    write.add_done_callback(self._writes.discard)
+                    self._wake.set()  # a full batch may be waiting behind this one
             # Finish what InfluxDB will take now; what is left stays unacked and is redelivered.
+            if self._writes:
+                await asyncio.wait(self._writes, timeout=5)
             if self._pending:
                 try:
                     await asyncio.wait_for(self._write(list(self._pending)), timeout=5)
