@@ -7,7 +7,7 @@ so the same reading always gives the same bytes and a second write of it replace
 
 from __future__ import annotations
 
-from emm.messages import Reading
+from emm.messages import Meter, Reading
 
 ENERGY = "energy"
 STATUS = "meter_status"
@@ -20,6 +20,32 @@ def _tag(text: str) -> str:
     return text.translate(_TAG_ESCAPES)
 
 
+# Field names and tag sets repeat on every tick: escape each once (bounded, emptied when full).
+_CACHE_SIZE = 100_000
+_FIELD_KEYS: dict[str, str] = {}
+_TAG_SETS: dict[Meter, str] = {}
+
+
+def _field_key(name: str) -> str:
+    key = _FIELD_KEYS.get(name)
+    if key is None:
+        if len(_FIELD_KEYS) >= _CACHE_SIZE:
+            _FIELD_KEYS.clear()
+        key = _FIELD_KEYS[name] = _tag(name) + "="
+    return key
+
+
+def _tags(meter: Meter) -> str:
+    tags = _TAG_SETS.get(meter)
+    if tags is None:
+        if len(_TAG_SETS) >= _CACHE_SIZE:
+            _TAG_SETS.clear()
+        tags = _TAG_SETS[meter] = ",".join(
+            f"{_tag(k)}={_tag(v)}" for k, v in sorted(meter.tags().items()) if v
+        )
+    return tags
+
+
 def _string_field(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
@@ -30,11 +56,13 @@ def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> 
     `counter_resets` names counters that went down since the meter's previous tick; they are
     flagged in the `meter_status` point.
     """
-    tags = ",".join(f"{_tag(k)}={_tag(v)}" for k, v in sorted(reading.meter.tags().items()) if v)
+    tags = _tags(reading.meter)
     ts = reading.tick_ms
     lines = []
     if reading.fields:
-        fields = ",".join(f"{_tag(name)}={value!r}" for name, value in reading.fields.items())
+        fields = ",".join(
+            [_field_key(name) + repr(value) for name, value in reading.fields.items()]
+        )
         lines.append(f"{ENERGY},{tags} {fields} {ts}")
     s = reading.status
     status_fields = (
