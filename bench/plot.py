@@ -16,7 +16,9 @@ from pathlib import Path
 P99_TARGET_S = 1.5
 
 
-def _label(cfg: dict) -> str:
+def _label(run: dict, commits: bool) -> str:
+    """The line a run belongs to: its setting, and its commit when the runs span several."""
+    cfg = run["config"]
     text = f"{cfg['workers']} worker{'s' if cfg['workers'] != 1 else ''}"
     if cfg.get("latency_ms"):
         text += f", {cfg['latency_ms']:g} ms device latency"
@@ -24,7 +26,10 @@ def _label(cfg: dict) -> str:
         text += ", port per meter"
     if cfg.get("interleave_gateways"):
         text += ", gateways interleaved"
-    return text + f", every {cfg['period_s']:g} s"
+    text += f", every {cfg['period_s']:g} s"
+    if commits:
+        text += f" @ {run.get('code', {}).get('commit', '?')}"
+    return text
 
 
 def plot(out: Path, runs: list[dict]) -> None:
@@ -34,8 +39,9 @@ def plot(out: Path, runs: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[dict]] = defaultdict(list)
+    commits = len({run.get("code", {}).get("commit") for run in runs}) > 1
     for run in runs:
-        groups[_label(run["config"])].append(run)
+        groups[_label(run, commits)].append(run)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     meters_all = sorted({r["config"]["meters"] for r in runs})
     periods = {r["config"]["period_s"] for r in runs}
