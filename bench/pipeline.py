@@ -1046,7 +1046,7 @@ def _parser() -> argparse.ArgumentParser:
         default="v1",
         help="sink: InfluxDB 1.x (v1) or VictoriaMetrics via the v2 write API",
     )
-    parser.add_argument("--concurrency", type=int, default=256, help="EMM_WORKER_CONCURRENCY")
+    parser.add_argument("--concurrency", type=int, default=512, help="EMM_WORKER_CONCURRENCY")
     parser.add_argument("--batch-size", type=int, default=5000, help="EMM_WRITER_BATCH_SIZE")
     parser.add_argument(
         "--flush-interval-ms", type=int, default=0, help="EMM_WRITER_FLUSH_INTERVAL_MS (0: default)"

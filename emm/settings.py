@@ -83,7 +83,7 @@ class WorkerSettings:
     """`emm worker`: how many jobs in flight, and how patient to be with a device."""
 
     amqp_url: str
-    concurrency: int = 256
+    concurrency: int = 512
     read_timeout_s: float = 1.0
     read_attempts: int = 3
     connect_timeout_s: float = 2.0
@@ -98,7 +98,7 @@ class WorkerSettings:
         e = _Env(env)
         return cls(
             amqp_url=e.text("EMM_AMQP_URL", DEFAULT_AMQP_URL),
-            concurrency=e.integer("EMM_WORKER_CONCURRENCY", 256, low=1, high=65535),
+            concurrency=e.integer("EMM_WORKER_CONCURRENCY", 512, low=1, high=65535),
             read_timeout_s=e.number("EMM_READ_TIMEOUT_S", 1.0, low=0.01),
             read_attempts=e.integer("EMM_READ_ATTEMPTS", 3, low=1, high=100),
             connect_timeout_s=e.number("EMM_CONNECT_TIMEOUT_S", 2.0, low=0.01),
