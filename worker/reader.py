@@ -202,10 +202,11 @@ async def read_job(
         decoders = ()
         first_error = exc
         errors.update(dict.fromkeys((r.name for r in job.registers), str(exc)))
-    fc_of = {d: d.registers[0].function_code for d in decoders if d.registers}
     async with link.lock:
         for index, decoder in enumerate(decoders):
-            fc = fc_of[decoder]
+            if not decoder.registers:
+                continue  # a planned request no register needs: nothing to read
+            fc = decoder.registers[0].function_code
             split = holes.get(meter, decoder)
             try:
                 if split is not None:
