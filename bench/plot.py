@@ -45,11 +45,12 @@ def plot(out: Path, runs: list[dict]) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     meters_all = sorted({r["config"]["meters"] for r in runs})
     periods = {r["config"]["period_s"] for r in runs}
-    for label, group in sorted(groups.items()):
+    for index, (label, group) in enumerate(sorted(groups.items())):
+        color = f"C{index}"  # the same line colour in both panels
         group.sort(key=lambda r: r["config"]["meters"])
         meters = [r["config"]["meters"] for r in group]
         stored = [r["meter_reads_per_s"] for r in group]
-        left.plot(meters, stored, "o-", label=label)
+        left.plot(meters, stored, "o-", color=color, label=label)
         for r, m, y in zip(group, meters, stored, strict=True):
             lost = r["readings_lost"] / max(1, r["readings_expected"])
             if lost > 0.005:
@@ -62,11 +63,17 @@ def plot(out: Path, runs: list[dict]) -> None:
                     fontsize=8,
                 )
         p99 = [(r["tick_to_stored_ms"]["p99"] or 0) / 1000 for r in group]
-        right.plot(meters, p99, "o-", label=label)
+        right.plot(meters, p99, "o-", color=color, label=label)
         ceilings = [(r["config"]["meters"], r.get("ceiling_meter_reads_per_s")) for r in group]
         ceilings = [(m, c) for m, c in ceilings if c]
         if ceilings:
-            left.plot(*zip(*ceilings, strict=True), "x:", alpha=0.6, label=f"ceiling ({label})")
+            left.plot(
+                *zip(*ceilings, strict=True),
+                "x:",
+                color=color,
+                alpha=0.6,
+                label=f"ceiling ({label})",
+            )
     if len(periods) == 1:
         period = periods.pop()
         left.plot(
