@@ -205,10 +205,19 @@ class _Connection(asyncio.Protocol):
                 continue  # TIMEOUT: never answered
             frame = _MBAP.pack(tid, 0, len(reply) + 1, unit) + reply
             if delay > 0:
-                asyncio.get_running_loop().call_later(delay, self._send, frame)
+                self._send_at(frame, time.monotonic() + delay)
             else:
                 self._send(frame)
         self.buffer = buffer[position:]
+
+    def _send_at(self, frame: bytes, due: float) -> None:
+        """Send `frame` once `due` (monotonic) has passed: never before. uvloop's timers have
+        millisecond resolution and may fire a fraction of one early."""
+        left = due - time.monotonic()
+        if left > 0:
+            asyncio.get_running_loop().call_later(left, self._send_at, frame, due)
+        else:
+            self._send(frame)
 
     def _send(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
