@@ -7,6 +7,8 @@ so the same reading always gives the same bytes and a second write of it replace
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from emm.messages import Meter, Reading
 
 ENERGY = "energy"
@@ -20,30 +22,15 @@ def _tag(text: str) -> str:
     return text.translate(_TAG_ESCAPES)
 
 
-# Field names and tag sets repeat on every tick: escape each once (bounded, emptied when full).
-_CACHE_SIZE = 100_000
-_FIELD_KEYS: dict[str, str] = {}
-_TAG_SETS: dict[Meter, str] = {}
-
-
+# Field names and tag sets repeat on every tick: escape each once.
+@lru_cache(maxsize=100_000)
 def _field_key(name: str) -> str:
-    key = _FIELD_KEYS.get(name)
-    if key is None:
-        if len(_FIELD_KEYS) >= _CACHE_SIZE:
-            _FIELD_KEYS.clear()
-        key = _FIELD_KEYS[name] = _tag(name) + "="
-    return key
+    return _tag(name) + "="
 
 
+@lru_cache(maxsize=100_000)
 def _tags(meter: Meter) -> str:
-    tags = _TAG_SETS.get(meter)
-    if tags is None:
-        if len(_TAG_SETS) >= _CACHE_SIZE:
-            _TAG_SETS.clear()
-        tags = _TAG_SETS[meter] = ",".join(
-            f"{_tag(k)}={_tag(v)}" for k, v in sorted(meter.tags().items()) if v
-        )
-    return tags
+    return ",".join(f"{_tag(k)}={_tag(v)}" for k, v in sorted(meter.tags().items()) if v)
 
 
 def _string_field(text: str) -> str:
