@@ -153,9 +153,9 @@ def start_victoriametrics(folder: Path, port: int | None = None) -> Service:
 
 
 def emm_command() -> list[str]:
-    """The installed `emm` console script (the real entry point), or `python -m emm`."""
+    """The installed `emm` console script (the real entry point), or `python -m cli`."""
     script = Path(sys.executable).parent / "emm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "emm"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
 class Processes:

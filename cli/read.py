@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 from emm.codec import RequestDecoder
 from emm.errors import ConfigError, DecodeError, DeviceError
+from emm.log import setup_logging
 from emm.planner import ReadLimits, assign, plan
 from emm.profiles import shipped_profile
 from emm.registers import Register
@@ -29,6 +31,12 @@ def _registers_for(type_: str) -> tuple[tuple[Register, ...], ReadLimits]:
     if not registers:
         raise ConfigError(f"type {type_!r} is neither a shipped profile nor in the registers table")
     return registers, limits
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the device once and print its values; exit code 1 if any failed."""
+    setup_logging("WARNING", "read")
+    return asyncio.run(read_once(args))
 
 
 async def read_once(args: argparse.Namespace) -> int:

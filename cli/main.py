@@ -3,83 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from emm.errors import EmmError
 
-log = logging.getLogger("emm")
-
 SERVICES = ("scheduler", "worker", "writer", "simulator")
 
 
-def _migrate(args: argparse.Namespace) -> int:
-    from emm import db
-    from emm.log import setup_logging
-    from emm.profiles import shipped_profiles
-    from emm.settings import MigrateSettings
-
-    settings = MigrateSettings.from_env()
-    setup_logging(settings.log_level, "migrate")
-    seed_host = None if args.no_seed else (args.seed_host or settings.seed_host)
-    seed_port = args.seed_port or settings.seed_port
-    with db.connect(settings.postgres_dsn) as conn:
-        applied = db.migrate(conn, seed_host=seed_host, seed_port=seed_port)
-        loaded = []
-        if not args.no_profiles:
-            for profile in shipped_profiles():
-                if db.import_profile(conn, profile, replace=False):
-                    loaded.append(profile.type)
-    if applied:
-        print(f"applied migration(s) {', '.join(map(str, applied))}")
-    else:
-        print("schema is up to date")
-    if loaded:
-        print(f"loaded profile(s) {', '.join(loaded)}")
-    return 0
-
-
 def _service(name: str, argv: list[str]) -> int:
-    module = {
-        "scheduler": "scheduler.__main__",
-        "worker": "worker.__main__",
-        "writer": "writer.__main__",
-        "simulator": "simulator.__main__",
-    }[name]
-    import importlib
+    """Run a service with its own options; it parses `argv` itself."""
+    if name == "scheduler":
+        from scheduler.__main__ import main as scheduler
 
-    importlib.import_module(module).main(argv)
+        scheduler(argv)
+    elif name == "worker":
+        from worker.__main__ import main as worker
+
+        worker(argv)
+    elif name == "writer":
+        from writer.__main__ import main as writer
+
+        writer(argv)
+    else:
+        from simulator.__main__ import main as simulator
+
+        simulator(argv)
     return 0
-
-
-def _profiles(args: argparse.Namespace) -> int:
-    from emm.profiles import load_profile, shipped_profiles
-
-    if args.profiles_command == "list":
-        print(f"{'type':<16} {'registers':>9} {'max/read':>8}  name")
-        for p in shipped_profiles():
-            print(f"{p.type:<16} {len(p.rows):>9} {p.limits.max_registers:>8}  {p.name}")
-        return 0
-    from emm import db
-    from emm.settings import MigrateSettings
-
-    profile = load_profile(args.file)
-    settings = MigrateSettings.from_env()
-    with db.connect(settings.postgres_dsn) as conn:
-        db.import_profile(conn, profile, replace=True)
-    print(f"imported {len(profile.rows)} registers of type {profile.type!r} from {args.file}")
-    return 0
-
-
-def _read(args: argparse.Namespace) -> int:
-    from emm.log import setup_logging
-    from worker.oneshot import read_once
-
-    setup_logging("WARNING", "read")
-    return asyncio.run(read_once(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,11 +80,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "migrate":
-            code = _migrate(args)
+            from cli import migrate
+
+            code = migrate.run(args)
         elif args.command == "profiles":
-            code = _profiles(args)
+            from cli import profiles
+
+            code = profiles.run(args)
         elif args.command == "read":
-            code = _read(args)
+            from cli import read
+
+            code = read.run(args)
         else:
             code = _service(args.command, extra)
     except EmmError as exc:

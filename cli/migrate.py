@@ -1,0 +1,32 @@
+"""`emm migrate`: create or upgrade the schema, then load the shipped profiles."""
+
+from __future__ import annotations
+
+import argparse
+
+from emm import db
+from emm.log import setup_logging
+from emm.profiles import shipped_profiles
+from emm.settings import MigrateSettings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Apply the pending migrations and load the shipped profiles whose type has no registers."""
+    settings = MigrateSettings.from_env()
+    setup_logging(settings.log_level, "migrate")
+    seed_host = None if args.no_seed else (args.seed_host or settings.seed_host)
+    seed_port = args.seed_port or settings.seed_port
+    with db.connect(settings.postgres_dsn) as conn:
+        applied = db.migrate(conn, seed_host=seed_host, seed_port=seed_port)
+        loaded = []
+        if not args.no_profiles:
+            for profile in shipped_profiles():
+                if db.import_profile(conn, profile, replace=False):
+                    loaded.append(profile.type)
+    if applied:
+        print(f"applied migration(s) {', '.join(map(str, applied))}")
+    else:
+        print("schema is up to date")
+    if loaded:
+        print(f"loaded profile(s) {', '.join(loaded)}")
+    return 0
