@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from emm import db
 from emm.log import setup_logging
 from emm.profiles import shipped_profiles
 from emm.settings import MigrateSettings
+from postgres.connection import connect
+from postgres.profiles import import_profile
+from postgres.schema import migrate
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,12 +18,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, "migrate")
     seed_host = None if args.no_seed else (args.seed_host or settings.seed_host)
     seed_port = args.seed_port or settings.seed_port
-    with db.connect(settings.postgres_dsn) as conn:
-        applied = db.migrate(conn, seed_host=seed_host, seed_port=seed_port)
+    with connect(settings.postgres_dsn) as conn:
+        applied = migrate(conn, seed_host=seed_host, seed_port=seed_port)
         loaded = []
         if not args.no_profiles:
             for profile in shipped_profiles():
-                if db.import_profile(conn, profile, replace=False):
+                if import_profile(conn, profile, replace=False):
                     loaded.append(profile.type)
     if applied:
         print(f"applied migration(s) {', '.join(map(str, applied))}")

@@ -14,12 +14,13 @@ def run(args: argparse.Namespace) -> int:
         for p in shipped_profiles():
             print(f"{p.type:<16} {len(p.rows):>9} {p.limits.max_registers:>8}  {p.name}")
         return 0
-    from emm import db
     from emm.settings import MigrateSettings
+    from postgres.connection import connect
+    from postgres.profiles import import_profile
 
     profile = load_profile(args.file)
     settings = MigrateSettings.from_env()
-    with db.connect(settings.postgres_dsn) as conn:
-        db.import_profile(conn, profile, replace=True)
+    with connect(settings.postgres_dsn) as conn:
+        import_profile(conn, profile, replace=True)
     print(f"imported {len(profile.rows)} registers of type {profile.type!r} from {args.file}")
     return 0

@@ -21,11 +21,12 @@ def _registers_for(type_: str) -> tuple[tuple[Register, ...], ReadLimits]:
     profile = shipped_profile(type_)
     if profile is not None:
         return profile.registers, profile.limits
-    from emm import db
     from emm.settings import MigrateSettings
+    from postgres.config import load_type
+    from postgres.connection import connect
 
-    with db.connect(MigrateSettings.from_env().postgres_dsn) as conn:
-        registers, limits, errors = db.load_type(conn, type_)
+    with connect(MigrateSettings.from_env().postgres_dsn) as conn:
+        registers, limits, errors = load_type(conn, type_)
     for error in errors:
         print(f"warning: {error}", file=sys.stderr)
     if not registers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from emm.db import LoadedConfig
+from emm.config import LoadedConfig
 from emm.messages import Job
 from emm.planner import ReadLimits, ReadRequest, plan
 from emm.registers import Register

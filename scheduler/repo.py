@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from emm import db
+from emm.config import LoadedConfig
 from emm.errors import DatabaseError
+from postgres.config import load_config
+from postgres.connection import Connection, close_quietly, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -16,17 +18,17 @@ class ConfigRepo:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: db.Connection | None = None  # kept from tick to tick
-        self.last: db.LoadedConfig | None = None
+        self._conn: Connection | None = None  # kept from tick to tick
+        self.last: LoadedConfig | None = None
         self.last_loaded_at: float | None = None
         self._outage = False
 
-    def load(self) -> db.LoadedConfig | None:
+    def load(self) -> LoadedConfig | None:
         """The current configuration, or the last one loaded if the database cannot be read."""
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = db.open_connection(self.dsn)
-            config = db.load_config(self._conn)
+                self._conn = open_connection(self.dsn)
+            config = load_config(self._conn)
         except DatabaseError as exc:
             self.close()  # reconnect on the next tick
             if self.last is None:
@@ -55,5 +57,5 @@ class ConfigRepo:
     def close(self) -> None:
         """Drop the kept connection (a new one is opened by the next load)."""
         if self._conn is not None:
-            db.close_quietly(self._conn)
+            close_quietly(self._conn)
             self._conn = None

@@ -10,9 +10,11 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from emm import db
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
+from postgres.config import load_config
+from postgres.connection import connect
+from postgres.schema import migrate
 from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -142,8 +144,8 @@ def test_no_seed_leaves_the_meters_table_empty(pg_dsn: str) -> None:
 def test_impossible_rows_are_rejected_naming_the_column(
     pg_dsn: str, sql: str, constraint: str
 ) -> None:
-    with db.connect(pg_dsn) as conn:
-        db.migrate(conn)
+    with connect(pg_dsn) as conn:
+        migrate(conn)
     conn = psycopg2.connect(pg_dsn)
     try:
         with pytest.raises(psycopg2.errors.CheckViolation) as info, conn.cursor() as cur:
@@ -172,8 +174,8 @@ def test_an_original_project_database_is_upgraded_in_place(pg_dsn: str) -> None:
     # The user's sdm630 rows are kept as they are: the shipped profile is not forced over them.
     assert "sdm630" not in result.stdout
 
-    with db.connect(pg_dsn) as conn:
-        config = db.load_config(conn)
+    with connect(pg_dsn) as conn:
+        config = load_config(conn)
     assert config.errors == []
     meters = {mc.meter.description: mc for mc in config.meters}
     old = meters["old"]
@@ -264,7 +266,7 @@ def test_the_configuration_loads_in_one_round_trip(pg_dsn: str) -> None:
     conn = psycopg2.connect(pg_dsn, connection_factory=psycopg2.extras.LoggingConnection)
     try:
         conn.initialize(logger)
-        config = db.load_config(conn)
+        config = load_config(conn)
     finally:
         conn.close()
         logger.removeHandler(handler)

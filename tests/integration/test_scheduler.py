@@ -11,10 +11,11 @@ import time
 import psycopg2
 import pytest
 
-from emm import db
 from emm.broker import JOBS, Broker
 from emm.messages import Job
 from emm.settings import SchedulerSettings
+from postgres.config import load_config
+from postgres.connection import connect
 from scheduler.app import publish_jobs, run
 from scheduler.jobs import build_jobs
 from scheduler.repo import ConfigRepo
@@ -52,8 +53,8 @@ def test_jobs_are_persistent_expire_with_the_tick_and_carry_the_plan(
             "VALUES ('10.1.1.1', 502, %s, 'sdm630', 'board')",
             unit,
         )
-    with db.connect(pg_dsn) as conn:
-        config = db.load_config(conn)
+    with connect(pg_dsn) as conn:
+        config = load_config(conn)
     tick_ms = int(time.time() * 1000) // 1000 * 1000
     jobs = build_jobs(config, tick_ms, 60_000)
 

@@ -476,10 +476,11 @@ def test_bench_reaches_the_throughput_target() -> None:
 
 
 def _load(dsn: str) -> Any:
-    from emm import db
+    from postgres.config import load_config
+    from postgres.connection import connect
 
-    with db.connect(dsn) as conn:
-        return db.load_config(conn)
+    with connect(dsn) as conn:
+        return load_config(conn)
 
 
 def test_write_config_registers_meters_once(pg_dsn: str) -> None:

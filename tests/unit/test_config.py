@@ -1,4 +1,4 @@
-"""emm.db.build_config: validating the loaded rows; a bad row is skipped with an error naming it."""
+"""emm.config.build_config: validating loaded rows; a bad row is skipped with an error naming it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from emm.db import build_config, register_from_row
+from emm.config import build_config, register_from_row
 from emm.messages import Meter
 from emm.planner import ReadLimits
 from emm.registers import DataType, Order, Register

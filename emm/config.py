@@ -1,0 +1,124 @@
+"""The configuration as loaded from PostgreSQL: meters ready to be read, each with its type's
+registers and read limits, validated from the rows the load queries return (pure: no database
+access; `postgres.config` runs the queries).
+
+A bad register row, meter or type row is reported by an error naming its table and id, and
+skipped; the rest is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from emm.errors import ConfigError
+from emm.messages import Meter
+from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
+from emm.registers import DataType, Order, Register, parse_missing
+
+# One loaded row: its kind ('meter', 'register' or 'type') and its columns by name.
+Row = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """A meter ready to be read: the device, its registers and the limits of its type."""
+
+    meter: Meter
+    registers: tuple[Register, ...]
+    limits: ReadLimits
+
+
+@dataclass
+class LoadedConfig:
+    """The result of one load: usable meters, and one message per row that had to be skipped."""
+
+    meters: list[MeterConfig] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def build_config(rows: list[Row]) -> LoadedConfig:
+    """Validate the loaded rows into meters (pure: no database access)."""
+    out = LoadedConfig()
+    registers_by_type, limits_by_type = _types(rows, out.errors)
+    meters = [data for kind, data in rows if kind == "meter"]
+    # one tuple per type, shared by its meters: jobs serialise a type's registers once
+    shared = {type_: tuple(regs) for type_, regs in registers_by_type.items()}
+    for data in sorted(meters, key=lambda d: d["id"]):
+        try:
+            meter = Meter.from_dict(data)
+        except (ConfigError, TypeError, ValueError) as exc:
+            out.errors.append(f"energy_meters row id={data.get('id')} skipped: {exc}")
+            continue
+        type_regs = registers_by_type.get(meter.type)
+        if not type_regs:
+            out.errors.append(
+                f"energy_meters row id={meter.id} skipped: type {meter.type!r} has no usable "
+                "registers"
+            )
+            continue
+        limits = limits_by_type.get(meter.type, ReadLimits())
+        out.meters.append(MeterConfig(meter, shared[meter.type], limits))
+    return out
+
+
+def build_type(rows: list[Row], type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:
+    """One type's registers and read limits from its loaded rows, validated as `build_config`
+    validates them, with the messages of the rows that had to be skipped. No registers: an
+    empty tuple."""
+    errors: list[str] = []
+    registers, limits = _types(rows, errors)
+    return tuple(registers.get(type_, ())), limits.get(type_, ReadLimits()), errors
+
+
+def _types(
+    rows: list[Row], errors: list[str]
+) -> tuple[dict[str, list[Register]], dict[str, ReadLimits]]:
+    """Registers and read limits by type from loaded rows; bad rows go to `errors`."""
+    registers_by_type: dict[str, list[Register]] = {}
+    limits_by_type: dict[str, ReadLimits] = {}
+    for kind, data in sorted(rows, key=lambda r: (r[0], r[1].get("address", 0), r[1].get("id", 0))):
+        if kind == "register":
+            try:
+                reg = register_from_row(data)
+            except ConfigError as exc:
+                errors.append(
+                    f"registers row id={data.get('id')} (type {data.get('type')!r}, "
+                    f"{data.get('name')!r}) skipped: {exc}"
+                )
+                continue
+            regs = registers_by_type.setdefault(data["type"], [])
+            if any(r.name == reg.name for r in regs):
+                errors.append(
+                    f"registers row id={data.get('id')} (type {data.get('type')!r}) skipped: "
+                    f"measurement_name {reg.name!r} appears twice for this type"
+                )
+                continue
+            regs.append(reg)
+        elif kind == "type":
+            try:
+                limits_by_type[data["type"]] = ReadLimits(
+                    max_registers=data["max_registers"] or MAX_REGISTERS_PER_READ,
+                    max_bits=data["max_bits"] or MAX_BITS_PER_READ,
+                    max_gap=DEFAULT_MAX_GAP if data["max_gap"] is None else data["max_gap"],
+                )
+            except ConfigError as exc:
+                errors.append(f"meter_types row {data.get('type')!r} ignored: {exc}")
+    return registers_by_type, limits_by_type
+
+
+def register_from_row(data: dict[str, Any]) -> Register:
+    """Build a Register from a `registers` row (as the load queries shape it)."""
+    data_type = DataType.parse(data["data_type"])
+    order = Order.from_codes(data.get("byte_order") or 2, data.get("word_order") or 2)
+    return Register(
+        name=data["name"],
+        address=data["address"],
+        function_code=data["function_code"],
+        data_type=data_type,
+        order=order,
+        unit=data.get("unit") or "",
+        scale=1.0 if data.get("scale") is None else float(data["scale"]),
+        offset=float(data.get("offset") or 0.0),
+        missing=parse_missing(data.get("missing"), data_type),
+    )

@@ -1,0 +1,63 @@
+"""The queries that load the configuration: every enabled meter with its type's registers and
+limits for the scheduler's tick, and one type's registers for `emm read`. The rows are validated
+by `emm.config`.
+"""
+
+from __future__ import annotations
+
+from emm.config import LoadedConfig, build_config, build_type
+from emm.planner import ReadLimits
+from emm.registers import Register
+from postgres.connection import Connection, map_errors
+
+# A `registers` row as the loaders read it (shared by the tick query and `load_type`).
+_REGISTER_JSON = """json_build_object(
+    'id', r.id, 'type', r.type, 'address', r.register_address, 'name', r.measurement_name,
+    'unit', r.data_unit, 'data_type', r.data_type, 'function_code', r.function_code,
+    'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
+    'offset', r.value_offset, 'missing', r.missing_values)"""
+_TYPE_JSON = """json_build_object(
+    'type', t.type, 'max_registers', t.max_read_registers, 'max_bits', t.max_read_bits,
+    'max_gap', t.max_gap_registers)"""
+
+_LOAD_SQL = f"""
+SELECT 'meter', json_build_object(
+    'id', m.id, 'host', m.host, 'port', m.port, 'unit_id', m.slave_address,
+    'type', m.type, 'description', m.description)
+FROM energy_meters m
+WHERE m.enabled
+UNION ALL
+SELECT 'register', {_REGISTER_JSON}
+FROM registers r
+WHERE r.type IN (SELECT type FROM energy_meters WHERE enabled)
+UNION ALL
+SELECT 'type', {_TYPE_JSON}
+FROM meter_types t
+"""
+
+_TYPE_SQL = f"""
+SELECT 'register', {_REGISTER_JSON} FROM registers r WHERE r.type = %(type)s
+UNION ALL
+SELECT 'type', {_TYPE_JSON} FROM meter_types t WHERE t.type = %(type)s
+"""
+
+
+def load_config(conn: Connection) -> LoadedConfig:
+    """Load every enabled meter with its type's registers in one round trip.
+
+    A bad register row or meter is reported in `errors` (naming its table and id) and skipped;
+    the rest is returned.
+    """
+    with map_errors(), conn, conn.cursor() as cur:
+        cur.execute(_LOAD_SQL)
+        rows = cur.fetchall()
+    return build_config(rows)
+
+
+def load_type(conn: Connection, type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:
+    """One type's registers and read limits, validated as the scheduler validates them, with
+    the messages of the rows that had to be skipped. No registers: an empty tuple."""
+    with conn, conn.cursor() as cur:
+        cur.execute(_TYPE_SQL, {"type": type_})
+        rows = cur.fetchall()
+    return build_type(rows, type_)
