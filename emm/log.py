@@ -1,4 +1,8 @@
-"""Logging set-up shared by every service: one line per event, `key=value` context."""
+"""Logging set-up shared by every service: one line per event on stderr.
+
+Each line reads `<time> <LEVEL> <service> <logger>: <message>`; whatever context an event has
+(the meter, the queue) is in the message text itself.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 
 
 def setup_logging(level: str = "INFO", service: str = "emm") -> None:
-    """Send the service's log to stderr with time, level and service name."""
+    """Send the service's log at `level` and above to stderr with time, level and service name."""
     logging.basicConfig(
         stream=sys.stderr,
         level=level.upper(),

@@ -5,27 +5,46 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from emm.errors import ConfigError
 
+# An expression with no tick this many years ahead is a mistake (`0 0 31 2 *`), not a plan:
+# every date recurs within a year, and 29 February within four (until 2096).
+NEVER_FIRES_YEARS = 5
+FIELDS_HINT = "expected 5 (minute hour day month weekday) or 6 (a leading seconds field)"
+
 
 class CronSchedule:
-    """The tick times of a cron expression."""
+    """The tick times of a cron expression.
 
-    def __init__(self, expression: str) -> None:
+    `setting` names where the expression came from (`EMM_READ_CRON`, ...) in the ConfigError
+    raised for one that has the wrong shape, does not parse, or never fires.
+    """
+
+    def __init__(self, expression: str, *, setting: str = "cron") -> None:
         self.expression = " ".join(expression.split())
         fields = len(self.expression.split())
+        given = f"{setting}={expression!r}"
         if fields not in (5, 6):
-            raise ConfigError(
-                f"EMM_READ_CRON={expression!r} has {fields} fields; expected 5 "
-                "(minute hour day month weekday) or 6 (a leading seconds field)"
-            )
+            raise ConfigError(f"{given}: has {fields} fields; {FIELDS_HINT}")
         self.has_seconds = fields == 6
         if not croniter.is_valid(self.expression, second_at_beginning=self.has_seconds):
-            raise ConfigError(f"EMM_READ_CRON={expression!r} is not a valid cron expression")
+            raise ConfigError(f"{given}: not a valid cron expression; {FIELDS_HINT}")
+        try:
+            croniter(
+                self.expression,
+                time.time(),
+                max_years_between_matches=NEVER_FIRES_YEARS,
+                second_at_beginning=self.has_seconds,
+            ).get_next(float)
+        except CroniterBadDateError:
+            raise ConfigError(
+                f"{given}: never fires (no tick within {NEVER_FIRES_YEARS} years)"
+            ) from None
 
     def next_after(self, ts_ms: int) -> int:
         """The first tick strictly after `ts_ms` (milliseconds since the epoch)."""

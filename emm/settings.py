@@ -1,186 +1,234 @@
 """Settings: one typed object per service, read once from `EMM_*` environment variables.
 
+Each field states its default and what it allows once; pydantic-settings reads the variable that
+bears its name (`log_level` is `EMM_LOG_LEVEL`), or the one its `validation_alias` names. Blanks
+around a value are ignored and an empty value means the default. `from_env` is the one place that
+reads the environment, and it turns every bad value into one `ConfigError` line naming the
+variable and what it allows. Building a class directly (as tests do) validates the same way and
+reads no environment at all.
+
 `.dev.env` at the repository root holds the development values docker compose passes in.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Annotated, Literal, Self, get_args, get_origin
+
+import annotated_types
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from emm.errors import ConfigError
+from emm.schedule import CronSchedule
 
-DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-DEFAULT_INFLUX_URL = "http://127.0.0.1:8086"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+EventLoop = Literal["uvloop", "asyncio"]
+InfluxApi = Literal["v1", "v2"]
 
 
-class _Env:
-    """Typed access to the environment with errors that name the variable."""
+def _url_with_host(schemes: tuple[str, ...]) -> AfterValidator:
+    """A check that the value is a URL of one of `schemes` naming a host."""
+    allowed = " or ".join(f"{scheme}://" for scheme in schemes)
 
-    def __init__(self, env: Mapping[str, str] | None) -> None:
-        self.env = os.environ if env is None else env
-
-    def text(self, name: str, default: str) -> str:
-        value = self.env.get(name, "")
-        return value if value != "" else default
-
-    def integer(self, name: str, default: int, low: int = 0, high: int | None = None) -> int:
-        text = self.env.get(name, "")
-        if text == "":
-            return default
+    def check(value: str) -> str:
         try:
-            value = int(text)
+            parts = urllib.parse.urlsplit(value)
+            host = parts.hostname
+            parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
         except ValueError:
-            raise ConfigError(f"{name}={text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            bound = f"{low}..{high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{name}={value} is outside {bound}")
+            host = None
+        if parts.scheme.lower() not in schemes or not host:
+            raise ValueError(f"must be an {allowed} URL with a host")
         return value
 
-    def number(self, name: str, default: float, low: float = 0.0) -> float:
-        text = self.env.get(name, "")
-        if text == "":
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"{name}={text!r} is not a number") from None
-        if not value >= low:
-            raise ConfigError(f"{name}={value} must be at least {low}")
+    return AfterValidator(check)
+
+
+# libpq's other form, `host=... dbname=...`: libpq itself judges the rest when connecting.
+_LIBPQ_KEYWORDS = re.compile(r"\s*[a-z_]+\s*=")
+
+
+def _check_dsn(value: str) -> str:
+    scheme = urllib.parse.urlsplit(value).scheme.lower() if "://" in value else ""
+    if scheme in ("postgresql", "postgres") or (not scheme and _LIBPQ_KEYWORDS.match(value)):
         return value
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name, default).lower()
-        if value not in choices:
-            raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
-        return value
+    raise ValueError("must be a postgresql:// URL or libpq key=value pairs")
 
 
-@dataclass(frozen=True)
-class SchedulerSettings:
-    """`emm scheduler` (and `emm migrate`, which needs only the DSN)."""
+def _check_cron(value: str) -> str:
+    try:
+        CronSchedule(value, setting="EMM_READ_CRON")
+    except ConfigError as exc:
+        # Its message already names the variable: pass it through whole.
+        raise PydanticCustomError("emm_config", "{message}", {"message": str(exc)}) from None
+    return value
 
-    postgres_dsn: str
-    amqp_url: str
-    read_cron: str
-    log_level: str = "INFO"
+
+# Choices are accepted in any case.
+_UPPER = BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)
+_LOWER = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
+
+
+AmqpUrl = Annotated[str, _url_with_host(("amqp", "amqps"))]
+WebUrl = Annotated[str, _url_with_host(("http", "https")), AfterValidator(lambda v: v.rstrip("/"))]
+PostgresDsn = Annotated[str, AfterValidator(_check_dsn)]
+Cron = Annotated[str, AfterValidator(_check_cron)]
+Seconds = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _EnvMapping(EnvSettingsSource):
+    """`EMM_*` variables from a given mapping instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        values = ((name, value.strip()) for name, value in self._env.items())
+        return {name.lower(): value for name, value in values if value}
+
+
+class _Settings(BaseSettings):
+    """What every service reads: `EMM_LOG_LEVEL`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMM_", frozen=True, validate_by_name=True, extra="forbid"
+    )
+
+    log_level: Annotated[LogLevel, _UPPER] = "INFO"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SchedulerSettings:
-        e = _Env(env)
-        return cls(
-            postgres_dsn=e.text("EMM_POSTGRES_DSN", DEFAULT_POSTGRES_DSN),
-            amqp_url=e.text("EMM_AMQP_URL", DEFAULT_AMQP_URL),
-            read_cron=e.text("EMM_READ_CRON", "* * * * *"),
-            log_level=e.text("EMM_LOG_LEVEL", "INFO"),
-        )
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only `from_env` reads the environment; a class built directly gets what it is given.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """The settings from `env` (default: the process environment); raises ConfigError."""
+        env = os.environ if env is None else env
+        try:
+            return cls(**_EnvMapping(cls, env)())
+        except ValidationError as exc:
+            raise ConfigError("; ".join(_explain(cls, e, env) for e in exc.errors())) from None
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable that sets `field`."""
+        alias = cls.model_fields[field].validation_alias
+        return alias if isinstance(alias, str) else f"EMM_{field.upper()}"
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
+class _Service(_Settings):
+    """What every long-running service reads: `EMM_EVENT_LOOP`."""
+
+    event_loop: Annotated[EventLoop, _LOWER] = "uvloop"
+
+
+class _Amqp(_Settings):
+    """RabbitMQ: `EMM_AMQP_URL`."""
+
+    amqp_url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+class _Postgres(_Settings):
+    """PostgreSQL: `EMM_POSTGRES_DSN`."""
+
+    postgres_dsn: PostgresDsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class SchedulerSettings(_Service, _Amqp, _Postgres):
+    """`emm scheduler`: where the meters are, where the jobs go, and when."""
+
+    read_cron: Cron = "* * * * *"
+
+
+class WorkerSettings(_Service, _Amqp):
     """`emm worker`: how many jobs in flight, and how patient to be with a device."""
 
-    amqp_url: str
-    concurrency: int = 512
-    read_timeout_s: float = 1.0
-    read_attempts: int = 3
-    connect_timeout_s: float = 2.0
-    idle_close_s: float = 60.0
-    offline_after_ticks: int = 3
-    offline_backoff_max_s: float = 60.0
-    outbox_max: int = 50_000
-    log_level: str = "INFO"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
-        e = _Env(env)
-        return cls(
-            amqp_url=e.text("EMM_AMQP_URL", DEFAULT_AMQP_URL),
-            concurrency=e.integer("EMM_WORKER_CONCURRENCY", 512, low=1, high=65535),
-            read_timeout_s=e.number("EMM_READ_TIMEOUT_S", 1.0, low=0.01),
-            read_attempts=e.integer("EMM_READ_ATTEMPTS", 3, low=1, high=100),
-            connect_timeout_s=e.number("EMM_CONNECT_TIMEOUT_S", 2.0, low=0.01),
-            idle_close_s=e.number("EMM_IDLE_CLOSE_S", 60.0, low=0.0),
-            offline_after_ticks=e.integer("EMM_OFFLINE_AFTER_TICKS", 3, low=1),
-            offline_backoff_max_s=e.number("EMM_OFFLINE_BACKOFF_MAX_S", 60.0, low=0.0),
-            outbox_max=e.integer("EMM_WORKER_OUTBOX_MAX", 50_000, low=1),
-            log_level=e.text("EMM_LOG_LEVEL", "INFO"),
-        )
+    concurrency: int = Field(512, ge=1, le=65535, validation_alias="EMM_WORKER_CONCURRENCY")
+    read_timeout_s: Seconds = Field(1.0, ge=0.01)
+    read_attempts: int = Field(3, ge=1, le=100)
+    connect_timeout_s: Seconds = Field(2.0, ge=0.01)
+    idle_close_s: Seconds = Field(60.0, ge=0)
+    offline_after_ticks: int = Field(3, ge=1)
+    offline_backoff_max_s: Seconds = Field(60.0, ge=0)
+    outbox_max: int = Field(50_000, ge=1, validation_alias="EMM_WORKER_OUTBOX_MAX")
 
 
-@dataclass(frozen=True)
-class WriterSettings:
+class WriterSettings(_Service, _Amqp):
     """`emm writer`: where to write and how to batch."""
 
-    amqp_url: str
-    influx_url: str
-    influx_api: str = "v2"
+    influx_url: WebUrl = "http://127.0.0.1:8086"
+    influx_api: Annotated[InfluxApi, _LOWER] = "v2"
     influx_token: str = ""
     influx_org: str = ""
     influx_bucket: str = "energy"
-    batch_size: int = 5000
-    flush_interval_ms: int = 200
-    write_timeout_s: float = 10.0
-    retry_max_s: float = 30.0
-    stats_file: str = ""  # benchmarks: append "written_ms tick_ms count" per tick per batch
-    log_level: str = "INFO"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WriterSettings:
-        e = _Env(env)
-        return cls(
-            amqp_url=e.text("EMM_AMQP_URL", DEFAULT_AMQP_URL),
-            influx_url=e.text("EMM_INFLUX_URL", DEFAULT_INFLUX_URL).rstrip("/"),
-            influx_api=e.choice("EMM_INFLUX_API", "v2", ("v1", "v2")),
-            influx_token=e.text("EMM_INFLUX_TOKEN", ""),
-            influx_org=e.text("EMM_INFLUX_ORG", ""),
-            influx_bucket=e.text("EMM_INFLUX_BUCKET", "energy"),
-            batch_size=e.integer("EMM_WRITER_BATCH_SIZE", 5000, low=1, high=65535),
-            flush_interval_ms=e.integer("EMM_WRITER_FLUSH_INTERVAL_MS", 200, low=1),
-            write_timeout_s=e.number("EMM_INFLUX_TIMEOUT_S", 10.0, low=0.1),
-            retry_max_s=e.number("EMM_WRITER_RETRY_MAX_S", 30.0, low=0.1),
-            stats_file=e.text("EMM_WRITER_STATS_FILE", ""),
-            log_level=e.text("EMM_LOG_LEVEL", "INFO"),
-        )
+    batch_size: int = Field(5000, ge=1, le=65535, validation_alias="EMM_WRITER_BATCH_SIZE")
+    flush_interval_ms: int = Field(200, ge=1, validation_alias="EMM_WRITER_FLUSH_INTERVAL_MS")
+    write_timeout_s: Seconds = Field(10.0, ge=0.1, validation_alias="EMM_INFLUX_TIMEOUT_S")
+    retry_max_s: Seconds = Field(30.0, ge=0.1, validation_alias="EMM_WRITER_RETRY_MAX_S")
+    # Benchmarks: append "written_ms tick_ms count" per tick per batch.
+    stats_file: str = Field("", validation_alias="EMM_WRITER_STATS_FILE")
 
 
-@dataclass(frozen=True)
-class SimulatorSettings:
+class SimulatorSettings(_Service):
     """`emm simulator`: where to listen."""
 
-    host: str = "0.0.0.0"
-    port: int = 5020
-    step_s: float = 1.0
-    log_level: str = "INFO"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SimulatorSettings:
-        e = _Env(env)
-        return cls(
-            host=e.text("EMM_SIMULATOR_HOST", "0.0.0.0"),
-            port=e.integer("EMM_SIMULATOR_PORT", 5020, low=0, high=65535),
-            step_s=e.number("EMM_SIMULATOR_STEP_S", 1.0, low=0.001),
-            log_level=e.text("EMM_LOG_LEVEL", "INFO"),
-        )
+    host: str = Field("0.0.0.0", validation_alias="EMM_SIMULATOR_HOST")
+    port: int = Field(5020, ge=0, le=65535, validation_alias="EMM_SIMULATOR_PORT")
+    step_s: Seconds = Field(1.0, ge=0.001, validation_alias="EMM_SIMULATOR_STEP_S")
 
 
-@dataclass(frozen=True)
-class MigrateSettings:
-    """`emm migrate`: the database and the virtual meter to seed."""
+class MigrateSettings(_Postgres):
+    """`emm migrate`, and the commands that load configuration: the database, the seeded meter."""
 
-    postgres_dsn: str
     seed_host: str = "simulator"
-    seed_port: int = 502
-    log_level: str = "INFO"
+    seed_port: int = Field(502, ge=1, le=65535)
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> MigrateSettings:
-        e = _Env(env)
-        return cls(
-            postgres_dsn=e.text("EMM_POSTGRES_DSN", DEFAULT_POSTGRES_DSN),
-            seed_host=e.text("EMM_SEED_HOST", "simulator"),
-            seed_port=e.integer("EMM_SEED_PORT", 502, low=1, high=65535),
-            log_level=e.text("EMM_LOG_LEVEL", "INFO"),
-        )
+
+def _explain(cls: type[_Settings], error: ErrorDetails, env: Mapping[str, str]) -> str:
+    """One bad value as `EMM_NAME='value': what is allowed`."""
+    if error["type"] == "emm_config":
+        return error["msg"]
+    # The environment source keys a field by its alias if it has one, else by its name.
+    loc = error["loc"][0]
+    field = next(name for name, f in cls.model_fields.items() if loc in (name, f.validation_alias))
+    variable = cls.variable(field)
+    given = env.get(variable, error["input"])
+    if error["type"] == "value_error":  # our own checks (URLs, DSN) say what they allow
+        allowed = str(error.get("ctx", {}).get("error", error["msg"]))
+    else:
+        allowed = _allowed(cls.model_fields[field])
+    return f"{variable}={given!r}: {allowed}"
+
+
+def _allowed(field: FieldInfo) -> str:
+    """What a field accepts, from its type and bounds."""
+    if get_origin(field.annotation) is Literal:
+        return "must be one of " + ", ".join(map(str, get_args(field.annotation)))
+    low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    kind = "a whole number" if field.annotation is int else "a finite number"
+    if low is not None and high is not None:
+        return f"must be {kind} from {low} to {high}"
+    if low is not None:
+        return f"must be {kind} at least {low}"
+    return f"must be {kind}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from emm.errors import ConfigError, EmmError
@@ -173,7 +172,7 @@ def build(argv: list[str] | None) -> tuple[SimulatorSettings, SimulatorOptions]:
     args = _parser().parse_args(argv)
     settings = SimulatorSettings.from_env()
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = dataclasses.replace(settings, **overrides)
+    settings = settings.model_copy(update=overrides)
     scenario = load_scenario(args.scenario) if args.scenario else Scenario()
     options = SimulatorOptions(
         meters=args.meters,
@@ -196,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     setup_logging(settings.log_level, "simulator")
     try:
-        run_until_signalled(lambda stop: run(settings, stop, options))
+        run_until_signalled(
+            lambda stop: run(settings, stop, options), event_loop=settings.event_loop
+        )
     except EmmError as exc:
         print(f"emm simulator: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from emm.errors import ConfigError
 from emm.log import setup_logging
-from emm.service import run_until_signalled
+from emm.service import exit_with, run_until_signalled
 from emm.settings import WriterSettings
 from writer.app import run
 
@@ -22,9 +23,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the service with settings from the environment."""
     _parse_args(argv)
-    settings = WriterSettings.from_env()
+    try:
+        settings = WriterSettings.from_env()
+    except ConfigError as exc:
+        exit_with("writer", exc)
     setup_logging(settings.log_level, "writer")
-    run_until_signalled(lambda stop: run(settings, stop))
+    run_until_signalled(lambda stop: run(settings, stop), event_loop=settings.event_loop)
 
 
 if __name__ == "__main__":

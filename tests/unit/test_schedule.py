@@ -82,24 +82,55 @@ def test_five_minute_ticks_are_the_next_boundary(ts_ms: int) -> None:
 
 
 FIELDS_HINT = "expected 5 (minute hour day month weekday) or 6 (a leading seconds field)"
+NOT_CRON = f"not a valid cron expression; {FIELDS_HINT}"
 
 
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
-        ("* * * *", f"EMM_READ_CRON='* * * *' has 4 fields; {FIELDS_HINT}"),
-        ("* * * * * * *", f"EMM_READ_CRON='* * * * * * *' has 7 fields; {FIELDS_HINT}"),
-        ("", f"EMM_READ_CRON='' has 0 fields; {FIELDS_HINT}"),
-        ("   ", f"EMM_READ_CRON='   ' has 0 fields; {FIELDS_HINT}"),
-        ("*/10", f"EMM_READ_CRON='*/10' has 1 fields; {FIELDS_HINT}"),
-        ("61 * * * *", "EMM_READ_CRON='61 * * * *' is not a valid cron expression"),
-        ("a b c d e", "EMM_READ_CRON='a b c d e' is not a valid cron expression"),
-        ("*/10 * * * * x", "EMM_READ_CRON='*/10 * * * * x' is not a valid cron expression"),
-        ("60 * * * * *", "EMM_READ_CRON='60 * * * * *' is not a valid cron expression"),
-        ("* 24 * * *", "EMM_READ_CRON='* 24 * * *' is not a valid cron expression"),
+        ("* * * *", f"EMM_READ_CRON='* * * *': has 4 fields; {FIELDS_HINT}"),
+        ("* * * * * * *", f"EMM_READ_CRON='* * * * * * *': has 7 fields; {FIELDS_HINT}"),
+        ("", f"EMM_READ_CRON='': has 0 fields; {FIELDS_HINT}"),
+        ("   ", f"EMM_READ_CRON='   ': has 0 fields; {FIELDS_HINT}"),
+        ("*/10", f"EMM_READ_CRON='*/10': has 1 fields; {FIELDS_HINT}"),
+        ("61 * * * *", f"EMM_READ_CRON='61 * * * *': {NOT_CRON}"),
+        ("a b c d e", f"EMM_READ_CRON='a b c d e': {NOT_CRON}"),
+        ("*/10 * * * * x", f"EMM_READ_CRON='*/10 * * * * x': {NOT_CRON}"),
+        ("60 * * * * *", f"EMM_READ_CRON='60 * * * * *': {NOT_CRON}"),
+        ("* 24 * * *", f"EMM_READ_CRON='* 24 * * *': {NOT_CRON}"),
+        ("0 0 31 2 *", "EMM_READ_CRON='0 0 31 2 *': never fires (no tick within 5 years)"),
+        ("0 0 30 2 *", "EMM_READ_CRON='0 0 30 2 *': never fires (no tick within 5 years)"),
+        ("0 0 0 31 4 *", "EMM_READ_CRON='0 0 0 31 4 *': never fires (no tick within 5 years)"),
     ],
 )
 def test_invalid_expressions(expression: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        CronSchedule(expression)
+        CronSchedule(expression, setting="EMM_READ_CRON")
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["0 0 29 2 *", "0 0 30 2 mon", "0 0 1 1 *", "59 23 31 12 *", "0 0 0 29 2 *"],
+)
+def test_rare_but_real_ticks_are_accepted(expression: str) -> None:
+    CronSchedule(expression)  # 29 February, and day-or-weekday: Mondays in February
+
+
+@pytest.mark.parametrize(
+    ("setting", "expression", "prefix"),
+    [
+        ("BENCH_CRON", "* *", "BENCH_CRON='* *': has 2 fields"),
+        ("EMM_STATUS_CRON", "x * * * *", "EMM_STATUS_CRON='x * * * *': not a valid"),
+    ],
+)
+def test_errors_name_the_callers_setting(setting: str, expression: str, prefix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        CronSchedule(expression, setting=setting)
+    assert str(info.value).startswith(prefix)
+    assert "EMM_READ_CRON" not in str(info.value)
+
+
+def test_without_a_setting_the_error_says_cron() -> None:
+    with pytest.raises(ConfigError, match=r"^cron='\* \*': has 2 fields"):
+        CronSchedule("* *")
