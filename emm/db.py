@@ -21,7 +21,7 @@ import psycopg2.extensions
 from emm.errors import ConfigError, DatabaseError
 from emm.messages import Meter
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
-from emm.registers import DataType, Order, Register, parse_missing
+from emm.registers import Order, Register
 
 log = logging.getLogger(__name__)
 
@@ -339,19 +339,9 @@ def build_config(rows: list[tuple[str, dict[str, Any]]]) -> LoadedConfig:
 
 def register_from_row(data: dict[str, Any]) -> Register:
     """Build a Register from a `registers` row (as the load query shapes it)."""
-    data_type = DataType.parse(data["data_type"])
+    # the row's keys are the builder's, but for the order, which it stores as two codes
     order = Order.from_codes(data.get("byte_order") or 2, data.get("word_order") or 2)
-    return Register(
-        name=data["name"],
-        address=data["address"],
-        function_code=data["function_code"],
-        data_type=data_type,
-        order=order,
-        unit=data.get("unit") or "",
-        scale=1.0 if data.get("scale") is None else float(data["scale"]),
-        offset=float(data.get("offset") or 0.0),
-        missing=parse_missing(data.get("missing"), data_type),
-    )
+    return Register.from_mapping({**data, "order": order})
 
 
 def import_profile(conn: psycopg2.extensions.connection, profile: Any, *, replace: bool) -> bool:
