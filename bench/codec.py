@@ -5,7 +5,10 @@
 Prints one JSON object: the best-of-N mean time per call, in microseconds, of
 - `decode_60_values_us`: RequestDecoder.decode of one 120-word response holding 60 float32 ABCD
   contiguous values, the most one SDM630-style request can hold);
-- `plan_100_registers_us`: emm.planner.plan of a 100-register device (uncached).
+- `plan_100_registers_us`: emm.planner.plan of a 100-register device (uncached);
+- `job_encode_us`, `job_decode_us`: a job of an SDM630 (85 registers) to bytes, and back from
+  bytes once its type's plan is known (what a worker does for every job after the first);
+- `reading_encode_us`, `reading_decode_us`: that meter's reading (85 values) to bytes and back.
 Targets: decode <= 20 us, plan <= 200 us.
 """
 
@@ -18,7 +21,10 @@ import random
 import timeit
 
 from emm.codec import RequestDecoder, encode
+from emm.messages import Job, Meter, Reading, Status
+from emm.plan import Plan
 from emm.planner import ReadLimits, plan
+from emm.profiles import shipped_profile
 from emm.registers import DataType, Order, Register
 
 DECODE_TARGET_US = 20.0
@@ -65,6 +71,21 @@ def plan_case() -> list[Register]:
     return registers
 
 
+def message_case() -> tuple[Job, Reading]:
+    """A job for an SDM630 and the reading a worker makes of it, every register read."""
+    profile = shipped_profile("sdm630")
+    assert profile is not None
+    registers = profile.registers
+    meter = Meter(17, "10.1.2.3", 502, 7, profile.type, "hall B feeder 3")
+    tick_ms = 1_800_000_000_000
+    job = Job(meter, tick_ms, tick_ms + 10_000, Plan.build(registers, profile.limits))
+    rnd = random.Random(3)
+    fields = {r.name: round(rnd.uniform(0, 10_000), 3) for r in registers}
+    counters = tuple(r.name for r in registers if r.is_counter)
+    status = Status(up=True, latency_ms=12.5, requests=4)
+    return job, Reading(meter, tick_ms, fields, status, counters=counters)
+
+
 def best_mean_us(func: object, number: int, repeat: int) -> float:
     timer = timeit.Timer(func)  # type: ignore[arg-type]
     return min(timer.repeat(repeat=repeat, number=number)) / number * 1e6
@@ -80,14 +101,24 @@ def main(argv: list[str] | None = None) -> None:
 
     registers = plan_case()
     limits = ReadLimits(max_registers=125, max_gap=16)
-    RequestDecoder.build.cache_clear()  # nothing cached may help planning
     plan_us = best_mean_us(lambda: plan(registers, limits), 2_000, args.repeat)
+
+    job, reading = message_case()
+    job_body, reading_body = job.encode(), reading.encode()
+    assert Job.decode(job_body) == job and Reading.decode(reading_body) == reading
+    messages_us = {
+        "job_encode_us": best_mean_us(job.encode, 5_000, args.repeat),
+        "job_decode_us": best_mean_us(lambda: Job.decode(job_body), 5_000, args.repeat),
+        "reading_encode_us": best_mean_us(reading.encode, 5_000, args.repeat),
+        "reading_decode_us": best_mean_us(lambda: Reading.decode(reading_body), 5_000, args.repeat),
+    }
 
     print(
         json.dumps(
             {
                 "decode_60_values_us": round(decode_us, 2),
                 "plan_100_registers_us": round(plan_us, 2),
+                **{name: round(us, 2) for name, us in messages_us.items()},
                 "decode_target_us": DECODE_TARGET_US,
                 "plan_target_us": PLAN_TARGET_US,
                 "requests_planned": len(plan(registers, limits)),

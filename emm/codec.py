@@ -1,8 +1,9 @@
 """Turning register words into values and back.
 
 The worker decodes with `RequestDecoder` (one compiled decoder per planned read request, so a
-whole response is unpacked with a few `struct` calls); the simulator encodes with `encode`, the
-exact inverse, so a byte-order mistake cannot hide on both sides.
+whole response is unpacked with a few `struct` calls; a meter type's `Plan` builds them once); the
+simulator encodes with `encode`, the exact inverse, so a byte-order mistake cannot hide on both
+sides.
 
 Byte/word orders are handled with two views of a response: the bytes as they arrived and the
 bytes swapped within each 16-bit word. Every order is one of those views read big or little
@@ -96,7 +97,8 @@ def decode(words: Sequence[int], register: Register) -> float | None:
 class RequestDecoder:
     """Decodes every register of one read request from its response in bulk.
 
-    Build it once per (request, registers) with `build` (cached), then call `decode` per read.
+    Build it once per (request, registers) with `build` (a meter type's `Plan` holds one per
+    planned request), then call `decode` per read.
     """
 
     start: int
@@ -109,7 +111,6 @@ class RequestDecoder:
     _bits: bool = field(repr=False)
 
     @staticmethod
-    @lru_cache(maxsize=4096)
     def build(start: int, count: int, registers: tuple[Register, ...]) -> RequestDecoder:
         """Compile the decoder for a request reading `count` words (or bits) from `start`."""
         for reg in registers:

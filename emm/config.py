@@ -14,7 +14,7 @@ from typing import Any
 from emm.errors import ConfigError
 from emm.messages import Meter
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
-from emm.registers import DataType, Order, Register, parse_missing
+from emm.registers import Order, Register
 
 # One loaded row: its kind ('meter', 'register' or 'type') and its columns by name.
 Row = tuple[str, dict[str, Any]]
@@ -109,16 +109,6 @@ def _types(
 
 def register_from_row(data: dict[str, Any]) -> Register:
     """Build a Register from a `registers` row (as the load queries shape it)."""
-    data_type = DataType.parse(data["data_type"])
+    # the row's keys are the builder's, but for the order, which it stores as two codes
     order = Order.from_codes(data.get("byte_order") or 2, data.get("word_order") or 2)
-    return Register(
-        name=data["name"],
-        address=data["address"],
-        function_code=data["function_code"],
-        data_type=data_type,
-        order=order,
-        unit=data.get("unit") or "",
-        scale=1.0 if data.get("scale") is None else float(data["scale"]),
-        offset=float(data.get("offset") or 0.0),
-        missing=parse_missing(data.get("missing"), data_type),
-    )
+    return Register.from_mapping({**data, "order": order})

@@ -55,14 +55,6 @@ class ReadRequest:
             and register.end <= self.end
         )
 
-    def to_list(self) -> list[int]:
-        return [self.function_code, self.address, self.count]
-
-    @classmethod
-    def from_list(cls, data: Iterable[int]) -> ReadRequest:
-        fc, address, count = (int(x) for x in data)
-        return cls(fc, address, count)
-
 
 def plan(registers: Iterable[Register], limits: ReadLimits | None = None) -> list[ReadRequest]:
     """Merge the registers into the fewest read requests the limits allow, sorted."""

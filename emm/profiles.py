@@ -18,21 +18,11 @@ from typing import Any
 
 from emm.errors import ConfigError
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
-from emm.registers import DataType, Order, Register, parse_missing
+from emm.registers import REGISTER_KEYS, Register
 
 _TYPE = re.compile(r"^[a-z0-9_]{1,64}$")
-_ROW_KEYS = {
-    "name",
-    "address",
-    "function_code",
-    "data_type",
-    "order",
-    "unit",
-    "scale",
-    "offset",
-    "source",
-    "missing",
-}
+# A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
+_ROW_KEYS = {*REGISTER_KEYS, "source"}
 _REQUIRED = ("name", "address", "function_code", "data_type")
 
 
@@ -120,27 +110,12 @@ def _parse_row(row: Any, where: str) -> ProfileRegister:
     for key in _REQUIRED:
         if key not in row:
             raise ConfigError(f"{where}: missing key {key!r}")
+    missing = row.get("missing")
+    if missing is not None and not isinstance(missing, list):
+        raise ConfigError(f"{where}: 'missing' must be a list such as [\"0xFFFF\"]")
     try:
-        data_type = DataType.parse(row["data_type"])
-        missing = row.get("missing")
-        if missing is not None and not isinstance(missing, list):
-            raise ConfigError("'missing' must be a list such as [\"0xFFFF\"]")
-        register = Register(
-            name=row["name"],
-            address=row["address"],
-            function_code=row["function_code"],
-            data_type=data_type,
-            order=Order.parse(row.get("order", "ABCD")),
-            unit=str(row.get("unit", "")),
-            scale=float(row.get("scale", 1.0)),
-            offset=float(row.get("offset", 0.0)),
-            missing=None
-            if missing is None
-            else parse_missing(",".join(str(m) for m in missing), data_type),
-        )
+        register = Register.from_mapping(row)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return ProfileRegister(register, str(row.get("source", "")))
 

@@ -1,7 +1,7 @@
 """What a register is: its address, function code, data type, byte/word order and scaling.
 
 A `Register` is validated once when it is built (from a database row, a profile file or a job
-message), so everything downstream can trust it.
+message, all through `Register.from_mapping`), so everything downstream can trust it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -164,15 +165,24 @@ BIT_FUNCTION_CODES = (1, 2)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 
 
-def parse_missing(text: str | None, data_type: DataType) -> frozenset[int] | None:
-    """Parse a comma separated list of raw sentinel patterns ("0xFFFF, 0x8000").
+def parse_missing(value: Any, data_type: DataType) -> frozenset[int] | None:
+    """Parse raw sentinel patterns: a comma separated text ("0xFFFF, 0x8000") or a list of
+    integers or such texts (["0xFFFF", 32768]).
 
-    None means "the type's defaults"; an empty string means "no sentinels".
+    None means "the type's defaults"; an empty text or list means "no sentinels".
     """
-    if text is None:
+    if value is None:
         return None
+    if isinstance(value, str):
+        parts = value.replace(";", ",").split(",")
+    elif isinstance(value, list | tuple | frozenset | set):
+        parts = [str(m) for m in value]
+    else:
+        raise ConfigError(
+            f'missing must be a list or a text such as "0xFFFF, 0x8000", got {type(value).__name__}'
+        )
     patterns = set()
-    for part in str(text).replace(";", ",").split(","):
+    for part in parts:
         part = part.strip()
         if not part:
             continue
@@ -251,27 +261,8 @@ class Register:
         """One past the last address the value occupies."""
         return self.address + self.data_type.words
 
-    def to_dict(self) -> dict[str, Any]:
-        """The register as it travels in a job message."""
-        data: dict[str, Any] = {
-            "name": self.name,
-            "address": self.address,
-            "fc": self.function_code,
-            "type": self.data_type.name.lower(),
-            "order": self.order.value,
-        }
-        if self.unit:
-            data["unit"] = self.unit
-        if self.scale != 1.0:
-            data["scale"] = self.scale
-        if self.offset != 0.0:
-            data["offset"] = self.offset
-        if self.missing is not None:
-            data["missing"] = sorted(self.missing)
-        return data
-
     def to_row(self) -> list[Any]:
-        """The register as a row of a version 2 job (columns `ROW_COLUMNS`), the trailing values
+        """The register as a row of a job (columns `ROW_COLUMNS`), the trailing values
         left out while they hold their defaults: `["voltageL1", 0, 4, "V"]` is a float32 in
         ABCD order, unscaled."""
         row: list[Any] = [
@@ -293,65 +284,71 @@ class Register:
     def from_row(cls, row: list[Any]) -> Register:
         """Inverse of `to_row`; raises ConfigError naming what is wrong."""
         if not isinstance(row, list):
-            raise ConfigError(f"register must be a list or an object, got {type(row).__name__}")
+            raise ConfigError(f"register row must be a list, got {type(row).__name__}")
         if not 3 <= len(row) <= len(ROW_COLUMNS):
             raise ConfigError(
                 f"register row has {len(row)} values, expected 3 to {len(ROW_COLUMNS)}: "
                 + ", ".join(ROW_COLUMNS)
             )
-        data = dict(zip(ROW_COLUMNS, row, strict=False))
-        data.setdefault("type", "float32")
-        return cls.from_dict(data)
+        return cls.from_mapping(dict(zip(ROW_COLUMNS, row, strict=False)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Register:
-        """Inverse of `to_dict`; raises ConfigError naming what is wrong.
+    def from_mapping(cls, data: Mapping[str, Any]) -> Register:
+        """Build a register from a mapping of `REGISTER_KEYS`, the one vocabulary of every
+        source (profile rows, database rows, jobs); raises ConfigError naming what is wrong.
 
-        Every job of a meter type carries the same registers, so built registers are cached by
-        their content: a worker validates each one once, not once per job.
+        name, address and function_code are required. data_type is a code, its text or a name
+        ("float32", the default); order a name (ABCD, the default); missing as `parse_missing`
+        takes it. A null order, unit, scale, offset or missing is the default too. Other keys are
+        not read.
         """
-        if not isinstance(data, dict):
-            raise ConfigError(f"register must be an object, got {type(data).__name__}")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"register must be a mapping, got {type(data).__name__}")
         try:
-            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.items())
-            cached = _FROM_DICT_CACHE.get(key)
-        except TypeError:  # an unhashable value: let validation below say what is wrong
-            key, cached = None, None
-        if cached is not None:
-            return cached
-        register = cls._from_dict(data)
-        if key is not None:
-            if len(_FROM_DICT_CACHE) >= 65536:
-                _FROM_DICT_CACHE.clear()
-            _FROM_DICT_CACHE[key] = register
-        return register
-
-    @classmethod
-    def _from_dict(cls, data: dict[str, Any]) -> Register:
-        try:
-            missing = data.get("missing")
+            data_type = DataType.parse(data.get("data_type", DataType.FLOAT32))
+            unit, scale, offset = data.get("unit"), data.get("scale"), data.get("offset")
             return cls(
                 name=data["name"],
                 address=data["address"],
-                function_code=data["fc"],
-                data_type=DataType.parse(data["type"]),
-                order=Order.parse(data.get("order", "ABCD")),
-                unit=data.get("unit", ""),
-                scale=float(data.get("scale", 1.0)),
-                offset=float(data.get("offset", 0.0)),
-                missing=None if missing is None else frozenset(int(m) for m in missing),
+                function_code=data["function_code"],
+                data_type=data_type,
+                order=Order.parse(data.get("order") or Order.ABCD),
+                unit="" if unit is None else str(unit),
+                scale=1.0 if scale is None else float(scale),
+                offset=0.0 if offset is None else float(offset),
+                missing=parse_missing(data.get("missing"), data_type),
             )
         except KeyError as exc:
             raise ConfigError(f"register is missing the key {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"register {data.get('name')!r} is malformed: {exc}") from None
+            raise ConfigError(str(exc)) from None
 
 
-# the values of a register row in a version 2 job, in order (the keys of `to_dict`)
-ROW_COLUMNS = ("name", "address", "fc", "unit", "type", "order", "scale", "offset", "missing")
+# What `Register.from_mapping` reads: the register's own field names.
+REGISTER_KEYS = (
+    "name",
+    "address",
+    "function_code",
+    "data_type",
+    "order",
+    "unit",
+    "scale",
+    "offset",
+    "missing",
+)
+# the values of a register row in a job, in order
+ROW_COLUMNS = (
+    "name",
+    "address",
+    "function_code",
+    "unit",
+    "data_type",
+    "order",
+    "scale",
+    "offset",
+    "missing",
+)
 _ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None)
-
-_FROM_DICT_CACHE: dict[tuple[tuple[str, Any], ...], Register] = {}
 
 
 def _sentinels(register: Register) -> frozenset[float]:

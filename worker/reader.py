@@ -25,9 +25,8 @@ from tenacity import (
 
 from emm.codec import RequestDecoder
 from emm.errors import DecodeError, DeviceError, PermanentDeviceError, TransientDeviceError
-from emm.identity import ByIdentity
 from emm.messages import Job, Meter, Reading, Status
-from emm.planner import ReadRequest, assign
+from emm.planner import ReadRequest
 from emm.registers import Register
 from worker.modbus import DevicePool
 
@@ -40,18 +39,6 @@ ILLEGAL_DATA_ADDRESS = 2
 HOLE_MEMORY_TTL_S = 3600.0
 
 Reader = Callable[[ReadRequest], Awaitable[list[int]]]
-
-
-def _build_decoders(
-    requests: tuple[ReadRequest, ...], registers: tuple[Register, ...]
-) -> tuple[RequestDecoder, ...]:
-    return tuple(
-        RequestDecoder.build(request.address, request.count, covered)
-        for request, covered in assign(requests, registers)
-    )
-
-
-_decoders = ByIdentity(_build_decoders)
 
 
 def _request_for(decoder: RequestDecoder, function_code: int) -> ReadRequest:
@@ -196,12 +183,7 @@ async def read_job(
         fields.update(values)
         missing.extend(miss)
 
-    try:
-        decoders = _decoders(job.requests, job.registers)
-    except DecodeError as exc:
-        decoders = ()
-        first_error = exc
-        errors.update(dict.fromkeys((r.name for r in job.registers), str(exc)))
+    decoders = job.plan.decoders
     async with link.lock:
         for index, decoder in enumerate(decoders):
             if not decoder.registers:
@@ -274,7 +256,7 @@ async def read_job(
         status=status,
         missing=tuple(missing),
         errors=errors,
-        counters=_counters(job.registers),
+        counters=job.plan.counters,
     )
 
 
@@ -283,10 +265,3 @@ async def _first_wait(state: RetryCallState) -> None:
     the first, had that one been its own."""
     if state.attempt_number == 1:
         await asyncio.sleep(wait_exponential(multiplier=0.05, max=1.0)(state))
-
-
-def _counter_names(registers: tuple[Register, ...]) -> tuple[str, ...]:
-    return tuple(r.name for r in registers if r.is_counter)
-
-
-_counters = ByIdentity(_counter_names)

@@ -15,7 +15,6 @@ ENERGY = "energy"
 STATUS = "meter_status"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\\": "\\\\"})
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " "})
 
 
 def _tag(text: str) -> str:

@@ -78,13 +78,13 @@ def test_jobs_are_persistent_expire_with_the_tick_and_carry_the_plan(
         assert 0 < int(g.properties.expiration) <= 60_000
     sdm = decoded[1]
     assert (sdm.meter.host, sdm.meter.unit_id, sdm.meter.description) == ("10.1.1.1", 1, "board")
-    assert [(r.function_code, r.address, r.count) for r in sdm.requests] == [
+    assert [(r.function_code, r.address, r.count) for r in sdm.plan.requests] == [
         (4, 0, 80),
         (4, 80, 28),
         (4, 200, 70),
         (4, 334, 48),
     ]
-    assert len(sdm.registers) == 85
+    assert len(sdm.plan.registers) == 85
 
 
 def test_ticks_pick_up_new_meters_and_report_bad_rows(
@@ -143,7 +143,7 @@ def test_ticks_pick_up_new_meters_and_report_bad_rows(
     assert per_tick[ticks[-1]] == [1, 3]  # the new meter, from the next tick on
     assert all(ids in ([1], [1, 3]) for ids in per_tick.values())
     for j in jobs:
-        assert [r.name for r in j.registers] == ["test_measurement"]
+        assert [r.name for r in j.plan.registers] == ["test_measurement"]
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     bad_row = [w for w in warnings if "registers row id=" in w and "brokenBit" in w]

@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from emm.broker import JOBS, READINGS
 from emm.messages import Job, Meter, Reading
-from emm.planner import ReadLimits, plan
+from emm.plan import Plan
+from emm.planner import ReadLimits
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
 from simulator.model import MeterSpec, expected
@@ -45,8 +46,7 @@ def job(meter: Meter, registers: tuple[Register, ...], tick_ms: int, gap: int = 
         meter=meter,
         tick_ms=tick_ms,
         deadline_ms=tick_ms + 30_000,
-        requests=tuple(plan(registers, ReadLimits(max_gap=gap))),
-        registers=registers,
+        plan=Plan.build(registers, ReadLimits(max_gap=gap)),
     )
 
 
@@ -140,7 +140,7 @@ def test_readings_failures_and_poison(
 
 def test_a_job_past_its_tick_is_acked_without_reading(amqp_url: str, simulator: int) -> None:
     meter = Meter(1, "127.0.0.1", simulator, 0, "virtual_modbustcp")
-    stale = Job(meter, 1_000, 2_000, tuple(plan((VALUE,))), (VALUE,))
+    stale = Job(meter, 1_000, 2_000, Plan.build((VALUE,)))
     publish(amqp_url, JOBS, [stale.encode()])
     settings = WorkerSettings(amqp_url=amqp_url)
     asyncio.run(run_worker(settings, amqp_url, expect=1, timeout_s=3))
@@ -160,9 +160,9 @@ def test_job_bodies_are_plain_json_a_person_can_read() -> None:
         "type": "sdm630",
         "description": "pump",
     }
-    assert data["requests"] == [[3, 0, 1]]
+    assert data["plan"]["requests"] == [[3, 0, 1]]
     # one row per register: name, address, fc, unit, type (order ABCD and no scale left out)
-    assert data["registers"] == [["test_measurement", 0, 3, "test_u", "int16"]]
+    assert data["plan"]["registers"] == [["test_measurement", 0, 3, "test_u", "int16"]]
 
 
 def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
@@ -177,7 +177,7 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
     )
     tick_ms = current_tick_ms()
     first = job(meter, registers, tick_ms)
-    assert [(r.address, r.count) for r in first.requests] == [(0, 4)]
+    assert [(r.address, r.count) for r in first.plan.requests] == [(0, 4)]
     # The same device under another meter id: a job of its own, the same learned split.
     second = replace(first, meter=replace(meter, id=6))
     settings = WorkerSettings(amqp_url=amqp_url)
@@ -246,16 +246,15 @@ def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
     spec = MeterSpec.of_type("sdm630", step_s=STEP_S)
     profile = spec.profile
     assert profile is not None
-    requests = tuple(plan(profile.registers, profile.limits))
-    assert len(requests) == 4
+    sdm630 = Plan.build(profile.registers, profile.limits)
+    assert len(sdm630.requests) == 4
     tick_ms = current_tick_ms()
     jobs = [
         Job(
             Meter(i + 1, "127.0.0.1", base + i, 1, "sdm630"),
             tick_ms,
             tick_ms + 30_000,
-            requests,
-            profile.registers,
+            sdm630,
         )
         for i in range(meters)
     ]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emm.errors import ConfigError, MessageError
 from emm.messages import JOB_VERSION, Job, Meter, Reading, Status
-from emm.planner import ReadRequest
+from emm.plan import Plan, PlanCache
+from emm.planner import ReadLimits, ReadRequest
 from emm.registers import DataType, Order, Register
 
 pytestmark = pytest.mark.timeout(30)
@@ -49,18 +52,23 @@ def registers(draw: st.DrawFn) -> Register:
     )
 
 
+plans = st.builds(
+    Plan.build,
+    st.lists(registers(), max_size=8),
+    st.builds(
+        ReadLimits,
+        max_registers=st.integers(4, 125),
+        max_bits=st.integers(1, 2000),
+        max_gap=st.integers(0, 60),
+    ),
+)
+
 jobs = st.builds(
     Job,
     meter=meters,
     tick_ms=st.integers(0, 2**42),
     deadline_ms=st.integers(0, 2**42),
-    requests=st.lists(
-        st.builds(
-            ReadRequest, st.sampled_from([1, 2, 3, 4]), st.integers(0, 65535), st.integers(1, 2000)
-        ),
-        max_size=5,
-    ).map(tuple),
-    registers=st.lists(registers(), max_size=8).map(tuple),
+    plan=plans,
 )
 
 readings = st.builds(
@@ -85,21 +93,86 @@ readings = st.builds(
 @given(jobs)
 def test_job_round_trip(job: Job) -> None:
     body = job.encode()
-    assert Job.decode(body) == job
-    assert Job.decode(body) == job  # again, now that its plan is known
+    plans = PlanCache()
+    assert Job.decode(body, plans) == job
+    assert Job.decode(body, plans) == job  # again, now that its plan is known
+    assert Job.decode(body) == job  # the process's own cache
 
 
 def test_a_known_plan_is_not_parsed_again_and_the_head_still_is() -> None:
-    first = Job(METER, 1_000, 11_000, JOB.requests, JOB.registers)
-    other = Job(Meter(8, "10.0.0.6", 503, 2, "sdm630"), 2_000, 12_000, JOB.requests, JOB.registers)
-    assert Job.decode(first.encode()) == first
-    assert Job.decode(other.encode()) == other
+    plans = PlanCache()
+    first = Job(METER, 1_000, 11_000, JOB.plan)
+    other = Job(Meter(8, "10.0.0.6", 503, 2, "sdm630"), 2_000, 12_000, JOB.plan)
+    decoded = Job.decode(first.encode(), plans)
+    assert decoded == first
+    assert decoded.plan is not JOB.plan  # parsed from the body, then kept
+    again = Job.decode(other.encode(), plans)
+    assert again == other
+    assert again.plan is decoded.plan
+    assert len(plans) == 1
     # a broken head behind a known plan is reported from the whole body
     body = other.encode().replace(b'"tick_ms":2000', b'"tick_ms":"soon"')
     with pytest.raises(MessageError) as info:
-        Job.decode(body)
+        Job.decode(body, plans)
     assert info.value.raw == body
-    assert str(info.value) == "job is malformed: invalid literal for int() with base 10: 'soon'"
+    assert str(info.value) == "job is malformed: Expected `int`, got `str` - at `$.tick_ms`"
+
+
+def test_a_plan_id_that_is_not_its_plans_is_refused_and_not_kept() -> None:
+    plans = PlanCache()
+    wrong = "0" * 16
+    body = JOB.encode().replace(JOB.plan.plan_id.encode(), wrong.encode())
+    with pytest.raises(MessageError) as info:
+        Job.decode(body, plans)
+    assert info.value.raw == body
+    assert str(info.value) == (
+        f"job is malformed: plan_id {wrong!r} is not the id of its plan ({JOB.plan.plan_id!r})"
+    )
+    assert len(plans) == 0
+    # so a job naming another plan with that id is not read with this one
+    other = Job(
+        METER, 1, 2, Plan.of((ReadRequest(3, 0, 1),), (Register("x", 0, 3, DataType.INT16),))
+    )
+    forged = other.encode().replace(other.plan.plan_id.encode(), wrong.encode())
+    with pytest.raises(MessageError):
+        Job.decode(forged, plans)
+    assert Job.decode(JOB.encode(), plans) == JOB
+
+
+def test_a_plan_is_known_by_its_content_not_its_spelling() -> None:
+    plans = PlanCache()
+    spelled = JOB.encode().replace(
+        b'"registers":[["voltageL1",0,4,"V","float32","CDAB",0.1]]',
+        b'"registers": [{"name": "voltageL1", "address": 0, "function_code": 4, "unit": "V", '
+        b'"order": "CDAB", "scale": 0.1, "data_type": 3}]',
+    )
+    assert spelled != JOB.encode()
+    assert Job.decode(spelled, plans) == JOB
+    assert Job.decode(JOB.encode(), plans).plan is Job.decode(spelled, plans).plan
+
+
+def test_the_plan_cache_keeps_the_most_recently_used_plans() -> None:
+    plans = PlanCache(size=2)
+    made = [Plan.build((Register(f"r{i}", i, 3, DataType.INT16),)) for i in range(3)]
+    for plan in made:
+        plans.add(plan)
+    assert plans.get(made[0].plan_id) is None
+    assert plans.get(made[1].plan_id) is made[1]
+    plans.add(made[0])  # made[2] is now the least recently used
+    assert plans.get(made[2].plan_id) is None
+    assert plans.get(made[1].plan_id) is made[1]
+    assert len(plans) == 2
+
+
+V1_REGISTER = {
+    "name": "voltageL1",
+    "address": 0,
+    "fc": 4,
+    "type": "float32",
+    "order": "CDAB",
+    "unit": "V",
+    "scale": 0.1,
+}
 
 
 def test_a_version_1_job_is_still_read() -> None:
@@ -107,14 +180,59 @@ def test_a_version_1_job_is_still_read() -> None:
         {
             "v": 1,
             "kind": "job",
-            "meter": METER.to_dict(),
+            "meter": msgspec.to_builtins(METER),
             "tick_ms": JOB.tick_ms,
             "deadline_ms": JOB.deadline_ms,
             "requests": [[4, 0, 2]],
-            "registers": [REGISTER.to_dict()],
+            "registers": [V1_REGISTER],
         }
     ).encode()
-    assert Job.decode(body) == JOB
+    assert Job.decode(body, PlanCache()) == JOB
+
+
+# as version 2 wrote JOB
+V2_JOB = (
+    b'{"v":2,"kind":"job","meter":{"id":7,"host":"10.0.0.5","port":502,"unit_id":1,'
+    b'"type":"sdm630","description":"hall"},"tick_ms":1700000000000,'
+    b'"deadline_ms":1700000010000,"requests":[[4,0,2]],'
+    b'"registers":[["voltageL1",0,4,"V","float32","CDAB",0.1]]}'
+)
+
+
+def test_a_version_2_job_is_still_read() -> None:
+    plans = PlanCache()
+    job = Job.decode(V2_JOB, plans)
+    assert job == JOB
+    # its plan is parsed once, as a worker may read only version 2 jobs for a while
+    assert Job.decode(V2_JOB.replace(b'"id":7', b'"id":8'), plans).plan is job.plan
+    assert len(plans) == 1
+    assert job.plan.plan_id == JOB.plan.plan_id
+    assert job.plan.decoders[0].decode([0x0000, 0x4566]) == ({"voltageL1": 368.0}, [])
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (V2_JOB.replace(b'"tick_ms"', b'"tock_ms"'), "job lacks the key 'tick_ms'"),
+        (
+            V2_JOB.replace(b"[[4,0,2]]", b"[[4,0]]"),
+            "job is malformed: Expected `array` of length 3 - at `$.requests[0]`",
+        ),
+        (
+            V2_JOB.replace(b'["voltageL1",0,4,', b'["voltageL1",0,5,'),
+            "job is malformed: function_code 5 is not a read function code (1, 2, 3, 4)",
+        ),
+        (
+            V2_JOB.replace(b'"port":502', b'"port":0'),
+            "job is malformed: meter 7: port 0 is outside 1..65535",
+        ),
+    ],
+)
+def test_bad_version_2_job(body: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as info:
+        Job.decode(body, PlanCache())
+    assert info.value.raw == body
+    assert str(info.value) == reason
 
 
 @FAST
@@ -125,7 +243,9 @@ def test_reading_round_trip(reading: Reading) -> None:
 
 METER = Meter(7, "10.0.0.5", 502, 1, "sdm630", "hall")
 REGISTER = Register("voltageL1", 0, 4, DataType.FLOAT32, Order.CDAB, "V", 0.1)
-JOB = Job(METER, 1_700_000_000_000, 1_700_000_010_000, (ReadRequest(4, 0, 2),), (REGISTER,))
+JOB = Job(
+    METER, 1_700_000_000_000, 1_700_000_010_000, Plan.of((ReadRequest(4, 0, 2),), (REGISTER,))
+)
 READING = Reading(
     METER,
     1_700_000_000_000,
@@ -137,13 +257,15 @@ READING = Reading(
 
 
 def test_job_wire_format() -> None:
+    plan = b'{"requests":[[4,0,2]],"registers":[["voltageL1",0,4,"V","float32","CDAB",0.1]]}'
     assert JOB.encode() == (
-        b'{"v":2,"kind":"job","meter":{"id":7,"host":"10.0.0.5","port":502,"unit_id":1,'
+        b'{"v":3,"kind":"job","meter":{"id":7,"host":"10.0.0.5","port":502,"unit_id":1,'
         b'"type":"sdm630","description":"hall"},"tick_ms":1700000000000,'
-        b'"deadline_ms":1700000010000,"requests":[[4,0,2]],'
-        b'"registers":[["voltageL1",0,4,"V","float32","CDAB",0.1]]}'
+        b'"deadline_ms":1700000010000,"plan_id":"c025893beefc283f","plan":' + plan + b"}"
     )
-    assert JOB_VERSION == 2
+    assert JOB.plan.encoded == plan
+    assert JOB.plan.plan_id == hashlib.blake2b(plan, digest_size=8).hexdigest()
+    assert JOB_VERSION == 3
     assert JOB.job_id == "7@1700000000000"
     assert READING.reading_id == "7@1700000000000"
 
@@ -158,10 +280,17 @@ def test_reading_wire_format() -> None:
     )
 
 
-def test_reading_with_non_finite_value_is_not_encoded() -> None:
-    reading = Reading(METER, 1, {"v": float("nan")}, Status(up=True))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_reading_with_non_finite_value_is_not_encoded(value: float) -> None:
+    reading = Reading(METER, 1, {"a": 1.0, "v": value}, Status(up=True))
     with pytest.raises(ValueError, match=r"^Out of range float values are not JSON compliant"):
         reading.encode()
+
+
+def test_reading_with_large_finite_values_is_encoded() -> None:
+    # their sum overflows, each of them does not
+    reading = Reading(METER, 1, {"a": 1e308, "b": 1e308}, Status(up=True))
+    assert Reading.decode(reading.encode()) == reading
 
 
 def _changed(message: Job | Reading, **changes: Any) -> bytes:
@@ -179,11 +308,22 @@ def _job(**changes: Any) -> bytes:
     return _changed(JOB, **changes)
 
 
+def _plan(**changes: Any) -> bytes:
+    """JOB with the plan's keys replaced: an unknown plan, as the plan id still names JOB's."""
+    plan = json.loads(JOB.plan.encoded)
+    for key, value in changes.items():
+        if value is KeyError:
+            del plan[key]
+        else:
+            plan[key] = value
+    return _job(plan=plan)
+
+
 def _reading(**changes: Any) -> bytes:
     return _changed(READING, **changes)
 
 
-GOOD_REGISTER = {"name": "v", "address": 0, "fc": 3, "type": "int16"}
+GOOD_REGISTER = {"name": "v", "address": 0, "function_code": 3, "data_type": "int16"}
 
 
 @pytest.mark.parametrize(
@@ -203,57 +343,77 @@ GOOD_REGISTER = {"name": "v", "address": 0, "fc": 3, "type": "int16"}
         (b"[1, 2]", "job is not a JSON object"),
         (b'"job"', "job is not a JSON object"),
         (b"null", "job is not a JSON object"),
-        (_job(v=3), "job has schema version 3, this build reads 1 and 2"),
-        (_job(v=KeyError), "job has schema version None, this build reads 1 and 2"),
-        (_job(v="1"), "job has schema version '1', this build reads 1 and 2"),
-        (_job(v=True), "job has schema version True, this build reads 1 and 2"),
+        (_job(v=4), "job has schema version 4, this build reads 1, 2 and 3"),
+        (_job(v=KeyError), "job has schema version None, this build reads 1, 2 and 3"),
+        (_job(v="1"), "job has schema version '1', this build reads 1, 2 and 3"),
+        (_job(v=True), "job has schema version True, this build reads 1, 2 and 3"),
         (_job(kind="reading"), "expected a job, got kind 'reading'"),
         (_job(kind=KeyError), "expected a job, got kind None"),
         (_job(tick_ms=KeyError), "job lacks the key 'tick_ms'"),
         (_job(meter=KeyError), "job lacks the key 'meter'"),
-        (_job(registers=KeyError), "job lacks the key 'registers'"),
+        (_job(plan_id=KeyError), "job lacks the key 'plan_id'"),
+        (_job(plan=KeyError), "job lacks the key 'plan'"),
+        (_plan(registers=KeyError), "job lacks the key 'registers'"),
         (_job(meter={"id": 1, "host": "h", "port": 502, "unit_id": 1}), "job lacks the key 'type'"),
         (
             _job(meter={"id": 1, "host": "h", "port": 70000, "unit_id": 1, "type": "t"}),
             "job is malformed: meter 1: port 70000 is outside 1..65535",
         ),
-        (_job(tick_ms="soon"), "job is malformed: invalid literal for int() with base 10: 'soon'"),
+        (_job(tick_ms="soon"), "job is malformed: Expected `int`, got `str` - at `$.tick_ms`"),
+        (_job(plan_id=7), "job is malformed: Expected `str`, got `int` - at `$.plan_id`"),
+        (_job(plan=[1]), "job is malformed: Expected `object`, got `array` - at `$.plan`"),
         (
-            _job(requests=[[3, 0]]),
-            "job is malformed: not enough values to unpack (expected 3, got 2)",
+            _plan(requests=[[3, 0]]),
+            "job is malformed: Expected `array` of length 3 - at `$.plan.requests[0]`",
         ),
         (
-            _job(registers=[dict(GOOD_REGISTER, fc=5)]),
+            _plan(requests=[[5, 0, 2]]),
+            "job is malformed: request function code 5 is not a read (1, 2, 3, 4)",
+        ),
+        (
+            _plan(requests=[[4, 0, 126]]),
+            "job is malformed: request count 126 is outside 1..125 for function code 4",
+        ),
+        (
+            _plan(requests=[[4, 65535, 2]]),
+            "job is malformed: request address 65535 is outside 0..65534",
+        ),
+        (
+            _plan(requests=[[3, 0, 2]]),
+            "job is malformed: no planned request covers the register(s) voltageL1",
+        ),
+        (
+            _plan(registers=[dict(GOOD_REGISTER, function_code=5)]),
             "job is malformed: function_code 5 is not a read function code (1, 2, 3, 4)",
         ),
         (
-            _job(registers=[{"name": "v", "address": 0, "type": "int16"}]),
-            "job is malformed: register is missing the key 'fc'",
+            _plan(registers=[{"name": "v", "address": 0, "data_type": "int16"}]),
+            "job is malformed: register is missing the key 'function_code'",
         ),
         (
-            _job(registers=[GOOD_REGISTER, dict(GOOD_REGISTER, type="int99")]),
+            _plan(registers=[GOOD_REGISTER, dict(GOOD_REGISTER, data_type="int99")]),
             "job is malformed: unknown data_type 'int99' (known: 1 int16, 2 int32, 3 float32, "
             "4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool)",
         ),
-        (_job(registers=["v"]), "job is malformed: register must be a list or an object, got str"),
+        (_plan(registers=["v"]), "job is malformed: register must be a list or an object, got str"),
         (
-            _job(registers=[None]),
+            _plan(registers=[None]),
             "job is malformed: register must be a list or an object, got NoneType",
         ),
         (
-            _job(registers=[["v", 0]]),
-            "job is malformed: register row has 2 values, expected 3 to 9: name, address, fc, "
-            "unit, type, order, scale, offset, missing",
+            _plan(registers=[["v", 0]]),
+            "job is malformed: register row has 2 values, expected 3 to 9: name, address, "
+            "function_code, unit, data_type, order, scale, offset, missing",
         ),
         (
-            _job(registers=[["v", 0, 3, "", "int16", "ABCD", 0]]),
+            _plan(registers=[["v", 0, 3, "", "int16", "ABCD", 0]]),
             "job is malformed: scale 0.0 must be a finite number other than 0",
         ),
     ],
 )
 def test_bad_job(body: bytes, reason: str) -> None:
     with pytest.raises(MessageError) as info:
-        Job.decode(body)
+        Job.decode(body, PlanCache())
     assert info.value.raw == body
     assert info.value.reason == reason
     assert str(info.value) == reason
@@ -278,13 +438,22 @@ def test_deeply_nested_body_is_a_message_error() -> None:
         (JOB.encode(), "expected a reading, got kind 'job'"),
         (_reading(fields=KeyError), "reading lacks the key 'fields'"),
         (_reading(status={"error": "x"}), "reading lacks the key 'up'"),
-        (_reading(fields=[1.0]), "reading is malformed: 'list' object has no attribute 'items'"),
+        (
+            _reading(fields=[1.0]),
+            "reading is malformed: Expected `object`, got `array` - at `$.fields`",
+        ),
         (
             _reading(fields={"a": "high"}),
-            "reading is malformed: could not convert string to float: 'high'",
+            "reading is malformed: Expected `float`, got `str` - at `$.fields[...]`",
         ),
-        (_reading(status=None), "reading is malformed: 'NoneType' object is not subscriptable"),
-        (_reading(errors=["x"]), "reading is malformed: 'list' object has no attribute 'items'"),
+        (
+            _reading(status=None),
+            "reading is malformed: Expected `object`, got `null` - at `$.status`",
+        ),
+        (
+            _reading(errors=["x"]),
+            "reading is malformed: Expected `object`, got `array` - at `$.errors`",
+        ),
         (
             _reading(meter={"id": 1, "host": "", "port": 1, "unit_id": 1, "type": "t"}),
             "reading is malformed: meter 1: host is empty",
@@ -302,8 +471,9 @@ def test_deeply_nested_body_is_a_message_error() -> None:
             "reading is malformed: a field value is not a finite number",
         ),
         (
+            # a text is not a number, however it reads
             _reading(fields={"a": 1.0, "b": "-inf"}),
-            "reading is malformed: a field value is not a finite number",
+            "reading is malformed: Expected `float`, got `str` - at `$.fields[...]`",
         ),
     ],
 )

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emm.errors import ConfigError
-from emm.registers import DEFAULT_MISSING, DataType, Order, Register, parse_missing
+from emm.registers import (
+    DEFAULT_MISSING,
+    REGISTER_KEYS,
+    DataType,
+    Order,
+    Register,
+    parse_missing,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -247,7 +254,7 @@ def test_parse_missing_errors(text: str, data_type: DataType, message: str) -> N
     assert str(info.value) == message
 
 
-# --- to_dict / from_dict ----------------------------------------------------------------------
+# --- from_mapping / to_row / from_row ---------------------------------------------------------
 
 
 @st.composite
@@ -270,58 +277,139 @@ def registers(draw: st.DrawFn) -> Register:
 
 @settings(max_examples=200, deadline=None)
 @given(registers())
-def test_register_dict_round_trip(register: Register) -> None:
-    assert Register.from_dict(register.to_dict()) == register
+def test_register_row_round_trip(register: Register) -> None:
+    assert Register.from_row(register.to_row()) == register
 
 
-def test_to_dict_leaves_out_defaults() -> None:
-    assert Register("v", 4, 3, DataType.INT16).to_dict() == {
-        "name": "v",
-        "address": 4,
-        "fc": 3,
-        "type": "int16",
-        "order": "ABCD",
+@settings(max_examples=200, deadline=None)
+@given(registers())
+def test_register_mapping_round_trip(register: Register) -> None:
+    data = {
+        "name": register.name,
+        "address": register.address,
+        "function_code": register.function_code,
+        "data_type": register.data_type.name.lower(),
+        "order": register.order.value,
+        "unit": register.unit,
+        "scale": register.scale,
+        "offset": register.offset,
+        "missing": None if register.missing is None else sorted(register.missing),
     }
+    assert set(data) == set(REGISTER_KEYS)
+    assert Register.from_mapping(data) == register
+
+
+def test_to_row_leaves_out_trailing_defaults() -> None:
+    assert Register("v", 4, 3, DataType.FLOAT32).to_row() == ["v", 4, 3]
+    assert Register("v", 4, 3, DataType.INT16).to_row() == ["v", 4, 3, "", "int16"]
     assert Register(
         "p", 0, 4, DataType.UINT16, Order.BADC, "W", 0.5, 1.0, frozenset({9, 1})
-    ).to_dict() == {
-        "name": "p",
-        "address": 0,
-        "fc": 4,
-        "type": "uint16",
-        "order": "BADC",
-        "unit": "W",
-        "scale": 0.5,
-        "offset": 1.0,
-        "missing": [1, 9],
-    }
+    ).to_row() == ["p", 0, 4, "W", "uint16", "BADC", 0.5, 1.0, [1, 9]]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # only name, address and function_code are required
+        ({"name": "v", "address": 4, "function_code": 3}, Register("v", 4, 3)),
+        # absent and null mean the same: the default
+        (
+            {
+                "name": "v",
+                "address": 4,
+                "function_code": 3,
+                "order": None,
+                "unit": None,
+                "scale": None,
+                "offset": None,
+                "missing": None,
+            },
+            Register("v", 4, 3),
+        ),
+        # a data type by code, code text or name; missing as text or list; keys not read
+        (
+            {
+                "name": "t",
+                "address": 0,
+                "function_code": 4,
+                "data_type": "1",
+                "order": "badc",
+                "unit": "°C",
+                "scale": 0.1,
+                "offset": -40,
+                "missing": "0x8000, 0x7FFF",
+                "source": "datasheet table 3",
+                "id": 12,
+            },
+            Register(
+                "t", 0, 4, DataType.INT16, Order.BADC, "°C", 0.1, -40.0, frozenset({0x8000, 0x7FFF})
+            ),
+        ),
+        (
+            {
+                "name": "t",
+                "address": 0,
+                "function_code": 4,
+                "data_type": 4,
+                "missing": ["0xFFFF", 0],
+            },
+            Register("t", 0, 4, DataType.UINT16, missing=frozenset({0xFFFF, 0})),
+        ),
+        (
+            {"name": "t", "address": 0, "function_code": 4, "data_type": "uint16", "missing": []},
+            Register("t", 0, 4, DataType.UINT16, missing=frozenset()),
+        ),
+    ],
+)
+def test_from_mapping(data: dict[str, object], expected: Register) -> None:
+    assert Register.from_mapping(data) == expected
+
+
+GOOD = {"name": "v", "address": 0, "function_code": 3, "data_type": "int16"}
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"address": 0, "fc": 3, "type": "int16"}, "register is missing the key 'name'"),
-        ({"name": "v", "fc": 3, "type": "int16"}, "register is missing the key 'address'"),
-        ({"name": "v", "address": 0, "type": "int16"}, "register is missing the key 'fc'"),
-        ({"name": "v", "address": 0, "fc": 3}, "register is missing the key 'type'"),
+        ({"address": 0, "function_code": 3}, "register is missing the key 'name'"),
+        ({"name": "v", "function_code": 3}, "register is missing the key 'address'"),
+        ({"name": "v", "address": 0}, "register is missing the key 'function_code'"),
+        (dict(GOOD, scale="x"), "could not convert string to float: 'x'"),
+        (dict(GOOD, offset=[1]), "float() argument must be a string or a real number, not 'list'"),
         (
-            {"name": "v", "address": 0, "fc": 3, "type": "int16", "scale": "x"},
-            "register 'v' is malformed: could not convert string to float: 'x'",
+            dict(GOOD, missing=5),
+            'missing must be a list or a text such as "0xFFFF, 0x8000", got int',
         ),
+        (dict(GOOD, missing=["0x10000"]), "missing value 0x10000 does not fit a int16 (0..0xffff)"),
         (
-            {"name": "v", "address": 0, "fc": 3, "type": "int16", "missing": 5},
-            "register 'v' is malformed: 'int' object is not iterable",
-        ),
-        (
-            {"name": "v", "address": 0, "fc": 3, "type": "bool"},
+            dict(GOOD, data_type="bool"),
             "data_type bool does not fit function_code 3: bool goes with 1/2, numbers with 3/4",
         ),
-        ("v", "register must be an object, got str"),
-        (None, "register must be an object, got NoneType"),
-        ([1, 2], "register must be an object, got list"),
+        (dict(GOOD, order="ABDC"), "unknown order 'ABDC' (known: ABCD, CDAB, BADC, DCBA)"),
+        ("v", "register must be a mapping, got str"),
+        (None, "register must be a mapping, got NoneType"),
+        ([1, 2], "register must be a mapping, got list"),
     ],
 )
-def test_from_dict_errors(data: object, message: str) -> None:
+def test_from_mapping_errors(data: object, message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        Register.from_dict(data)  # type: ignore[arg-type]
+        Register.from_mapping(data)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"name": "v"}, "register row must be a list, got dict"),
+        (
+            ["v", 0],
+            "register row has 2 values, expected 3 to 9: name, address, function_code, unit, "
+            "data_type, order, scale, offset, missing",
+        ),
+        (["v", 0, 5], "function_code 5 is not a read function code (1, 2, 3, 4)"),
+    ],
+)
+def test_from_row_errors(row: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Register.from_row(row)  # type: ignore[arg-type]
     assert str(info.value) == message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emm.messages import Job, Meter
-from emm.planner import plan
+from emm.plan import Plan
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
 from worker.app import Worker
@@ -18,7 +18,7 @@ PERIOD = 5_000
 
 def job(meter_id: int, tick_ms: int) -> Job:
     meter = Meter(meter_id, "127.0.0.1", 502, meter_id, "virtual_modbustcp")
-    return Job(meter, tick_ms, tick_ms + PERIOD, tuple(plan((REG,))), (REG,))
+    return Job(meter, tick_ms, tick_ms + PERIOD, Plan.build((REG,)))
 
 
 def replay(given: dict[int, list[int]]) -> list[int]:
