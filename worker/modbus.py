@@ -15,23 +15,17 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from emm.errors import PermanentDeviceError, TransientDeviceError
+from emm.modbus import (
+    BIT_FUNCTION_CODES,
+    READ_COILS,
+    READ_DISCRETE_INPUTS,
+    READ_HOLDING_REGISTERS,
+    READ_INPUT_REGISTERS,
+    TRANSIENT_EXCEPTION_CODES,
+    exception_name,
+)
 
 log = logging.getLogger(__name__)
-
-# Exception codes worth another try within the tick: 5 ACKNOWLEDGE and 6 SERVER DEVICE BUSY mean
-# "later", 10/11 are a gateway that could not reach the device this time.
-TRANSIENT_EXCEPTION_CODES = frozenset({5, 6, 10, 11})
-EXCEPTION_NAMES = {
-    1: "ILLEGAL FUNCTION",
-    2: "ILLEGAL DATA ADDRESS",
-    3: "ILLEGAL DATA VALUE",
-    4: "SERVER DEVICE FAILURE",
-    5: "ACKNOWLEDGE",
-    6: "SERVER DEVICE BUSY",
-    8: "MEMORY PARITY ERROR",
-    10: "GATEWAY PATH UNAVAILABLE",
-    11: "GATEWAY TARGET DEVICE FAILED TO RESPOND",
-}
 
 
 class DeviceLink:
@@ -81,10 +75,10 @@ class DeviceLink:
         self.last_used = time.monotonic()
         client = await self._connected_client()
         call = {
-            1: client.read_coils,
-            2: client.read_discrete_inputs,
-            3: client.read_holding_registers,
-            4: client.read_input_registers,
+            READ_COILS: client.read_coils,
+            READ_DISCRETE_INPUTS: client.read_discrete_inputs,
+            READ_HOLDING_REGISTERS: client.read_holding_registers,
+            READ_INPUT_REGISTERS: client.read_input_registers,
         }[function_code]
         what = f"{self.name} unit {unit_id}: FC{function_code} read of {count} at {address}"
         try:
@@ -119,12 +113,12 @@ class DeviceLink:
             ) from None
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
-            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            name = exception_name(code)
             message = f"{what}: Modbus exception {code} ({name})"
             if code in TRANSIENT_EXCEPTION_CODES:
                 raise TransientDeviceError(message, code=f"modbus_exception_{code}")
             raise PermanentDeviceError(message, exception_code=code)
-        if function_code in (1, 2):
+        if function_code in BIT_FUNCTION_CODES:
             return [1 if b else 0 for b in response.bits[:count]]
         registers = list(response.registers)
         return registers
