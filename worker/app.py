@@ -26,9 +26,10 @@ from emm.broker import JOBS, READINGS, Broker, Delivery
 from emm.errors import BrokerError, MessageError
 from emm.messages import Job, Reading, Status
 from emm.settings import WorkerSettings
-from worker.health import DeviceHealth
+from worker.device import Devices
+from worker.health import OfflinePolicy
 from worker.modbus import DevicePool
-from worker.reader import HoleMemory, read_job
+from worker.reader import read_job
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,13 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.broker = Broker(settings.amqp_url, prefetch=settings.concurrency, name="emm-worker")
-        self.pool = DevicePool(
+        links = DevicePool(
             timeout_s=settings.read_timeout_s,
             connect_timeout_s=settings.connect_timeout_s,
             idle_close_s=settings.idle_close_s,
         )
-        self.holes = HoleMemory()
-        self.health = DeviceHealth(settings.offline_after_ticks, settings.offline_backoff_max_s)
+        policy = OfflinePolicy(settings.offline_after_ticks, settings.offline_backoff_max_s)
+        self.devices = Devices(links, policy)
         self.handled = 0  # jobs read and acked by this process
         self.redelivered = 0  # jobs RabbitMQ delivered again
         self.replayed = 0  # readings taken on the worker's own while RabbitMQ was away
@@ -176,19 +177,19 @@ class Worker:
     async def _read(self, job: Job) -> Outgoing:
         """Read the meter of `job` (or note that it is offline) and queue the reading."""
         period_ms = job.deadline_ms - job.tick_ms
-        reason = self.health.skip_reason(job.meter, job.tick_ms)
+        device = self.devices.get(job.meter)
+        health = device.health
+        reason = health.skip_reason(job.tick_ms)
         if reason is not None:
             reading = Reading(job.meter, job.tick_ms, {}, Status(False, "offline", reason))
         else:
-            known = self.holes.unreadable(job.meter)
-            was_offline = self.health.is_offline(job.meter)
-            reading = await read_job(
-                job, self.pool, attempts=self.settings.read_attempts, holes=self.holes
-            )
-            self.health.record(
+            known = device.holes.unreadable()
+            was_offline = health.offline
+            reading = await read_job(job, device, attempts=self.settings.read_attempts)
+            health.record(
                 job.meter, job.tick_ms, period_ms, reading.status.up, reading.status.error_code
             )
-            if not was_offline and not self.health.is_offline(job.meter):
+            if not was_offline and not health.offline:
                 report(job, reading, known)
         out = Outgoing(reading, keep_until_ms=job.deadline_ms + period_ms)
         self._recent[job.job_id] = out
@@ -327,7 +328,7 @@ class Worker:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=5.0)
                 except TimeoutError:
-                    self.pool.close_idle()
+                    self.devices.close_idle()
                     self._prune()
                     self._report_late()
         finally:
@@ -343,7 +344,7 @@ class Worker:
             for publisher in publishers:
                 publisher.cancel()
             await self.broker.close()
-            self.pool.close()
+            self.devices.close()
 
 
 async def run(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:

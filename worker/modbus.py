@@ -44,6 +44,11 @@ class DeviceLink:
     def name(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the link holds a connection (possibly one the device has since dropped)."""
+        return self._client is not None
+
     async def _connected_client(self) -> AsyncModbusTcpClient:
         if self._client is not None and self._client.connected:
             return self._client
@@ -130,7 +135,8 @@ class DeviceLink:
 
 
 class DevicePool:
-    """The links of one worker process, created on first use and closed when idle."""
+    """The links of one worker process, one per host:port, created on first use; a link's
+    connection is closed when idle and opened again by its next read."""
 
     def __init__(self, *, timeout_s: float, connect_timeout_s: float, idle_close_s: float) -> None:
         self.timeout_s = timeout_s
@@ -149,15 +155,19 @@ class DevicePool:
         return link
 
     def close_idle(self) -> int:
-        """Close links unused for `idle_close_s`; returns how many were closed."""
+        """Close the connections unused for `idle_close_s`; returns how many were closed.
+
+        The links themselves stay: the devices behind a gateway hold its link, and one link
+        per host:port is what keeps their requests from overlapping.
+        """
         cutoff = time.monotonic() - self.idle_close_s
         stale = [
-            k
-            for k, link in self._links.items()
-            if link.last_used < cutoff and not link.lock.locked()
+            link
+            for link in self._links.values()
+            if link.is_open and link.last_used < cutoff and not link.lock.locked()
         ]
-        for key in stale:
-            self._links.pop(key).close()
+        for link in stale:
+            link.close()
         return len(stale)
 
     def close(self) -> None:
