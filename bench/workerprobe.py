@@ -3,7 +3,7 @@
     EMM_BENCH_PROBE_FILE=probe.json python -m bench.workerprobe
 
 Runs the real worker (`worker.__main__.main`) after wrapping, in this process only:
-`Worker.handle` (a job from delivery to ack), `Job.decode`, `read_job` (the device reads, with
+`Consumer.handle` (a job from delivery to ack), `Job.decode`, `read_job` (the device reads, with
 the wait for a gateway's link), `Broker.publish` to emm.readings (until RabbitMQ confirmed) and
 `Broker.settle` of jobs (the ack). When the worker stops, the count, mean, p50, p99 and total of
 each stage in milliseconds go to EMM_BENCH_PROBE_FILE as JSON. `python -m bench.pipeline
@@ -37,7 +37,7 @@ def _async_timer(name: str, func: Any, only: Any = None) -> Any:
 
 def install() -> None:
     """Wrap the stages of the worker in this process."""
-    import worker.app
+    import worker.consumer
     from emm import broker, messages
 
     decode = messages.Job.decode.__func__  # type: ignore[attr-defined]
@@ -50,8 +50,8 @@ def install() -> None:
             _STAGES["job_decode"].append((time.perf_counter() - started) * 1000)
 
     messages.Job.decode = classmethod(timed_decode)  # type: ignore[method-assign,assignment]
-    worker.app.Worker.handle = _async_timer("job_total", worker.app.Worker.handle)  # type: ignore[method-assign]
-    worker.app.read_job = _async_timer("read_job", worker.app.read_job)
+    worker.consumer.Consumer.handle = _async_timer("job_total", worker.consumer.Consumer.handle)  # type: ignore[method-assign]
+    worker.consumer.read_job = _async_timer("read_job", worker.consumer.read_job)
     broker.Broker.publish = _async_timer(  # type: ignore[method-assign]
         "publish_reading_until_confirmed",
         broker.Broker.publish,

@@ -29,17 +29,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from emm.modbus import (
+    GATEWAY_PATH_UNAVAILABLE,
+    GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND,
+    ILLEGAL_DATA_ADDRESS,
+    ILLEGAL_DATA_VALUE,
+    ILLEGAL_FUNCTION,
+    READ_LIMITS,
+    WRITE_FUNCTION_CODES,
+)
 from simulator.faults import RESET, TIMEOUT, FaultPlan
 
 log = logging.getLogger(__name__)
 
 ANY_UNIT = -1
-READ_LIMITS = {1: 2000, 2: 2000, 3: 125, 4: 125}
-WRITE_FUNCTION_CODES = frozenset({5, 6, 15, 16, 22, 23})
-ILLEGAL_FUNCTION = 1
-ILLEGAL_DATA_VALUE = 3
-GATEWAY_PATH_UNAVAILABLE = 10
-GATEWAY_TARGET_FAILED = 11
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length of what follows, unit id
 _READ = struct.Struct(">BHH")  # function code, address, count
@@ -131,8 +134,8 @@ class SimulatedContext:
                 if self.refusing(t_s):
                     stats.resets += 1
                     return RESET, 0.0
-                stats.exceptions[GATEWAY_TARGET_FAILED] += 1
-                return _exception(fc, GATEWAY_TARGET_FAILED), 0.0
+                stats.exceptions[GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND] += 1
+                return _exception(fc, GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND), 0.0
             delay = plan.delay_s(t_s)
             action = plan.action(t_s)
             if action is not None:
@@ -153,8 +156,8 @@ class SimulatedContext:
             stats.exceptions[ILLEGAL_DATA_VALUE] += 1
             return _exception(fc, ILLEGAL_DATA_VALUE), delay
         if plan is not None and plan.in_hole(fc, address, count, t_s):
-            stats.exceptions[2] += 1
-            return _exception(fc, 2), delay
+            stats.exceptions[ILLEGAL_DATA_ADDRESS] += 1
+            return _exception(fc, ILLEGAL_DATA_ADDRESS), delay
         data = device.read_bytes(fc, address, count, t_s)
         if isinstance(data, int):
             stats.exceptions[data] += 1

@@ -2,7 +2,7 @@
 backoff instead of every tick, so a dead or sleeping device (an inverter at night) costs neither
 time nor log lines; the first answer brings it back at once.
 
-State is per worker process and per device (host, port, unit id).
+State is per worker process and per device (host, port, unit id): each `Device` has its `Health`.
 """
 
 from __future__ import annotations
@@ -14,38 +14,50 @@ from emm.messages import Meter
 
 log = logging.getLogger(__name__)
 
-DeviceKey = tuple[str, int, int]
+
+@dataclass(frozen=True)
+class OfflinePolicy:
+    """When a device counts as offline, and how long its pauses between polls grow."""
+
+    offline_after_ticks: int
+    backoff_max_s: float
 
 
-def device_key(meter: Meter) -> DeviceKey:
-    return (meter.host, meter.port, meter.unit_id)
+class Health:
+    """One device's failed ticks: whether it is polled this tick, and going offline and back."""
 
+    __slots__ = (
+        "backoff_s",
+        "failed_ticks",
+        "last_error",
+        "next_try_ms",
+        "offline_since_ms",
+        "policy",
+    )
 
-@dataclass
-class DeviceState:
-    failed_ticks: int = 0
-    offline_since_ms: int | None = None
-    backoff_s: float = 0.0
-    next_try_ms: int = 0
-    last_error: str = ""
+    def __init__(self, policy: OfflinePolicy) -> None:
+        self.policy = policy
+        self._reset()
 
+    def _reset(self) -> None:
+        self.failed_ticks = 0
+        self.offline_since_ms: int | None = None
+        self.backoff_s = 0.0
+        self.next_try_ms = 0
+        self.last_error = ""
 
-class DeviceHealth:
-    """Decides whether a device is polled this tick, and tracks its failures."""
+    @property
+    def offline(self) -> bool:
+        """Whether the device failed enough ticks in a row to be polled with backoff."""
+        return self.offline_since_ms is not None
 
-    def __init__(self, offline_after_ticks: int, backoff_max_s: float) -> None:
-        self.offline_after_ticks = offline_after_ticks
-        self.backoff_max_s = backoff_max_s
-        self._states: dict[DeviceKey, DeviceState] = {}
-
-    def skip_reason(self, meter: Meter, tick_ms: int) -> str | None:
+    def skip_reason(self, tick_ms: int) -> str | None:
         """Why the device is not polled at `tick_ms`, or None when it should be read."""
-        state = self._states.get(device_key(meter))
-        if state is None or state.offline_since_ms is None or tick_ms >= state.next_try_ms:
+        if self.offline_since_ms is None or tick_ms >= self.next_try_ms:
             return None
-        wait_s = (state.next_try_ms - tick_ms) / 1000
+        wait_s = (self.next_try_ms - tick_ms) / 1000
         return (
-            f"offline after {state.failed_ticks} failed ticks ({state.last_error}); "
+            f"offline after {self.failed_ticks} failed ticks ({self.last_error}); "
             f"next try in {wait_s:.0f} s"
         )
 
@@ -53,11 +65,9 @@ class DeviceHealth:
         self, meter: Meter, tick_ms: int, period_ms: int, answered: bool, error: str
     ) -> None:
         """Account for the read of `meter` at `tick_ms`; logs going offline and coming back."""
-        key = device_key(meter)
-        state = self._states.get(key)
         if answered:
-            if state is not None and state.offline_since_ms is not None:
-                down_s = (tick_ms - state.offline_since_ms) / 1000
+            if self.offline_since_ms is not None:
+                down_s = (tick_ms - self.offline_since_ms) / 1000
                 log.info(
                     "meter %d (%s:%d unit %d) answers again after %.0f s offline",
                     meter.id,
@@ -66,17 +76,16 @@ class DeviceHealth:
                     meter.unit_id,
                     down_s,
                 )
-            self._states.pop(key, None)
+            self._reset()
             return
-        if state is None:
-            state = self._states[key] = DeviceState()
-        state.failed_ticks += 1
-        state.last_error = error
-        if state.offline_since_ms is None:
-            if state.failed_ticks < self.offline_after_ticks:
+        self.failed_ticks += 1
+        self.last_error = error
+        backoff_max_s = self.policy.backoff_max_s
+        if self.offline_since_ms is None:
+            if self.failed_ticks < self.policy.offline_after_ticks:
                 return
-            state.offline_since_ms = tick_ms
-            state.backoff_s = min(2 * period_ms / 1000, self.backoff_max_s)
+            self.offline_since_ms = tick_ms
+            self.backoff_s = min(2 * period_ms / 1000, backoff_max_s)
             log.warning(
                 "meter %d (%s:%d unit %d) offline after %d failed ticks (%s); polling it "
                 "with backoff up to %.0f s",
@@ -84,14 +93,10 @@ class DeviceHealth:
                 meter.host,
                 meter.port,
                 meter.unit_id,
-                state.failed_ticks,
+                self.failed_ticks,
                 error,
-                self.backoff_max_s,
+                backoff_max_s,
             )
         else:
-            state.backoff_s = min(state.backoff_s * 2, self.backoff_max_s)
-        state.next_try_ms = tick_ms + int(state.backoff_s * 1000)
-
-    def is_offline(self, meter: Meter) -> bool:
-        state = self._states.get(device_key(meter))
-        return state is not None and state.offline_since_ms is not None
+            self.backoff_s = min(self.backoff_s * 2, backoff_max_s)
+        self.next_try_ms = tick_ms + int(self.backoff_s * 1000)

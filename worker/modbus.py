@@ -15,23 +15,17 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from emm.errors import PermanentDeviceError, TransientDeviceError
+from emm.modbus import (
+    BIT_FUNCTION_CODES,
+    READ_COILS,
+    READ_DISCRETE_INPUTS,
+    READ_HOLDING_REGISTERS,
+    READ_INPUT_REGISTERS,
+    TRANSIENT_EXCEPTION_CODES,
+    exception_name,
+)
 
 log = logging.getLogger(__name__)
-
-# Exception codes worth another try within the tick: 5 ACKNOWLEDGE and 6 SERVER DEVICE BUSY mean
-# "later", 10/11 are a gateway that could not reach the device this time.
-TRANSIENT_EXCEPTION_CODES = frozenset({5, 6, 10, 11})
-EXCEPTION_NAMES = {
-    1: "ILLEGAL FUNCTION",
-    2: "ILLEGAL DATA ADDRESS",
-    3: "ILLEGAL DATA VALUE",
-    4: "SERVER DEVICE FAILURE",
-    5: "ACKNOWLEDGE",
-    6: "SERVER DEVICE BUSY",
-    8: "MEMORY PARITY ERROR",
-    10: "GATEWAY PATH UNAVAILABLE",
-    11: "GATEWAY TARGET DEVICE FAILED TO RESPOND",
-}
 
 
 class DeviceLink:
@@ -49,6 +43,11 @@ class DeviceLink:
     @property
     def name(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the link holds a connection (possibly one the device has since dropped)."""
+        return self._client is not None
 
     async def _connected_client(self) -> AsyncModbusTcpClient:
         if self._client is not None and self._client.connected:
@@ -81,10 +80,10 @@ class DeviceLink:
         self.last_used = time.monotonic()
         client = await self._connected_client()
         call = {
-            1: client.read_coils,
-            2: client.read_discrete_inputs,
-            3: client.read_holding_registers,
-            4: client.read_input_registers,
+            READ_COILS: client.read_coils,
+            READ_DISCRETE_INPUTS: client.read_discrete_inputs,
+            READ_HOLDING_REGISTERS: client.read_holding_registers,
+            READ_INPUT_REGISTERS: client.read_input_registers,
         }[function_code]
         what = f"{self.name} unit {unit_id}: FC{function_code} read of {count} at {address}"
         try:
@@ -119,12 +118,12 @@ class DeviceLink:
             ) from None
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
-            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            name = exception_name(code)
             message = f"{what}: Modbus exception {code} ({name})"
             if code in TRANSIENT_EXCEPTION_CODES:
                 raise TransientDeviceError(message, code=f"modbus_exception_{code}")
             raise PermanentDeviceError(message, exception_code=code)
-        if function_code in (1, 2):
+        if function_code in BIT_FUNCTION_CODES:
             return [1 if b else 0 for b in response.bits[:count]]
         registers = list(response.registers)
         return registers
@@ -136,7 +135,8 @@ class DeviceLink:
 
 
 class DevicePool:
-    """The links of one worker process, created on first use and closed when idle."""
+    """The links of one worker process, one per host:port, created on first use; a link's
+    connection is closed when idle and opened again by its next read."""
 
     def __init__(self, *, timeout_s: float, connect_timeout_s: float, idle_close_s: float) -> None:
         self.timeout_s = timeout_s
@@ -155,15 +155,19 @@ class DevicePool:
         return link
 
     def close_idle(self) -> int:
-        """Close links unused for `idle_close_s`; returns how many were closed."""
+        """Close the connections unused for `idle_close_s`; returns how many were closed.
+
+        The links themselves stay: the devices behind a gateway hold its link, and one link
+        per host:port is what keeps their requests from overlapping.
+        """
         cutoff = time.monotonic() - self.idle_close_s
         stale = [
-            k
-            for k, link in self._links.items()
-            if link.last_used < cutoff and not link.lock.locked()
+            link
+            for link in self._links.values()
+            if link.is_open and link.last_used < cutoff and not link.lock.locked()
         ]
-        for key in stale:
-            self._links.pop(key).close()
+        for link in stale:
+            link.close()
         return len(stale)
 
     def close(self) -> None:

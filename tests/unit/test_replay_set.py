@@ -1,14 +1,15 @@
-"""Which meters a worker reads on its own while RabbitMQ is away (Worker._replay_set)."""
+"""Which meters a worker reads on its own while RabbitMQ is away (Replay.jobs)."""
 
 from __future__ import annotations
 
 import pytest
 
+from emm.broker import Broker
 from emm.messages import Job, Meter
 from emm.plan import Plan
 from emm.registers import DataType, Register
-from emm.settings import WorkerSettings
-from worker.app import Worker
+from worker.outbox import Outbox
+from worker.replay import Replay
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -22,11 +23,12 @@ def job(meter_id: int, tick_ms: int) -> Job:
 
 
 def replay(given: dict[int, list[int]]) -> list[int]:
-    worker = Worker(WorkerSettings(amqp_url="amqp://unused"))
+    broker = Broker("amqp://unused")
+    replay = Replay(broker, Outbox(broker), outbox_max=1)
     for tick, meters in sorted(given.items()):
         for m in meters:
-            worker._remember(job(m, tick))
-    return sorted(worker._replay_set())
+            replay.remember(job(m, tick))
+    return sorted(replay.jobs())
 
 
 def test_the_meters_of_the_last_tick() -> None:

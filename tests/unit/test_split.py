@@ -1,4 +1,4 @@
-"""Splitting a merged read that crosses a hole (worker.reader.split_read), with a fake device."""
+"""Splitting a merged read that crosses a hole (worker.holes.split_read), with a fake device."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from emm.errors import PermanentDeviceError
 from emm.planner import ReadRequest
 from emm.registers import DataType, Register
-from worker.reader import split_read
+from worker.holes import split_read
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -1,0 +1,174 @@
+"""The consumer of `emm.jobs`: decode, late?, already read?, read, wait for the confirm, settle.
+
+Each delivery runs as its own task, so `concurrency` jobs (the prefetch) are read at once. A job
+is acked only once RabbitMQ confirmed its reading (`worker.outbox`); a job that reaches the
+worker more than half a tick after its tick is acked unread; a malformed one is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from emm.broker import JOBS, Broker, Delivery
+from emm.errors import BrokerError, MessageError
+from emm.messages import Job, Reading, Status
+from worker.device import Devices
+from worker.outbox import Outbox, Outgoing
+from worker.reader import read_job
+from worker.replay import Replay
+from worker.ticks import iso, now_ms
+
+log = logging.getLogger(__name__)
+
+
+def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozenset()) -> None:
+    """Log one line per meter per tick when anything went wrong, naming meter and registers.
+
+    Registers in `known` (refused addresses already reported) do not make a line by themselves.
+    """
+    m = job.meter
+    where = f"meter {m.id} ({m.type} at {m.host}:{m.port} unit {m.unit_id}) tick {iso(job.tick_ms)}"
+    if set(reading.errors) - known:
+        names = ", ".join(sorted(reading.errors))
+        log.warning("%s: %s; registers not read: %s", where, reading.status.error, names)
+    if reading.missing:
+        log.info("%s: not available (sentinel/NaN): %s", where, ", ".join(reading.missing))
+
+
+class Consumer:
+    """Handles the deliveries of `emm.jobs`, and reads the jobs the replay gives it."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        devices: Devices,
+        outbox: Outbox,
+        replay: Replay,
+        *,
+        read_attempts: int,
+    ) -> None:
+        self.broker = broker
+        self.devices = devices
+        self.outbox = outbox
+        self.replay = replay
+        self.read_attempts = read_attempts
+        self.handled = 0  # jobs read and acked by this process
+        self.redelivered = 0  # jobs RabbitMQ delivered again
+        self.late = 0  # jobs acked unread because they came more than half a tick late
+        self._late: dict[int, int] = {}  # tick -> late jobs since the last report
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background read failed", exc_info=task.exception())
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the jobs and reads in flight (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        # Return at once so the consumer keeps receiving; the job runs as its own task.
+        self._spawn(self._handle_safely(delivery))
+
+    def read_later(self, job: Job) -> None:
+        """Read `job` in a task of its own (a job the replay made, with no delivery to settle)."""
+        self._spawn(self.read(job))
+
+    async def _handle_safely(self, delivery: Delivery) -> None:
+        """`handle`, with a fault of our own dead-lettering the job instead of leaving it
+        unacked (stuck in the prefetch) or redelivering it forever."""
+        try:
+            await self.handle(delivery)
+        except Exception as exc:
+            log.exception("job %s could not be handled; dead-lettered", delivery.message_id)
+            try:
+                await self.broker.dead_letter(JOBS, delivery, f"internal error: {exc!r}")
+            except BrokerError as again:
+                log.error("could not dead-letter job %s (%s)", delivery.message_id, again)
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
+        try:
+            job = Job.decode(delivery.body)
+        except MessageError as exc:
+            log.error("malformed job dead-lettered to %s.dead: %s", JOBS, exc)
+            await self._settle(delivery, exc)
+            return
+        if delivery.redelivered:
+            self.redelivered += 1
+            log.info("job %s delivered again", job.job_id)
+        self.replay.remember(job)
+        out = self.outbox.recent(job.job_id)
+        if out is None:
+            late_ms = now_ms() - job.tick_ms
+            period_ms = job.deadline_ms - job.tick_ms
+            if late_ms > period_ms / 2:
+                self._note_late(job, late_ms)
+                await self._settle(delivery, None)
+                return
+            out = await self.read(job)
+        # Ack only once the reading is confirmed (immediately, or when the broker is back).
+        await out.confirmed.wait()
+        await self._settle(delivery, None)
+        self.handled += 1
+
+    def _note_late(self, job: Job, late_ms: int) -> None:
+        """Log the first job of a tick that came too late; the rest are counted and summed up
+        by `report_late` (an overloaded worker would otherwise log thousands of lines)."""
+        if job.tick_ms not in self._late:
+            log.warning(
+                "job %s reached this worker %.1f s after its tick; not read (the value would not "
+                "belong to the tick)",
+                job.job_id,
+                late_ms / 1000,
+            )
+            self._late[job.tick_ms] = 0
+        self._late[job.tick_ms] += 1
+        self.late += 1
+
+    def report_late(self) -> None:
+        """Sum up, one line per tick, the jobs that came too late since the last call."""
+        for tick_ms, count in sorted(self._late.items()):
+            if count > 1:
+                log.warning(
+                    "tick %s: %d jobs reached this worker more than half a tick after the tick; "
+                    "not read (more workers or a longer period would read them)",
+                    iso(tick_ms),
+                    count,
+                )
+        self._late.clear()
+
+    async def read(self, job: Job) -> Outgoing:
+        """Read the meter of `job` (or note that it is offline) and queue the reading."""
+        period_ms = job.deadline_ms - job.tick_ms
+        device = self.devices.get(job.meter)
+        health = device.health
+        reason = health.skip_reason(job.tick_ms)
+        if reason is not None:
+            reading = Reading(job.meter, job.tick_ms, {}, Status(False, "offline", reason))
+        else:
+            known = device.holes.unreadable()
+            was_offline = health.offline
+            reading = await read_job(job, device, attempts=self.read_attempts)
+            health.record(
+                job.meter, job.tick_ms, period_ms, reading.status.up, reading.status.error_code
+            )
+            if not was_offline and not health.offline:
+                report(job, reading, known)
+        return self.outbox.put(job, reading)
+
+    async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
+        try:
+            await self.broker.settle(JOBS, delivery, error)
+        except BrokerError as exc:
+            log.error("could not settle a job (%s); RabbitMQ will deliver it again", exc)
