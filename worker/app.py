@@ -20,10 +20,12 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from emm.broker import JOBS, READINGS, Broker, Delivery
-from emm.errors import BrokerError, MessageError
+from broker import JOBS, READINGS, Broker, Delivery
+from emm import retry
+from emm.errors import MessageError
 from emm.messages import Job, Reading, Status
 from emm.settings import WorkerSettings
 from worker.health import DeviceHealth
@@ -39,6 +41,10 @@ def _iso(ts_ms: int) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _not_confirmed(reading_id: str, exc: BaseException, _wait_s: float) -> None:
+    log.debug("reading %s not confirmed yet: %s", reading_id, exc)
 
 
 def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozenset()) -> None:
@@ -111,23 +117,18 @@ class Worker:
         self._spawn(self._handle_safely(delivery))
 
     async def _handle_safely(self, delivery: Delivery) -> None:
-        """`handle`, with a fault of our own dead-lettering the job instead of leaving it
-        unacked (stuck in the prefetch) or redelivering it forever."""
+        """`handle`, with a fault of our own settled like any other error (dead-lettered, see
+        `emm.fate`) instead of leaving the job unacked (stuck in the prefetch)."""
         try:
             await self.handle(delivery)
         except Exception as exc:
-            log.exception("job %s could not be handled; dead-lettered", delivery.message_id)
-            try:
-                await self.broker.dead_letter(JOBS, delivery, f"internal error: {exc!r}")
-            except BrokerError as again:
-                log.error("could not dead-letter job %s (%s)", delivery.message_id, again)
+            await self._settle(delivery, exc)
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
         try:
             job = Job.decode(delivery.body)
         except MessageError as exc:
-            log.error("malformed job dead-lettered to %s.dead: %s", JOBS, exc)
             await self._settle(delivery, exc)
             return
         if delivery.redelivered:
@@ -209,10 +210,7 @@ class Worker:
             self._latest_jobs[job.meter.id] = job
 
     async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
-        try:
-            await self.broker.settle(JOBS, delivery, error)
-        except BrokerError as exc:
-            log.error("could not settle a job (%s); RabbitMQ will deliver it again", exc)
+        await self.broker.settle(JOBS, delivery, error)
 
     # ------------------------------------------------------------------ outbox
 
@@ -220,17 +218,11 @@ class Worker:
         """Publish queued readings with confirms, waiting out broker outages."""
         while True:
             out = await self._outbox.get()
-            delay = 0.2
-            while True:
-                try:
-                    await self.broker.publish(
-                        READINGS, out.reading.encode(), message_id=out.reading.reading_id
-                    )
-                    break
-                except BrokerError as exc:
-                    log.debug("reading %s not confirmed yet: %s", out.reading.reading_id, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            reading_id = out.reading.reading_id
+            await retry.OUTBOX_PUBLISH.call(
+                partial(self.broker.publish, READINGS, out.reading.encode(), message_id=reading_id),
+                on_retry=partial(_not_confirmed, reading_id),
+            )
             out.confirmed.set()
             self._pending -= 1
 

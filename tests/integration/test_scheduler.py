@@ -11,8 +11,8 @@ import time
 import psycopg2
 import pytest
 
+from broker import JOBS, Broker
 from emm import db
-from emm.broker import JOBS, Broker
 from emm.messages import Job
 from emm.settings import SchedulerSettings
 from scheduler.app import publish_jobs, run
