@@ -37,8 +37,9 @@ def _async_timer(name: str, func: Any, only: Any = None) -> Any:
 
 def install() -> None:
     """Wrap the stages of the worker in this process."""
+    import broker
     import worker.consumer
-    from emm import broker, messages
+    from emm import messages
 
     decode = messages.Job.decode.__func__  # type: ignore[attr-defined]
 

@@ -20,7 +20,7 @@ def setup_logging(level: str = "INFO", service: str = "emm") -> None:
     )
     # Library chatter at INFO drowns our own lines (pymodbus logs every reconnect, aio-pika
     # every channel event); their warnings still come through.
-    # aio-pika and aiormq log every failed reconnection attempt as an error; emm.broker reports
+    # aio-pika and aiormq log every failed reconnection attempt as an error; `broker` reports
     # losing and regaining the connection itself.
     for quiet in ("aio_pika", "aiormq"):
         logging.getLogger(quiet).setLevel(logging.CRITICAL)

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from emm.broker import JOBS, Broker
+from broker import JOBS, Broker
+from emm import retry
 from emm.errors import BrokerError
 from emm.messages import Job
 from emm.schedule import CronSchedule
@@ -36,26 +37,33 @@ async def publish_jobs(
     read the meters they hold on their own. Returns how many were confirmed.
     """
     gate = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
+    give_up_s = give_up_ms / 1000
 
     async def one(job: Job) -> bool:
-        delay = 0.2
+        async def attempt() -> bool:
+            now_ms = clock() * 1000
+            if now_ms >= give_up_ms:
+                return False
+            await broker.publish(
+                JOBS,
+                job.encode(),
+                expiration_s=(job.deadline_ms - now_ms) / 1000,
+                message_id=job.job_id,
+            )
+            return True
+
         async with gate:
-            while True:
-                now_ms = clock() * 1000
-                if now_ms >= give_up_ms:
-                    return False
-                try:
-                    await broker.publish(
-                        JOBS,
-                        job.encode(),
-                        expiration_s=(job.deadline_ms - now_ms) / 1000,
-                        message_id=job.job_id,
-                    )
-                    return True
-                except BrokerError as exc:
-                    log.debug("job %s not published yet: %s", job.job_id, exc)
-                    await asyncio.sleep(min(delay, max((give_up_ms - now_ms) / 1000, 0.01)))
-                    delay = min(delay * 2, 5.0)
+            try:
+                return await retry.JOB_PUBLISH.call(
+                    attempt,
+                    until=give_up_s,
+                    clock=clock,
+                    on_retry=lambda exc, _wait_s: log.debug(
+                        "job %s not published yet: %s", job.job_id, exc
+                    ),
+                )
+            except BrokerError:
+                return False
 
     results = await asyncio.gather(*(one(job) for job in jobs))
     return sum(results)

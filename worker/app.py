@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from emm.broker import JOBS, Broker
+from broker import JOBS, Broker
 from emm.settings import WorkerSettings
 from worker.consumer import Consumer
 from worker.device import Devices

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from emm.broker import JOBS, Broker, Delivery
-from emm.errors import BrokerError, MessageError
+from broker import JOBS, Broker, Delivery
+from emm.errors import MessageError
 from emm.messages import Job, Reading, Status
 from worker.device import Devices
 from worker.outbox import Outbox, Outgoing
@@ -85,23 +85,18 @@ class Consumer:
         self._spawn(self.read(job))
 
     async def _handle_safely(self, delivery: Delivery) -> None:
-        """`handle`, with a fault of our own dead-lettering the job instead of leaving it
-        unacked (stuck in the prefetch) or redelivering it forever."""
+        """`handle`, with a fault of our own settled like any other error (dead-lettered, see
+        `emm.fate`) instead of leaving the job unacked (stuck in the prefetch)."""
         try:
             await self.handle(delivery)
         except Exception as exc:
-            log.exception("job %s could not be handled; dead-lettered", delivery.message_id)
-            try:
-                await self.broker.dead_letter(JOBS, delivery, f"internal error: {exc!r}")
-            except BrokerError as again:
-                log.error("could not dead-letter job %s (%s)", delivery.message_id, again)
+            await self._settle(delivery, exc)
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
         try:
             job = Job.decode(delivery.body)
         except MessageError as exc:
-            log.error("malformed job dead-lettered to %s.dead: %s", JOBS, exc)
             await self._settle(delivery, exc)
             return
         if delivery.redelivered:
@@ -168,7 +163,4 @@ class Consumer:
         return self.outbox.put(job, reading)
 
     async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
-        try:
-            await self.broker.settle(JOBS, delivery, error)
-        except BrokerError as exc:
-            log.error("could not settle a job (%s); RabbitMQ will deliver it again", exc)
+        await self.broker.settle(JOBS, delivery, error)

@@ -15,13 +15,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
-from emm.broker import READINGS, Broker
-from emm.errors import BrokerError
+from broker import READINGS, Broker
+from emm import retry
 from emm.messages import Job, Reading
 from worker.ticks import now_ms
 
 log = logging.getLogger(__name__)
+
+
+def _not_confirmed(reading_id: str, exc: BaseException, _wait_s: float) -> None:
+    log.debug("reading %s not confirmed yet: %s", reading_id, exc)
 
 
 @dataclass
@@ -81,17 +86,11 @@ class Outbox:
         """Publish queued readings with confirms, waiting out broker outages."""
         while True:
             out = await self._outbox.get()
-            delay = 0.2
-            while True:
-                try:
-                    await self.broker.publish(
-                        READINGS, out.reading.encode(), message_id=out.reading.reading_id
-                    )
-                    break
-                except BrokerError as exc:
-                    log.debug("reading %s not confirmed yet: %s", out.reading.reading_id, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            reading_id = out.reading.reading_id
+            await retry.OUTBOX_PUBLISH.call(
+                partial(self.broker.publish, READINGS, out.reading.encode(), message_id=reading_id),
+                on_retry=partial(_not_confirmed, reading_id),
+            )
             out.confirmed.set()
             self._pending -= 1
 

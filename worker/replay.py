@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from msgspec.structs import replace
 
-from emm.broker import Broker
+from broker import Broker
 from emm.messages import Job
 from worker.outbox import Outbox
 from worker.ticks import iso, now_ms

@@ -17,10 +17,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from functools import partial
 from typing import TextIO
 
-from emm.broker import READINGS, Broker, Delivery
-from emm.errors import BrokerError, MessageError, SinkRejected, SinkUnavailable
+from broker import READINGS, Broker, Delivery
+from emm import retry
+from emm.errors import SinkRejected, SinkUnavailable
 from emm.messages import Reading
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch
@@ -56,14 +58,10 @@ class Writer:
         try:
             reading = Reading.decode(delivery.body)
             lines = reading_lines(reading, self.counters.check(reading))
-        except MessageError as exc:
-            log.error("malformed reading dead-lettered to %s.dead: %s", READINGS, exc)
-            await self._settle(delivery, exc)
-            return
         except Exception as exc:
-            # A fault of ours: dead-letter the reading rather than leave it unacked for good.
-            log.exception("reading %s could not be prepared; dead-lettered", delivery.message_id)
-            await self._settle(delivery, MessageError(f"internal error: {exc!r}", delivery.body))
+            # A malformed reading, or a fault of ours: settled as `emm.fate` says, never left
+            # unacked for good.
+            await self._settle(delivery, exc)
             return
         if not self._pending:
             self._first_at = time.monotonic()
@@ -72,10 +70,7 @@ class Writer:
             self._wake.set()
 
     async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
-        try:
-            await self.broker.settle(READINGS, delivery, error)
-        except BrokerError as exc:
-            log.error("could not settle a reading (%s); RabbitMQ will deliver it again", exc)
+        await self.broker.settle(READINGS, delivery, error)
 
     async def _write(self, items: list[Item]) -> None:
         """Write `items`, isolating rejected readings; raises SinkUnavailable to retry later."""
@@ -86,9 +81,7 @@ class Writer:
                 self._record(items)
         except SinkRejected as exc:
             if len(items) == 1:
-                delivery, reading, _lines = items[0]
-                log.error("reading %s dead-lettered: %s", reading.reading_id, exc)
-                await self._settle(delivery, exc)
+                await self._settle(items[0][0], exc)
                 return
             half = len(items) // 2
             await self._write(items[:half])
@@ -114,28 +107,29 @@ class Writer:
             return
         del self._pending[: len(batch)]
         self._first_at = time.monotonic() if self._pending else None
-        delay = 0.5
-        while True:
-            try:
-                started = time.monotonic()
-                await self._write(batch)
-                break
-            except SinkUnavailable as exc:
-                if self._stop.is_set():
-                    return
-                if self._outage_since is None:
-                    self._outage_since = time.monotonic()
-                    log.error("%s; keeping %d readings unacked and retrying", exc, len(batch))
-                else:
-                    log.warning(
-                        "still failing after %.0f s: %s", time.monotonic() - self._outage_since, exc
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+        started = time.monotonic()
+        try:
+            await retry.sink_write(self.settings.retry_max_s).call(
+                partial(self._write, batch),
+                stop=lambda _state: self._stop.is_set(),
+                on_retry=partial(self._failing, len(batch)),
+            )
+        except SinkUnavailable:
+            return  # stopping: the batch stays unacked
         if self._outage_since is not None:
             log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
             self._outage_since = None
         log.debug("wrote %d readings in %.0f ms", len(batch), (time.monotonic() - started) * 1000)
+
+    def _failing(self, readings: int, exc: BaseException, _wait_s: float) -> None:
+        """Log the start of an InfluxDB outage, then each retry."""
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.error("%s; keeping %d readings unacked and retrying", exc, readings)
+        else:
+            log.warning(
+                "still failing after %.0f s: %s", time.monotonic() - self._outage_since, exc
+            )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = self._stop = stop or asyncio.Event()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from emm.broker import READINGS
+from broker import READINGS
 from tests.faults.harness import (
     Influx,
     Pipeline,

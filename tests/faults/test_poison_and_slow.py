@@ -10,7 +10,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from emm.broker import JOBS, READINGS
+from broker import JOBS, READINGS
 from emm.messages import Meter, Reading, Status
 from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
 from tests.localservices import Processes
@@ -18,12 +18,13 @@ from tests.localservices import Processes
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 
 
-def publish(url: str, queue: str, body: bytes) -> None:
+def publish(url: str, queue: str, body: bytes, message_id: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+        props = pika.BasicProperties(delivery_mode=2, message_id=message_id)
+        ch.basic_publish("", queue, body, props)
     finally:
         conn.close()
 
@@ -41,6 +42,17 @@ def drain(url: str, queue: str) -> list[tuple[bytes, dict]]:
             ch.basic_ack(method.delivery_tag)
     finally:
         conn.close()
+
+
+def reason(log: str, queue: str, message_id: str) -> str:
+    """The one log line that says why message `message_id` of `queue` was dead-lettered."""
+    lines = [
+        line
+        for line in log.splitlines()
+        if f"{queue}: message {message_id} dead-lettered to {queue}.dead: " in line
+    ]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 def test_poison_is_dead_lettered_and_delays_nothing(
@@ -72,9 +84,9 @@ def test_poison_is_dead_lettered_and_delays_nothing(
     bad_job = b'{"v": 1, "kind": "job", "meter": {"id": 1}'
     bad_reading = b'{"v": 1, "kind": "reading", "tick_ms": "soon"}'
     injected_at = now_ms()
-    publish(rabbit.url, JOBS, bad_job)
-    publish(rabbit.url, READINGS, bad_reading)
-    publish(rabbit.url, READINGS, rejected)
+    publish(rabbit.url, JOBS, bad_job, "bad-job")
+    publish(rabbit.url, READINGS, bad_reading, "bad-reading")
+    publish(rabbit.url, READINGS, rejected, "rejected-reading")
 
     last = tick_floor(injected_at, pipeline.period_s) + 3 * p_ms
     time.sleep(max(0.0, (last + 2000 - now_ms()) / 1000))
@@ -86,12 +98,22 @@ def test_poison_is_dead_lettered_and_delays_nothing(
     dead_readings = drain(rabbit.url, f"{READINGS}.dead")
     assert [body for body, _h in dead_jobs] == [bad_job]
     assert sorted(body for body, _h in dead_readings) == sorted([bad_reading, rejected])
-    assert dead_jobs[0][1]["x-emm-error"].startswith("job is not valid JSON")
-    reasons = {body: h["x-emm-error"] for body, h in dead_readings}
-    assert "rejected the write (HTTP 400)" in reasons[rejected]
-    assert reasons[bad_reading].startswith("reading lacks the key") or reasons[
-        bad_reading
-    ].startswith("reading is malformed")
+    # Dead-lettered by RabbitMQ (nack without requeue); the reason is in the consumer's log.
+    for _body, headers in dead_jobs + dead_readings:
+        assert headers["x-first-death-reason"] == "rejected"
+        assert [death["reason"] for death in headers["x-death"]] == ["rejected"]
+    assert dead_jobs[0][1]["x-first-death-queue"] == JOBS
+    assert {h["x-first-death-queue"] for _b, h in dead_readings} == {READINGS}
+    job_reason = reason(pipeline.log("worker0"), JOBS, "bad-job")
+    assert "job is not valid JSON" in job_reason
+    assert "rejected the write (HTTP 400)" in reason(
+        pipeline.log("writer"), READINGS, "rejected-reading"
+    )
+    bad_reading_reason = reason(pipeline.log("writer"), READINGS, "bad-reading")
+    assert (
+        "reading lacks the key" in bad_reading_reason
+        or "reading is malformed" in bad_reading_reason
+    )
     # Each went once: nothing came back to the work queues.
     assert "delivered again" not in pipeline.log("worker0")
 

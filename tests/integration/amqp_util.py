@@ -7,6 +7,8 @@ from typing import Any
 
 import pika
 
+from broker.topology import QUEUES, queue_arguments
+
 
 @dataclass
 class Got:
@@ -15,18 +17,28 @@ class Got:
     properties: Any
 
 
-def publish(url: str, queue: str, bodies: list[bytes]) -> None:
+def declare(ch: Any, queue: str) -> None:
+    """Declare `queue` as the services do (a work queue with its dead-letter arguments)."""
+    arguments = queue_arguments(queue) if queue in QUEUES else None
+    ch.queue_declare(queue, durable=True, arguments=arguments)
+
+
+def publish(
+    url: str, queue: str, bodies: list[bytes], message_ids: list[str] | None = None
+) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         ch = conn.channel()
-        ch.queue_declare(queue, durable=True)
+        declare(ch, queue)
         ch.confirm_delivery()
-        for body in bodies:
+        for i, body in enumerate(bodies):
             ch.basic_publish(
                 "",
                 queue,
                 body,
-                pika.BasicProperties(delivery_mode=2),
+                pika.BasicProperties(
+                    delivery_mode=2, message_id=message_ids[i] if message_ids else None
+                ),
             )
     finally:
         conn.close()
@@ -38,7 +50,7 @@ def drain(url: str, queue: str) -> list[Got]:
     out: list[Got] = []
     try:
         ch = conn.channel()
-        ch.queue_declare(queue, durable=True)
+        declare(ch, queue)
         while True:
             method, props, body = ch.basic_get(queue)
             if method is None:
@@ -55,7 +67,7 @@ def depth(url: str, queue: str) -> tuple[int, int]:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         ch = conn.channel()
-        result = ch.queue_declare(queue, durable=True, passive=True)
+        result = ch.queue_declare(queue, passive=True)
         return result.method.message_count, result.method.consumer_count
     finally:
         conn.close()

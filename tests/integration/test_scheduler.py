@@ -11,7 +11,7 @@ import time
 import psycopg2
 import pytest
 
-from emm.broker import JOBS, Broker
+from broker import JOBS, Broker
 from emm.messages import Job
 from emm.settings import SchedulerSettings
 from postgres.config import load_config

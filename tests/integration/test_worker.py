@@ -10,7 +10,7 @@ import time
 import pytest
 from msgspec.structs import replace
 
-from emm.broker import JOBS, READINGS
+from broker import JOBS, READINGS
 from emm.messages import Job, Meter, Reading
 from emm.plan import Plan
 from emm.planner import ReadLimits
@@ -93,7 +93,12 @@ def test_readings_failures_and_poison(
         job(holed, (VALUE, hole), tick_ms, gap=0),
     ]
     poison = b'{"v": 1, "kind": "job", "meter": "not a meter"}'
-    publish(amqp_url, JOBS, [j.encode() for j in jobs] + [poison])
+    publish(
+        amqp_url,
+        JOBS,
+        [j.encode() for j in jobs] + [poison],
+        message_ids=[j.job_id for j in jobs] + ["poison-1"],
+    )
 
     settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=0.5, connect_timeout_s=0.5)
     with caplog.at_level(logging.WARNING):
@@ -125,9 +130,21 @@ def test_readings_failures_and_poison(
         "Modbus exception 2 (ILLEGAL DATA ADDRESS)"
     }
 
+    # Dead-lettered by RabbitMQ (nack without requeue), original body, the reason logged once.
     dead_letters = drain(amqp_url, f"{JOBS}.dead")
     assert [d.body for d in dead_letters] == [poison]
-    assert dead_letters[0].headers["x-emm-error"].startswith("job is malformed")
+    assert dead_letters[0].properties.message_id == "poison-1"
+    assert dead_letters[0].headers["x-first-death-reason"] == "rejected"
+    assert dead_letters[0].headers["x-first-death-queue"] == JOBS
+    assert [d["reason"] for d in dead_letters[0].headers["x-death"]] == ["rejected"]
+    reasons = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "dead-lettered" in r.getMessage()
+    ]
+    assert len(reasons) == 1
+    assert reasons[0].startswith(f"{JOBS}: message poison-1 dead-lettered to {JOBS}.dead: ")
+    assert "job is malformed" in reasons[0]
     assert depth(amqp_url, JOBS)[0] == 0  # every job acked, none requeued
 
     # One warning line per failing meter, naming the meter and its registers.

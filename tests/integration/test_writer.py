@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from emm.broker import READINGS
+from broker import READINGS
 from emm.messages import Meter, Reading, Status
 from emm.settings import WriterSettings
 from tests import localservices
@@ -180,7 +181,7 @@ def test_batches_by_count_and_by_time(amqp_url: str, influx_v1: InfluxV1) -> Non
 
 
 def test_malformed_and_rejected_readings_are_dead_lettered(
-    amqp_url: str, influx_v1: InfluxV1
+    amqp_url: str, influx_v1: InfluxV1, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A string field first: a float written later to the same field is a type conflict (400).
     influx_v1.write(f'energy,meter_id=9 oddField="text" {TICK - 1000}')
@@ -191,16 +192,40 @@ def test_malformed_and_rejected_readings_are_dead_lettered(
         amqp_url,
         READINGS,
         [good[0].encode(), bad.encode(), junk, good[1].encode(), good[2].encode()],
+        message_ids=[
+            good[0].reading_id,
+            bad.reading_id,
+            "junk",
+            good[1].reading_id,
+            good[2].reading_id,
+        ],
     )
     writer = Writer(v1_settings(amqp_url, influx_v1, flush_interval_ms=200))
-    run_writer(writer, lambda: writer.written >= 3 and depth(amqp_url, READINGS)[0] == 0)
+    with caplog.at_level(logging.ERROR):
+        run_writer(writer, lambda: writer.written >= 3 and depth(amqp_url, READINGS)[0] == 0)
 
+    # Dead-lettered by RabbitMQ (nack without requeue): original body and properties.
     dead = drain(amqp_url, f"{READINGS}.dead")
     assert sorted(d.body for d in dead) == sorted([junk, bad.encode()])
-    reasons = {d.body: d.headers["x-emm-error"] for d in dead}
-    assert reasons[junk].startswith("reading is not valid JSON")
-    assert "rejected the write (HTTP 400)" in reasons[bad.encode()]
-    assert "field type conflict" in reasons[bad.encode()]
+    assert {d.body: d.properties.message_id for d in dead} == {
+        junk: "junk",
+        bad.encode(): bad.reading_id,
+    }
+    for d in dead:
+        assert d.headers["x-first-death-reason"] == "rejected"
+        assert d.headers["x-first-death-queue"] == READINGS
+        assert [death["reason"] for death in d.headers["x-death"]] == ["rejected"]
+    # The reason is in one error line per message, naming the queue and the message id.
+    lines = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    reasons = {
+        message_id: [line for line in lines if f" {message_id} dead-lettered" in line]
+        for message_id in ("junk", bad.reading_id)
+    }
+    assert len(lines) == 2
+    assert reasons["junk"][0].startswith(f"{READINGS}: message junk dead-lettered to ")
+    assert "reading is not valid JSON" in reasons["junk"][0]
+    assert "rejected the write (HTTP 400)" in reasons[bad.reading_id][0]
+    assert "field type conflict" in reasons[bad.reading_id][0]
     rows = influx_v1.query("SELECT voltageL1 FROM energy WHERE meter_id != '9'")
     assert sorted(r["voltageL1"] for r in rows) == [1.0, 2.0, 3.0]
 

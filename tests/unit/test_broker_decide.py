@@ -1,10 +1,11 @@
-"""emm.broker.decide: the one rule for ack, requeue or dead-letter."""
+"""emm.fate.decide: the one rule for ack, requeue or dead-letter, for every consumer."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from emm.broker import Outcome, decide
 from emm.errors import (
     BrokerError,
     ConfigError,
@@ -17,6 +18,7 @@ from emm.errors import (
     SinkUnavailable,
     TransientDeviceError,
 )
+from emm.fate import Outcome, decide, is_bug, reason
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,11 +37,17 @@ pytestmark = pytest.mark.timeout(30)
         (DatabaseError("postgres down"), Outcome.REQUEUE),
         (TransientDeviceError("timeout"), Outcome.REQUEUE),
         (PermanentDeviceError("exception 2", exception_code=2), Outcome.REQUEUE),
-        (ConfigError("bad setting"), Outcome.REQUEUE),
-        (DecodeError("short response"), Outcome.REQUEUE),
-        (RuntimeError("bug"), Outcome.REQUEUE),
-        (KeyError("x"), Outcome.REQUEUE),
-        (TimeoutError(), Outcome.REQUEUE),
+        # nothing says a retry would help: never left unacked, never redelivered forever
+        (ConfigError("bad setting"), Outcome.DEAD_LETTER),
+        (DecodeError("short response"), Outcome.DEAD_LETTER),
+        # an unexpected exception: a bug of ours
+        (RuntimeError("bug"), Outcome.DEAD_LETTER),
+        (KeyError("x"), Outcome.DEAD_LETTER),
+        (AttributeError("x"), Outcome.DEAD_LETTER),
+        (TimeoutError(), Outcome.DEAD_LETTER),
+        # the process is stopping: RabbitMQ delivers it again
+        (asyncio.CancelledError(), Outcome.REQUEUE),
+        (KeyboardInterrupt(), Outcome.REQUEUE),
     ],
 )
 def test_decide(error: BaseException | None, outcome: Outcome) -> None:
@@ -59,3 +67,16 @@ def test_subclasses_follow_their_parent() -> None:
 
 def test_outcome_values() -> None:
     assert [o.value for o in Outcome] == ["ack", "requeue", "dead-letter"]
+
+
+@pytest.mark.parametrize(
+    ("error", "bug", "why"),
+    [
+        (MessageError("job is not valid JSON", b"x"), False, "job is not valid JSON"),
+        (SinkRejected("InfluxDB rejected the write (HTTP 400)"), False, "InfluxDB rejected"),
+        (ValueError("oops"), True, "internal error: ValueError('oops')"),
+    ],
+)
+def test_reason_names_a_bug_as_such(error: Exception, bug: bool, why: str) -> None:
+    assert is_bug(error) is bug
+    assert reason(error).startswith(why)

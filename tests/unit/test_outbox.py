@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emm.broker import Broker
+from broker import Broker
 from emm.messages import Job, Meter, Reading, Status
 from emm.plan import Plan
 from emm.registers import DataType, Register

@@ -1,0 +1,214 @@
+"""One AMQP connection: publishing with confirms, consuming with manual acks, settling.
+
+Built on aio-pika so a worker shares one event loop between AMQP and pymodbus's async client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+from tenacity import stop_after_attempt, stop_never
+
+from broker.exceptions import LIBRARY_ERRORS, map_exceptions
+from broker.topology import declare_topology
+from broker.transport import make_connection
+from emm import retry
+from emm.errors import BrokerError
+from emm.fate import Outcome, decide, is_bug, reason
+
+log = logging.getLogger(__name__)
+
+Delivery = aio_pika.abc.AbstractIncomingMessage
+
+
+class Broker:
+    """One AMQP connection with a confirming channel, reopened whenever it is lost.
+
+    Reconnection is ours rather than aio-pika's robust connection: every close we did not ask
+    for (a killed broker, a clean broker shutdown, a channel error) leads to a fresh connection,
+    the queues declared again and every consumer restarted, waiting as `retry.BROKER_RECONNECT`
+    says in between. While disconnected `publish` fails at once with BrokerError, so callers
+    decide to retry.
+    """
+
+    def __init__(self, url: str, *, prefetch: int = 0, name: str = "emm") -> None:
+        self.url = url
+        self.prefetch = prefetch
+        self.name = name
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumers: list[tuple[str, Callable[[Delivery], Awaitable[None]]]] = []
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    async def _open(self) -> None:
+        connection = make_connection(self.url, self.name)
+        with map_exceptions("cannot connect to RabbitMQ"):
+            await connection.connect(timeout=10)
+        try:
+            with map_exceptions("cannot set up the RabbitMQ channel"):
+                await declare_topology(connection)
+                channel = await connection.channel(publisher_confirms=True)
+                if self.prefetch:
+                    await channel.set_qos(prefetch_count=self.prefetch)
+                for queue, handler in self._consumers:
+                    q = await channel.get_queue(queue, ensure=False)
+                    await q.consume(handler, no_ack=False)
+        except BaseException:
+            await _close(connection)
+            raise
+        self._connection, self._channel = connection, channel
+        connection.close_callbacks.add(self._on_close)
+        channel.close_callbacks.add(self._on_close)
+        self._connected.set()
+
+    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
+        if self._closing or not self._connected.is_set():
+            return
+        self._connected.clear()
+        log.warning("lost the connection to RabbitMQ (%r); reconnecting", exc)
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        old = self._connection
+        self._connection = self._channel = None
+        if old is not None and not old.is_closed:
+            await _close(old)
+        if self._closing:
+            return
+        try:
+            await retry.BROKER_RECONNECT.call(
+                self._open,
+                stop=lambda _state: self._closing,
+                on_retry=lambda exc, _wait_s: log.debug("RabbitMQ still unreachable (%s)", exc),
+            )
+        except BrokerError:
+            return  # closed while waiting
+        self.reconnects += 1
+        log.info("reconnected to RabbitMQ as %s", self.name)
+
+    async def connect(self, *, retry_forever: bool = True) -> None:
+        """Connect and declare the queues, waiting for the broker to come up if it is not yet.
+
+        Raises BrokerError if it cannot connect and `retry_forever` is false, and ConfigError if
+        a queue cannot be declared as this version needs (see `broker.topology`).
+        """
+
+        def waiting(exc: BaseException, wait_s: float) -> None:
+            log.warning("RabbitMQ not reachable (%s); retrying in %.1f s", exc, wait_s)
+
+        await retry.BROKER_CONNECT.call(
+            self._open,
+            stop=stop_never if retry_forever else stop_after_attempt(1),
+            on_retry=waiting,
+        )
+        log.info("connected to RabbitMQ as %s", self.name)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to RabbitMQ is up right now."""
+        return self._connected.is_set()
+
+    @property
+    def channel(self) -> aio_pika.abc.AbstractChannel:
+        if self._channel is None or not self._connected.is_set():
+            raise BrokerError("not connected to RabbitMQ")
+        return self._channel
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        expiration_s: float | None = None,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Publish a persistent message and return once the broker confirmed it."""
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+            expiration=expiration_s,
+            headers=headers,
+            message_id=message_id,
+        )
+        channel = self.channel
+        with map_exceptions(f"publish to {queue} not confirmed"):
+            await channel.default_exchange.publish(message, routing_key=queue, timeout=30)
+
+    async def consume(self, queue: str, handler: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Deliver each message of `queue` to `handler` (which must settle it), also after
+        every reconnection."""
+        self._consumers.append((queue, handler))
+        channel = self.channel
+        with map_exceptions(f"cannot consume {queue}"):
+            q = await channel.get_queue(queue, ensure=False)
+            await q.consume(handler, no_ack=False)
+
+    async def settle(self, queue: str, delivery: Delivery, error: BaseException | None) -> None:
+        """Ack, requeue or dead-letter `delivery` of `queue` as `emm.fate.decide` says for
+        `error`. A dead letter is logged once, with the reason (RabbitMQ keeps the message as
+        it came, so the reason is in this line only)."""
+        outcome = decide(error)
+        if outcome is Outcome.ACK:
+            await ack(delivery)
+        elif outcome is Outcome.REQUEUE:
+            await nack(delivery, requeue=True)
+        else:
+            assert error is not None
+            log.error(
+                "%s: message %s dead-lettered to %s: %s",
+                queue,
+                delivery.message_id or f"#{delivery.delivery_tag} (no id)",
+                f"{queue}.dead",
+                reason(error),
+                exc_info=error if is_bug(error) else None,
+            )
+            await nack(delivery, requeue=False)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        self._connected.clear()
+        if self._connection is not None:
+            await _close(self._connection)
+            self._connection = None
+            self._channel = None
+
+
+async def _close(connection: aio_pika.abc.AbstractConnection) -> None:
+    try:
+        await connection.close()
+    except LIBRARY_ERRORS:
+        pass  # going away already
+
+
+async def ack(delivery: Delivery) -> bool:
+    """Ack; False when the channel it came on is gone (the broker will redeliver it)."""
+    try:
+        await delivery.ack()
+        return True
+    except LIBRARY_ERRORS as exc:
+        # The channel it came on is gone; RabbitMQ requeued it and delivers it again.
+        log.debug("could not ack message %s (%r)", delivery.message_id, exc)
+        return False
+
+
+async def nack(delivery: Delivery, *, requeue: bool) -> bool:
+    """Negative-ack (`requeue=False` dead-letters); False when the channel it came on is gone."""
+    try:
+        await delivery.nack(requeue=requeue)
+        return True
+    except LIBRARY_ERRORS as exc:
+        log.warning("could not nack message %s (%r)", delivery.message_id, exc)
+        return False
