@@ -52,11 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.procstats import ProcSampler, listener_pid, peak_rss_mb
+from devservices.net import free_port_run
+from devservices.processes import Processes, emm_command
 from emm.planner import plan
 from emm.schedule import CronSchedule
 from simulator.fleet import MAX_UNITS_PER_PORT, place, port_count
 from simulator.model import MeterSpec
-from tests.localservices import Processes, emm_command, free_port_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -330,11 +331,11 @@ class Sink:
 
 
 def start_sink(api: str, folder: Path) -> Sink:
-    from tests import localservices
+    from devservices import influx
 
     if api == "v1":
-        return Sink(api, localservices.start_influxdb_v1(folder / "influxdb"))
-    return Sink(api, localservices.start_victoriametrics(folder / "victoria-metrics"))
+        return Sink(api, influx.start_influxdb_v1(folder / "influxdb"))
+    return Sink(api, influx.start_victoriametrics(folder / "victoria-metrics"))
 
 
 # --------------------------------------------------------------------------- baselines

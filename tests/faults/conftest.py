@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
-from tests.faults.harness import Influx, PrivatePostgres, PrivateRabbitMQ
+from devservices.influx import PrivateInfluxDB
+from devservices.postgres import PrivatePostgres
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.helpers import unavailable
 
 
 @pytest.fixture
 def rabbit(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
+    """A private RabbitMQ node, killed afterwards if it still runs."""
     reason = PrivateRabbitMQ.available()
     if reason:
         unavailable(reason)
@@ -21,13 +24,14 @@ def rabbit(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
     try:
         yield node
     finally:
-        if node.proc is not None and node.proc.poll() is None:
+        if node.running():
             node.kill()
 
 
 @pytest.fixture
-def influx(tmp_path: Path) -> Iterator[Influx]:
-    db = Influx(tmp_path / "influxdb")
+def influx(tmp_path: Path) -> Iterator[PrivateInfluxDB]:
+    """A private InfluxDB 1.x with the database `energy`, stopped afterwards."""
+    db = PrivateInfluxDB(tmp_path / "influxdb")
     try:
         db.start()
     except (FileNotFoundError, RuntimeError) as exc:
@@ -40,6 +44,7 @@ def influx(tmp_path: Path) -> Iterator[Influx]:
 
 @pytest.fixture
 def postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server, stopped and deleted afterwards."""
     reason = PrivatePostgres.available()
     if reason:
         unavailable(reason)

@@ -10,10 +10,12 @@ from pathlib import Path
 import pika
 import pytest
 
+from devservices.influx import PrivateInfluxDB
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
 from emm.broker import JOBS, READINGS
 from emm.messages import Meter, Reading, Status
-from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
-from tests.localservices import Processes
+from tests.faults.harness import Pipeline, check, now_ms, tick_floor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 
@@ -44,7 +46,11 @@ def drain(url: str, queue: str) -> list[tuple[bytes, dict]]:
 
 
 def test_poison_is_dead_lettered_and_delays_nothing(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes, tmp_path: Path
+    pg_dsn: str,
+    rabbit: PrivateRabbitMQ,
+    influx: PrivateInfluxDB,
+    processes: Processes,
+    tmp_path: Path,
 ) -> None:
     stats = tmp_path / "writer-stats.txt"
     pipeline = Pipeline(
@@ -106,7 +112,7 @@ def test_poison_is_dead_lettered_and_delays_nothing(
 
 
 def test_a_read_longer_than_the_heartbeat_keeps_connection_and_ack(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     heartbeat_url = rabbit.url.replace("heartbeat=10", "heartbeat=1")
     pipeline = Pipeline(

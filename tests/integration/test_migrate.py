@@ -10,10 +10,10 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+from devservices.processes import emm_command
 from emm import db
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
-from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

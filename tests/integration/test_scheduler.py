@@ -11,6 +11,7 @@ import time
 import psycopg2
 import pytest
 
+from devservices.processes import emm_command
 from emm import db
 from emm.broker import JOBS, Broker
 from emm.messages import Job
@@ -19,7 +20,6 @@ from scheduler.app import publish_jobs, run
 from scheduler.jobs import build_jobs
 from scheduler.repo import ConfigRepo
 from tests.integration.amqp_util import drain
-from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
