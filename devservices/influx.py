@@ -19,6 +19,7 @@ class Service:
     url: str
     proc: subprocess.Popen[bytes]
     folder: Path
+    binary: Path
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited after 10 s."""
@@ -61,7 +62,7 @@ bind-address = "127.0.0.1:{free_port()}"
         )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/ping", proc=proc)
-    return Service(url, proc, folder)
+    return Service(url, proc, folder, Path(binary))
 
 
 def start_victoriametrics(folder: Path, port: int | None = None) -> Service:
@@ -90,7 +91,7 @@ def start_victoriametrics(folder: Path, port: int | None = None) -> Service:
         )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", proc=proc)
-    return Service(url, proc, folder)
+    return Service(url, proc, folder, Path(binary))
 
 
 class PrivateInfluxDB(InfluxQL):
