@@ -11,14 +11,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
+from bench import ROOT
 from emm.planner import plan
 from simulator.fleet import place
 from simulator.model import MeterSpec
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _my_meters(args: argparse.Namespace) -> dict[int, list[int]]:

@@ -11,10 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import ROOT
 from bench.procstats import ProcSampler
 from bench.report import say
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:

@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import ROOT
 from bench.depths import DepthSampler
 from bench.procstats import ProcSampler
 from bench.sinks import SinkCounts
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def say(message: str) -> None:

@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 from types import TracebackType
 
+from bench import ROOT
 from bench.depths import DepthSampler
 from bench.procstats import ProcSampler, listener_pid
 from bench.report import latency_from_stats, read_stats, say
@@ -22,8 +23,6 @@ from devservices.net import free_port_run
 from devservices.postgres import fresh_database
 from devservices.processes import Processes, emm_command
 from devservices.rabbitmq import private_vhost
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def interleave_gateways(dsn: str) -> None:
