@@ -15,13 +15,13 @@ from tests.helpers import unavailable
 
 @pytest.fixture
 def rabbit(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
-    """A private RabbitMQ node, killed afterwards if it still runs."""
+    """A private RabbitMQ node, killed afterwards (also after a failed start) if it runs."""
     reason = PrivateRabbitMQ.available()
     if reason:
         unavailable(reason)
     node = PrivateRabbitMQ(tmp_path / "rabbitmq")
-    node.start()
     try:
+        node.start()
         yield node
     finally:
         if node.running():
@@ -33,10 +33,10 @@ def influx(tmp_path: Path) -> Iterator[PrivateInfluxDB]:
     """A private InfluxDB 1.x with the database `energy`, stopped afterwards."""
     db = PrivateInfluxDB(tmp_path / "influxdb")
     try:
-        db.start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        unavailable(f"no InfluxDB 1.x: {exc}")
-    try:
+        try:
+            db.start()
+        except (FileNotFoundError, RuntimeError) as exc:
+            unavailable(f"no InfluxDB 1.x: {exc}")
         yield db
     finally:
         db.stop()
@@ -49,8 +49,8 @@ def postgres() -> Iterator[PrivatePostgres]:
     if reason:
         unavailable(reason)
     server = PrivatePostgres()
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.remove()
