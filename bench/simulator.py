@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import ROOT
+from devservices.net import free_port
 from emm.planner import plan
 from simulator.fleet import MAX_UNITS_PER_PORT
 from simulator.model import MeterSpec
@@ -30,13 +32,6 @@ from simulator.model import MeterSpec
 TARGET_REQUESTS_PER_S = 3000.0
 _MBAP = struct.Struct(">HHHB")
 _READ = struct.Struct(">BHH")
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -107,11 +102,11 @@ async def _hammer(port: int, units: int, profile: str, seconds: float, connectio
 
 def run(seconds: float, connections: int, meters: int, profile: str) -> dict:
     """Start the simulator, hammer it from a second process, and return the figures."""
-    port = _free_port()
-    env = {**os.environ, "EMM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(_ROOT)}
+    port = free_port()
+    env = {**os.environ, "EMM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
     server_argv = [sys.executable, "-m", "simulator", "--profile", profile]
     server_argv += ["--meters", str(meters), "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(server_argv, env=env, cwd=_ROOT)
+    server = subprocess.Popen(server_argv, env=env, cwd=ROOT)
     try:
         _wait_listening(port, server)
         cpu_before = _cpu_s(server.pid)
@@ -121,7 +116,7 @@ def run(seconds: float, connections: int, meters: int, profile: str) -> dict:
         client = subprocess.run(
             client_argv,
             env=env,
-            cwd=_ROOT,
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=seconds + 60,

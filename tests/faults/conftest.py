@@ -7,32 +7,36 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
-from tests.faults.harness import Influx, PrivatePostgres, PrivateRabbitMQ
+from devservices.influx import PrivateInfluxDB
+from devservices.postgres import PrivatePostgres
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.helpers import unavailable
 
 
 @pytest.fixture
 def rabbit(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
+    """A private RabbitMQ node, killed afterwards (also after a failed start) if it runs."""
     reason = PrivateRabbitMQ.available()
     if reason:
         unavailable(reason)
     node = PrivateRabbitMQ(tmp_path / "rabbitmq")
-    node.start()
     try:
+        node.start()
         yield node
     finally:
-        if node.proc is not None and node.proc.poll() is None:
+        if node.running():
             node.kill()
 
 
 @pytest.fixture
-def influx(tmp_path: Path) -> Iterator[Influx]:
-    db = Influx(tmp_path / "influxdb")
+def influx(tmp_path: Path) -> Iterator[PrivateInfluxDB]:
+    """A private InfluxDB 1.x with the database `energy`, stopped afterwards."""
+    db = PrivateInfluxDB(tmp_path / "influxdb")
     try:
-        db.start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        unavailable(f"no InfluxDB 1.x: {exc}")
-    try:
+        try:
+            db.start()
+        except (FileNotFoundError, RuntimeError) as exc:
+            unavailable(f"no InfluxDB 1.x: {exc}")
         yield db
     finally:
         db.stop()
@@ -40,12 +44,13 @@ def influx(tmp_path: Path) -> Iterator[Influx]:
 
 @pytest.fixture
 def postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server, stopped and deleted afterwards."""
     reason = PrivatePostgres.available()
     if reason:
         unavailable(reason)
     server = PrivatePostgres()
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.remove()

@@ -1,5 +1,6 @@
-"""The fault tests' bench: private services they may kill, the whole pipeline as processes, and
-the check of what reached InfluxDB against what the simulator says each tick must contain.
+"""The fault tests' harness: the whole pipeline as processes, and the check of what reached
+InfluxDB against what the simulator says each tick must contain. The private services the
+tests kill come from `devservices`.
 
 "loss" = an expected (meter, tick) missing in InfluxDB; "dup" = a point that should not be
 there: an extra meter, an off-grid timestamp, or a value that differs from the simulator's.
@@ -7,14 +8,8 @@ there: an extra meter, an off-grid timestamp, or a value that differs from the s
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,223 +17,10 @@ from typing import Any
 
 import psycopg2
 
+from devservices.net import free_port_run, port_open, wait_for
+from devservices.processes import Processes
+from devservices.readers import InfluxQL
 from simulator.model import MeterSpec, expected
-from tests import localservices
-from tests.conftest import influxql_rows, port_open, wait_for
-from tests.localservices import Processes
-
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-
-
-class PrivateRabbitMQ:
-    """A RabbitMQ node of the test's own (own name, ports and data folder), to kill and restart."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = localservices.free_port()
-        self.dist_port = localservices.free_port()
-        self.node = f"emmfault{self.port}@localhost"
-        self.proc: subprocess.Popen[bytes] | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        # A short heartbeat so a dead peer is noticed quickly.
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F?heartbeat=10"
-
-    @staticmethod
-    def available() -> str | None:
-        """Why a private node cannot be started here, or None."""
-        if not Path(RABBITMQ_SERVER).exists():
-            return "rabbitmq-server is not installed"
-        if os.geteuid() != 0:
-            return "a private RabbitMQ node needs root (its Erlang cookie)"
-        return None
-
-    def start(self, timeout_s: float = 60) -> None:
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
-            "RABBITMQ_PID_FILE": str(self.folder / "pid"),
-        }
-        with (self.folder / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [RABBITMQ_SERVER],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(lambda: port_open("127.0.0.1", self.port), timeout_s, 0.2)
-
-    def kill(self) -> None:
-        """SIGKILL: the node dies without closing anything."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        wait_for(lambda: not port_open("127.0.0.1", self.port), 30)
-
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM): connections are closed by the broker."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def queue_counts(self, queue: str) -> tuple[int, int]:
-        """(ready, unacknowledged) messages of `queue`, as rabbitmqctl reports them."""
-        ctl = Path(RABBITMQ_SERVER).with_name("rabbitmqctl")
-        out = subprocess.run(
-            [
-                str(ctl),
-                "-n",
-                self.node,
-                "-q",
-                "list_queues",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if parts and parts[0] == queue:
-                return int(parts[1]), int(parts[2])
-        raise AssertionError(f"queue {queue} not listed: {out!r}")
-
-    def queue_depth(self, queue: str) -> int:
-        import pika
-
-        conn = pika.BlockingConnection(pika.URLParameters(self.url))
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-        finally:
-            conn.close()
-
-
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return found[-1].parent if found else None
-
-
-class PrivatePostgres:
-    """A PostgreSQL server of the test's own, run as the `postgres` user, to stop and start."""
-
-    def __init__(self) -> None:
-        import tempfile
-
-        self.port = localservices.free_port()
-        # The server runs as `postgres`, which cannot enter root's temporary folders.
-        self.folder = Path(tempfile.mkdtemp(prefix="emm-pg-"))
-        self.data = self.folder / "data"
-
-    @property
-    def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    @staticmethod
-    def available() -> str | None:
-        if _postgres_bin() is None:
-            return "PostgreSQL server binaries are not installed"
-        if os.geteuid() != 0 or shutil.which("runuser") is None:
-            return "a private PostgreSQL needs root and runuser (it runs as user postgres)"
-        try:
-            import pwd
-
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "there is no postgres user"
-        return None
-
-    def _as_postgres(self, *args: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120
-        )
-
-    def start(self) -> None:
-        bin_dir = _postgres_bin()
-        assert bin_dir is not None
-        if not self.data.exists():
-            shutil.chown(self.folder, "postgres", "postgres")
-            self._as_postgres(
-                str(bin_dir / "initdb"),
-                "-D",
-                str(self.data),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            )
-        self._as_postgres(
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.folder / "log"),
-            "-w",
-            "-o",
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off",
-            "start",
-        )
-
-    def stop(self) -> None:
-        bin_dir = _postgres_bin()
-        assert bin_dir is not None
-        self._as_postgres(str(bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class Influx:
-    """A private InfluxDB 1.x with a query helper."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = localservices.free_port()
-        self.service: localservices.Service | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.service = localservices.start_influxdb_v1(self.folder, self.port)
-        self.query("CREATE DATABASE energy", post=True)
-
-    def stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
-
-    def query(self, q: str, post: bool = False) -> list[dict[str, Any]]:
-        params = urllib.parse.urlencode({"db": "energy", "q": q, "epoch": "ms"})
-        request = urllib.request.Request(
-            f"{self.url}/query?{params}",
-            data=b"" if post else None,
-            method="POST" if post else "GET",
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return influxql_rows(resp.read())
 
 
 @dataclass
@@ -276,7 +58,7 @@ class Pipeline:
 
     def start_simulator(self) -> None:
         ports = self.meters if "--port-per-meter" in self.simulator_args else 1
-        self.sim_port = self.sim_port or localservices.free_port_run(ports)
+        self.sim_port = self.sim_port or free_port_run(ports)
         args = [
             "simulator",
             "--profile",
@@ -378,7 +160,7 @@ _NOT_FIELDS = ("time", "meter_id", "type", "description")
 
 def check(
     pipeline: Pipeline,
-    influx: Influx,
+    influx: InfluxQL,
     first_tick_ms: int,
     last_tick_ms: int,
     only: set[int] | None = None,
@@ -430,7 +212,7 @@ def published_ticks(scheduler_log: str) -> list[int]:
 
 
 def wait_all_stored(
-    pipeline: Pipeline, influx: Influx, first: int, last: int, limit_s: float
+    pipeline: Pipeline, influx: InfluxQL, first: int, last: int, limit_s: float
 ) -> Verdict:
     """Check every second until every (meter, tick) up to `last` is stored, or `limit_s` passes."""
     deadline = time.monotonic() + limit_s
@@ -441,7 +223,7 @@ def wait_all_stored(
         time.sleep(1)
 
 
-def stored_ticks(influx: Influx) -> list[int]:
+def stored_ticks(influx: InfluxQL) -> list[int]:
     """The distinct timestamps stored so far."""
     rows = influx.query("SELECT count(up) FROM meter_status GROUP BY time(1s) fill(none)")
     return sorted(int(r["time"]) for r in rows)
@@ -453,7 +235,3 @@ def tick_floor(ts_ms: int, period_s: int) -> int:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def which(binary: str) -> bool:
-    return shutil.which(binary) is not None

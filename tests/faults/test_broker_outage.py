@@ -6,21 +6,16 @@ import time
 
 import pytest
 
-from tests.faults.harness import (
-    Influx,
-    Pipeline,
-    PrivateRabbitMQ,
-    now_ms,
-    tick_floor,
-    wait_all_stored,
-)
-from tests.localservices import Processes
+from devservices.influx import PrivateInfluxDB
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.faults.harness import Pipeline, now_ms, tick_floor, wait_all_stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
 def test_broker_killed_for_30_s(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     pipeline = Pipeline(processes, pg_dsn, rabbit.url, influx.url, meters=100, period_s=5)
     first = pipeline.run()
@@ -49,7 +44,7 @@ def test_broker_killed_for_30_s(
 
 
 def test_broker_restarted_cleanly_three_times(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     pipeline = Pipeline(processes, pg_dsn, rabbit.url, influx.url, meters=100, period_s=5)
     first = pipeline.run()

@@ -8,24 +8,21 @@ import time
 import psycopg2
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import (
-    Influx,
-    Pipeline,
-    PrivatePostgres,
-    PrivateRabbitMQ,
-    check,
-    now_ms,
-    published_ticks,
-    tick_floor,
-)
-from tests.localservices import Processes
+from devservices.influx import PrivateInfluxDB
+from devservices.net import wait_for
+from devservices.postgres import PrivatePostgres
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.faults.harness import Pipeline, check, now_ms, published_ticks, tick_floor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def test_scheduler_keeps_ticking_while_postgres_is_down(
-    postgres: PrivatePostgres, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    postgres: PrivatePostgres,
+    rabbit: PrivateRabbitMQ,
+    influx: PrivateInfluxDB,
+    processes: Processes,
 ) -> None:
     pipeline = Pipeline(
         processes, postgres.dsn, rabbit.url, influx.url, meters=6, period_s=2, workers=1

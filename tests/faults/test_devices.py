@@ -10,8 +10,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
-from tests.localservices import Processes
+from devservices.influx import PrivateInfluxDB
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.faults.harness import Pipeline, check, now_ms, tick_floor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -43,7 +45,11 @@ def ids_by_index(dsn: str) -> dict[int, int]:
 
 
 def test_offline_backoff_comeback_status_and_counter_restart(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes, tmp_path: Path
+    pg_dsn: str,
+    rabbit: PrivateRabbitMQ,
+    influx: PrivateInfluxDB,
+    processes: Processes,
+    tmp_path: Path,
 ) -> None:
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(SCENARIO)
@@ -129,7 +135,11 @@ def p99(values: list[float]) -> float:
 
 
 def test_a_dead_meter_does_not_slow_the_healthy_ones(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes, tmp_path: Path
+    pg_dsn: str,
+    rabbit: PrivateRabbitMQ,
+    influx: PrivateInfluxDB,
+    processes: Processes,
+    tmp_path: Path,
 ) -> None:
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(

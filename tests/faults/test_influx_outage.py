@@ -9,15 +9,10 @@ import time
 import pytest
 
 from broker import READINGS
-from tests.faults.harness import (
-    Influx,
-    Pipeline,
-    PrivateRabbitMQ,
-    now_ms,
-    tick_floor,
-    wait_all_stored,
-)
-from tests.localservices import Processes
+from devservices.influx import PrivateInfluxDB
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.faults.harness import Pipeline, now_ms, tick_floor, wait_all_stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -26,7 +21,7 @@ BATCH = 100  # the writer's prefetch is twice its batch size
 
 
 def test_influxdb_down_for_four_minutes(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     pipeline = Pipeline(
         processes,

@@ -11,9 +11,11 @@ import pika
 import pytest
 
 from broker import JOBS, READINGS
+from devservices.influx import PrivateInfluxDB
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
 from emm.messages import Meter, Reading, Status
-from tests.faults.harness import Influx, Pipeline, PrivateRabbitMQ, check, now_ms, tick_floor
-from tests.localservices import Processes
+from tests.faults.harness import Pipeline, check, now_ms, tick_floor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 
@@ -56,7 +58,11 @@ def reason(log: str, queue: str, message_id: str) -> str:
 
 
 def test_poison_is_dead_lettered_and_delays_nothing(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes, tmp_path: Path
+    pg_dsn: str,
+    rabbit: PrivateRabbitMQ,
+    influx: PrivateInfluxDB,
+    processes: Processes,
+    tmp_path: Path,
 ) -> None:
     stats = tmp_path / "writer-stats.txt"
     pipeline = Pipeline(
@@ -128,7 +134,7 @@ def test_poison_is_dead_lettered_and_delays_nothing(
 
 
 def test_a_read_longer_than_the_heartbeat_keeps_connection_and_ack(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     heartbeat_url = rabbit.url.replace("heartbeat=10", "heartbeat=1")
     pipeline = Pipeline(

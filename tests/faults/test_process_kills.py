@@ -7,22 +7,17 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.harness import (
-    Influx,
-    Pipeline,
-    PrivateRabbitMQ,
-    now_ms,
-    tick_floor,
-    wait_all_stored,
-)
-from tests.localservices import Processes
+from devservices.influx import PrivateInfluxDB
+from devservices.net import wait_for
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.faults.harness import Pipeline, now_ms, tick_floor, wait_all_stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
 def test_workers_killed_five_times(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     # 100 meters each on a port of its own, 100 ms per request: a tick's jobs are in flight
     # for about 0.4 s, which is when the kills land.
@@ -58,7 +53,7 @@ def test_workers_killed_five_times(
 
 
 def test_writer_killed_with_a_half_full_batch(
-    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: Influx, processes: Processes
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
     pipeline = Pipeline(
         processes,

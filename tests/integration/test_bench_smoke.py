@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, port_open, unavailable
+from devservices.net import port_open
+from tests.helpers import ROOT, unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -15,9 +15,9 @@ import pika
 import pytest
 
 from broker import JOBS, QUEUES, READINGS, Broker, Delivery, dead_letter_queue
+from devservices.processes import emm_command
 from emm.errors import BrokerError, ConfigError, MessageError, SinkRejected
 from tests.integration.amqp_util import depth, drain
-from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -10,12 +10,12 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
+from devservices.processes import emm_command
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
 from postgres.config import load_config
 from postgres.connection import connect
 from postgres.schema import migrate
-from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from devservices.net import free_port, port_open, wait_for
+from devservices.processes import Processes, emm_command
 from simulator.model import expected
-from tests.conftest import free_port, port_open, wait_for
-from tests.localservices import Processes, emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 
 from broker import JOBS, Broker
+from devservices.processes import emm_command
 from emm.messages import Job
 from emm.settings import SchedulerSettings
 from postgres.config import load_config
@@ -20,7 +21,6 @@ from scheduler.app import publish_jobs, run
 from scheduler.jobs import build_jobs
 from scheduler.repo import ConfigRepo
 from tests.integration.amqp_util import drain
-from tests.localservices import emm_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -26,6 +26,8 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from devservices.net import free_port
+from devservices.processes import emm_command
 from emm.codec import RequestDecoder
 from emm.planner import assign, plan
 from emm.profiles import shipped_profiles
@@ -34,8 +36,6 @@ from simulator.app import Simulator, SimulatorOptions, run
 from simulator.faults import Fault, Scenario
 from simulator.model import MeterSpec, expected, resolve_profile
 from simulator.repo import write_config
-from tests.conftest import free_port
-from tests.localservices import emm_command
 
 pytestmark = pytest.mark.integration
 

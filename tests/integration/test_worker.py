@@ -11,16 +11,15 @@ import pytest
 from msgspec.structs import replace
 
 from broker import JOBS, READINGS
+from devservices.net import free_port, free_port_run, port_open, wait_for
+from devservices.processes import Processes
 from emm.messages import Job, Meter, Reading
 from emm.plan import Plan
 from emm.planner import ReadLimits
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
 from simulator.model import MeterSpec, expected
-from tests import localservices
-from tests.conftest import free_port, port_open, wait_for
 from tests.integration.amqp_util import depth, drain, publish
-from tests.localservices import Processes
 from worker.app import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -240,7 +239,7 @@ def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
     amqp_url: str, processes: Processes
 ) -> None:
     meters, latency_ms = 20, 300
-    base = localservices.free_port_run(meters)
+    base = free_port_run(meters)
     processes.start(
         "simulator",
         [

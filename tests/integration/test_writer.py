@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from broker import READINGS
+from devservices.influx import Service, start_influxdb_v1
+from devservices.net import free_port
+from devservices.readers import InfluxQL, VictoriaMetrics
 from emm.messages import Meter, Reading, Status
 from emm.settings import WriterSettings
-from tests import localservices
-from tests.conftest import InfluxV1, VictoriaMetrics
 from tests.integration.amqp_util import depth, drain, publish
 from writer.app import Writer
 from writer.influx import make_sink
@@ -60,7 +61,7 @@ def run_writer(writer: Writer, done: Callable[[], bool], timeout_s: float = 20) 
     asyncio.run(_run(writer, done, timeout_s))
 
 
-def v1_settings(amqp_url: str, influx: InfluxV1, **kw) -> WriterSettings:
+def v1_settings(amqp_url: str, influx: InfluxQL, **kw) -> WriterSettings:
     return WriterSettings(
         amqp_url=amqp_url,
         influx_url=influx.url,
@@ -70,7 +71,7 @@ def v1_settings(amqp_url: str, influx: InfluxV1, **kw) -> WriterSettings:
     )
 
 
-def test_v1_points_exact_and_a_duplicate_leaves_one(amqp_url: str, influx_v1: InfluxV1) -> None:
+def test_v1_points_exact_and_a_duplicate_leaves_one(amqp_url: str, influx_v1: InfluxQL) -> None:
     a = reading(1, voltageL1=230.1, activePower=-12.5)
     b = reading(2, TICK + 10_000, voltageL1=229.9)
     down = Reading(
@@ -147,7 +148,7 @@ def test_v2_write_to_victoriametrics(amqp_url: str, victoria: VictoriaMetrics) -
     }
 
 
-def test_batches_by_count_and_by_time(amqp_url: str, influx_v1: InfluxV1) -> None:
+def test_batches_by_count_and_by_time(amqp_url: str, influx_v1: InfluxQL) -> None:
     publish(amqp_url, READINGS, [reading(i, voltageL1=float(i)).encode() for i in range(1, 8)])
     sink = CountingSink(make_sink(v1_settings(amqp_url, influx_v1)))
     writer = Writer(
@@ -181,7 +182,7 @@ def test_batches_by_count_and_by_time(amqp_url: str, influx_v1: InfluxV1) -> Non
 
 
 def test_malformed_and_rejected_readings_are_dead_lettered(
-    amqp_url: str, influx_v1: InfluxV1, caplog: pytest.LogCaptureFixture
+    amqp_url: str, influx_v1: InfluxQL, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A string field first: a float written later to the same field is a type conflict (400).
     influx_v1.write(f'energy,meter_id=9 oddField="text" {TICK - 1000}')
@@ -231,7 +232,7 @@ def test_malformed_and_rejected_readings_are_dead_lettered(
 
 
 def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_path: Path) -> None:
-    port = localservices.free_port()
+    port = free_port()
     settings = WriterSettings(
         amqp_url=amqp_url,
         influx_url=f"http://127.0.0.1:{port}",
@@ -244,7 +245,7 @@ def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_p
     readings = [reading(i, voltageL1=float(i)) for i in range(1, 11)]
     publish(amqp_url, READINGS, [r.encode() for r in readings])
     writer = Writer(settings)
-    service: list[localservices.Service] = []
+    service: list[Service] = []
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -253,11 +254,9 @@ def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_p
         assert not task.done()
         assert writer.written == 0
         assert await asyncio.to_thread(depth, amqp_url, READINGS) == (0, 1)  # all unacked
-        started = await asyncio.to_thread(
-            localservices.start_influxdb_v1, tmp_path / "influx", port
-        )
+        started = await asyncio.to_thread(start_influxdb_v1, tmp_path / "influx", port)
         service.append(started)
-        await asyncio.to_thread(InfluxV1(started.url, "energy").post, "CREATE DATABASE energy")
+        await asyncio.to_thread(InfluxQL(started.url, "energy").create_database)
         deadline = time.monotonic() + 30
         while writer.written < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -266,7 +265,7 @@ def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_p
 
     try:
         asyncio.run(scenario())
-        rows = InfluxV1(service[0].url, "energy").query("SELECT voltageL1 FROM energy")
+        rows = InfluxQL(service[0].url, "energy").query("SELECT voltageL1 FROM energy")
         assert sorted(r["voltageL1"] for r in rows) == [float(i) for i in range(1, 11)]
         assert depth(amqp_url, READINGS)[0] == 0
         assert drain(amqp_url, f"{READINGS}.dead") == []
