@@ -21,6 +21,7 @@ import time
 
 from emm.messages import Meter, Reading, Status
 from simulator.model import MeterSpec, expected
+from writer.counters import CounterWatch
 from writer.lines import reading_lines
 
 TARGET_FIELDS_PER_S = 50_000
@@ -64,21 +65,14 @@ def run(profile: str = "sdm630", meters: int = 1000, repeat: int = 5) -> dict:
     fields = sum(len(r.fields) + STATUS_FIELDS for r in items)
     lines_s = _best_s(lambda: [reading_lines(r) for r in items], repeat)
     both_s = _best_s(lambda: [reading_lines(Reading.decode(b)) for b in bodies], repeat)
-    try:  # what the writer does per reading since counter-restart flagging
-        from writer.counters import CounterWatch
-    except ImportError:
-        CounterWatch = None
-    if CounterWatch is not None:
 
-        def full() -> None:
-            watch = CounterWatch()
-            for body in bodies:
-                reading = Reading.decode(body)
-                reading_lines(reading, watch.check(reading))
+    def full() -> None:  # what the writer does per reading: counter check, then lines
+        watch = CounterWatch()
+        for body in bodies:
+            reading = Reading.decode(body)
+            reading_lines(reading, watch.check(reading))
 
-        full_s = _best_s(full, repeat)
-    else:
-        full_s = both_s
+    full_s = _best_s(full, repeat)
     rate = fields / lines_s
     return {
         "mode": "writer_serialise",

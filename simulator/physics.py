@@ -313,6 +313,12 @@ def _quadrant(p: float, q: float) -> float:
     return 2.0 if q >= 0 else 3.0
 
 
+_TOTAL_KEYS = (
+    *("p", "q", "s", "i", "imp", "exp", "rimp", "aimp", "aexp", "ah", "imp_r", "exp_r"),
+    *("d_net", "d_imp", "d_exp", "d_app", "max_imp", "max_exp", "max_app", "thd_v", "thd_i"),
+)
+
+
 def quantities(
     meter: MeterPhysics, t_s: float, energy_since_s: float = COMMISSIONED_S
 ) -> dict[str, float]:
@@ -321,128 +327,123 @@ def quantities(
     Energy counters count from `energy_since_s` (see `counting_since`).
     """
     out: dict[str, float] = {}
-    n = len(meter.phases)
-    since = energy_since_s
-    demand_from = t_s - DEMAND_PERIOD_S
-    total = dict.fromkeys(
-        (
-            "p",
-            "q",
-            "s",
-            "i",
-            "imp",
-            "exp",
-            "rimp",
-            "aimp",
-            "aexp",
-            "ah",
-            "imp_r",
-            "exp_r",
-            "d_net",
-            "d_imp",
-            "d_exp",
-            "d_app",
-            "max_imp",
-            "max_exp",
-            "max_app",
-            "thd_v",
-            "thd_i",
-        ),
-        0.0,
-    )
+    total = dict.fromkeys(_TOTAL_KEYS, 0.0)
     neutral = 0j
     volts: list[float] = []
     for index, phase in enumerate(meter.phases):
+        values, sums, current = _phase_quantities(phase, index, t_s, energy_since_s)
         name = PHASE_NAMES[index]
-        v = phase.voltage.at(t_s)
-        p = phase.power.at(t_s)
-        pf = phase.power_factor
-        s = abs(p) / pf
-        q = abs(p) * phase.reactive_ratio
-        i = s / v
-        signed_pf = pf if p >= 0 else -pf
-        angle = _angle_deg(complex(p, q))
-        v_angle = _VOLTAGE_ANGLE_DEG[index]
-        i_angle = (v_angle - angle + 180.0) % 360.0 - 180.0
-        neutral += cmath.rect(i, math.radians(i_angle))
-        volts.append(v)
+        out.update((f"{key}{name}", value) for key, value in values.items())
+        for key, value in sums.items():
+            total[key] += value
+        neutral += current
+        volts.append(values["voltage"])
+    n = len(meter.phases)
+    _power_totals(out, total, n, t_s, volts, neutral)
+    _energy_totals(out, total)
+    if n == 3:
+        _line_quantities(out)
+    return out
 
-        wave = phase.power
-        imp = wave.positive_integral(since, t_s) / J_PER_KWH
-        exp = wave.negative_integral(since, t_s) / J_PER_KWH
-        reset_since = max(since, RESETTABLE_FROM_S)
-        imp_r = wave.positive_integral(reset_since, t_s) / J_PER_KWH
-        exp_r = wave.negative_integral(reset_since, t_s) / J_PER_KWH
-        rimp = (imp + exp) * phase.reactive_ratio
-        aimp, aexp = imp / pf, exp / pf
-        ah = (imp + exp) * 1000.0 / (pf * phase.voltage.mean)
-        d_imp = wave.positive_integral(demand_from, t_s) / DEMAND_PERIOD_S
-        d_exp = wave.negative_integral(demand_from, t_s) / DEMAND_PERIOD_S
-        d_current = (d_imp + d_exp) / (pf * phase.voltage.mean)
-        max_imp = max(wave.mean + wave.amplitude, 0.0)
-        max_exp = max(wave.amplitude - wave.mean, 0.0)
-        thd_v, thd_i = phase.thd_voltage.at(t_s), phase.thd_current.at(t_s)
 
-        out[f"voltage{name}"] = v
-        out[f"current{name}"] = i
-        out[f"activePower{name}"] = p
-        out[f"reactivePower{name}"] = q
-        out[f"apparentPower{name}"] = s
-        out[f"powerFactor{name}"] = signed_pf
-        out[f"cosPhi{name}"] = signed_pf
-        out[f"phaseAngle{name}"] = angle
-        out[f"voltagePhaseAngle{name}"] = v_angle
-        out[f"currentPhaseAngle{name}"] = i_angle
-        out[f"quadrant{name}"] = _quadrant(p, q)
-        out[f"importActiveEnergy{name}"] = imp
-        out[f"exportActiveEnergy{name}"] = exp
-        out[f"netActiveEnergy{name}"] = imp - exp
-        out[f"activeEnergy{name}"] = imp - exp
-        out[f"totalActiveEnergy{name}"] = imp + exp
-        out[f"importReactiveEnergy{name}"] = rimp
-        out[f"exportReactiveEnergy{name}"] = 0.0
-        out[f"netReactiveEnergy{name}"] = rimp
-        out[f"totalReactiveEnergy{name}"] = rimp
-        out[f"reactiveEnergy{name}"] = rimp
-        out[f"inductiveReactiveEnergy{name}"] = rimp
-        out[f"capacitiveReactiveEnergy{name}"] = 0.0
-        out[f"importApparentEnergy{name}"] = aimp
-        out[f"exportApparentEnergy{name}"] = aexp
-        out[f"netApparentEnergy{name}"] = aimp - aexp
-        out[f"apparentEnergy{name}"] = aimp + aexp
-        out[f"currentDemand{name}"] = d_current
-        out[f"maxCurrentDemand{name}"] = max(max_imp, max_exp) / (pf * phase.voltage.mean)
-        out[f"thdVoltage{name}"] = thd_v
-        out[f"thdCurrent{name}"] = thd_i
+def _phase_quantities(
+    phase: Phase, index: int, t_s: float, since: float
+) -> tuple[dict[str, float], dict[str, float], complex]:
+    """One phase at `t_s`: its values by register name stem, what it adds to the totals, and
+    its current as a phasor (for the neutral current)."""
+    v = phase.voltage.at(t_s)
+    p = phase.power.at(t_s)
+    pf = phase.power_factor
+    s = abs(p) / pf
+    q = abs(p) * phase.reactive_ratio
+    i = s / v
+    signed_pf = pf if p >= 0 else -pf
+    angle = _angle_deg(complex(p, q))
+    v_angle = _VOLTAGE_ANGLE_DEG[index]
+    i_angle = (v_angle - angle + 180.0) % 360.0 - 180.0
+    values = {
+        **dict(voltage=v, current=i, activePower=p, reactivePower=q, apparentPower=s),
+        **dict(powerFactor=signed_pf, cosPhi=signed_pf, phaseAngle=angle),
+        **dict(voltagePhaseAngle=v_angle, currentPhaseAngle=i_angle, quadrant=_quadrant(p, q)),
+    }
+    sums = dict(p=p, q=q, s=s, i=i)
+    _phase_energy(phase, t_s, since, values, sums)
+    return values, sums, cmath.rect(i, math.radians(i_angle))
 
-        total["p"] += p
-        total["q"] += q
-        total["s"] += s
-        total["i"] += i
-        total["imp"] += imp
-        total["exp"] += exp
-        total["imp_r"] += imp_r
-        total["exp_r"] += exp_r
-        total["rimp"] += rimp
-        total["aimp"] += aimp
-        total["aexp"] += aexp
-        total["ah"] += ah
-        total["d_net"] += d_imp - d_exp
-        total["d_imp"] += d_imp
-        total["d_exp"] += d_exp
-        total["d_app"] += (d_imp + d_exp) / pf
-        total["max_imp"] += max_imp
-        total["max_exp"] += max_exp
-        total["max_app"] += max(max_imp, max_exp) / pf
-        total["thd_v"] += thd_v
-        total["thd_i"] += thd_i
 
+def _phase_energy(
+    phase: Phase,
+    t_s: float,
+    since: float,
+    values: dict[str, float],
+    sums: dict[str, float],
+) -> None:
+    """Add one phase's counters, demands and distortion to `values` and `sums`."""
+    wave, pf, v_mean = phase.power, phase.power_factor, phase.voltage.mean
+    imp = wave.positive_integral(since, t_s) / J_PER_KWH
+    exp = wave.negative_integral(since, t_s) / J_PER_KWH
+    reset_since = max(since, RESETTABLE_FROM_S)
+    imp_r = wave.positive_integral(reset_since, t_s) / J_PER_KWH
+    exp_r = wave.negative_integral(reset_since, t_s) / J_PER_KWH
+    rimp = (imp + exp) * phase.reactive_ratio
+    aimp, aexp = imp / pf, exp / pf
+    ah = (imp + exp) * 1000.0 / (pf * v_mean)
+    demand_from = t_s - DEMAND_PERIOD_S
+    d_imp = wave.positive_integral(demand_from, t_s) / DEMAND_PERIOD_S
+    d_exp = wave.negative_integral(demand_from, t_s) / DEMAND_PERIOD_S
+    d_current = (d_imp + d_exp) / (pf * v_mean)
+    max_imp = max(wave.mean + wave.amplitude, 0.0)
+    max_exp = max(wave.amplitude - wave.mean, 0.0)
+    thd_v, thd_i = phase.thd_voltage.at(t_s), phase.thd_current.at(t_s)
+    values.update(
+        importActiveEnergy=imp,
+        exportActiveEnergy=exp,
+        netActiveEnergy=imp - exp,
+        activeEnergy=imp - exp,
+        totalActiveEnergy=imp + exp,
+        **dict.fromkeys(_REACTIVE_IMPORT_NAMES, rimp),
+        **dict.fromkeys(("exportReactiveEnergy", "capacitiveReactiveEnergy"), 0.0),
+        importApparentEnergy=aimp,
+        exportApparentEnergy=aexp,
+        netApparentEnergy=aimp - aexp,
+        apparentEnergy=aimp + aexp,
+        currentDemand=d_current,
+        maxCurrentDemand=max(max_imp, max_exp) / (pf * v_mean),
+        thdVoltage=thd_v,
+        thdCurrent=thd_i,
+    )
+    sums.update(imp=imp, exp=exp, imp_r=imp_r, exp_r=exp_r, rimp=rimp, aimp=aimp, aexp=aexp)
+    sums.update(ah=ah, d_net=d_imp - d_exp, d_imp=d_imp, d_exp=d_exp, d_app=(d_imp + d_exp) / pf)
+    sums.update(max_imp=max_imp, max_exp=max_exp, max_app=max(max_imp, max_exp) / pf)
+    sums.update(thd_v=thd_v, thd_i=thd_i)
+
+
+# the reactive counters that count the (inductive) import
+_REACTIVE_IMPORT_NAMES = (
+    "importReactiveEnergy",
+    "netReactiveEnergy",
+    "totalReactiveEnergy",
+    "reactiveEnergy",
+    "inductiveReactiveEnergy",
+)
+
+
+def _power_totals(
+    out: dict[str, float],
+    total: dict[str, float],
+    n: int,
+    t_s: float,
+    volts: list[float],
+    neutral: complex,
+) -> None:
+    """The meter's power, current and voltage totals from its phases."""
     p, q, s = total["p"], total["q"], total["s"]
+    phases = [PHASE_NAMES[k] for k in range(n)]
     out["activePower"] = p
     out["reactivePower"] = q
     out["apparentPower"] = s
-    out["importActivePower"] = sum(max(out[f"activePower{PHASE_NAMES[k]}"], 0.0) for k in range(n))
-    out["exportActivePower"] = sum(max(-out[f"activePower{PHASE_NAMES[k]}"], 0.0) for k in range(n))
+    out["importActivePower"] = sum(max(out[f"activePower{name}"], 0.0) for name in phases)
+    out["exportActivePower"] = sum(max(-out[f"activePower{name}"], 0.0) for name in phases)
     out["totalPowerFactor"] = p / s if s else 1.0
     out["powerFactor"] = out["totalPowerFactor"]
     out["totalPhaseAngle"] = _angle_deg(complex(p, q))
@@ -452,6 +453,17 @@ def quantities(
     out["averageCurrent"] = total["i"] / n
     out["averageVoltageLN"] = sum(volts) / n
     out["neutralCurrent"] = abs(neutral) if n == 3 else total["i"]
+    out["averageThdVoltageLN"] = total["thd_v"] / n
+    out["averageThdCurrent"] = total["thd_i"] / n
+    out["phaseSequence"] = 1.0  # Janitza: 1 = clockwise (right-handed) rotating field
+    out["neutralCurrentDemand"] = out["neutralCurrent"]
+    out["maxNeutralCurrentDemand"] = max(
+        (out[f"maxCurrentDemand{name}"] for name in phases), default=0.0
+    )
+
+
+def _energy_totals(out: dict[str, float], total: dict[str, float]) -> None:
+    """The meter's counters and demands: the sums of its phases'."""
     out["importActiveEnergy"] = total["imp"]
     out["exportActiveEnergy"] = total["exp"]
     out["netActiveEnergy"] = total["imp"] - total["exp"]
@@ -460,12 +472,8 @@ def quantities(
     out["resettableImportActiveEnergy"] = total["imp_r"]
     out["resettableExportActiveEnergy"] = total["exp_r"]
     out["resettableTotalActiveEnergy"] = total["imp_r"] + total["exp_r"]
-    out["importReactiveEnergy"] = total["rimp"]
+    out.update(dict.fromkeys(_REACTIVE_IMPORT_NAMES, total["rimp"]))
     out["exportReactiveEnergy"] = 0.0
-    out["netReactiveEnergy"] = total["rimp"]
-    out["totalReactiveEnergy"] = total["rimp"]
-    out["reactiveEnergy"] = total["rimp"]
-    out["inductiveReactiveEnergy"] = total["rimp"]
     out["capacitiveReactiveEnergy"] = 0.0
     out["importApparentEnergy"] = total["aimp"]
     out["exportApparentEnergy"] = total["aexp"]
@@ -480,22 +488,17 @@ def quantities(
     out["maxImportActivePowerDemand"] = total["max_imp"]
     out["maxExportActivePowerDemand"] = total["max_exp"]
     out["maxTotalApparentPowerDemand"] = total["max_app"]
-    out["neutralCurrentDemand"] = out["neutralCurrent"]
-    out["maxNeutralCurrentDemand"] = max(
-        (out[f"maxCurrentDemand{PHASE_NAMES[k]}"] for k in range(n)), default=0.0
-    )
-    out["averageThdVoltageLN"] = total["thd_v"] / n
-    out["averageThdCurrent"] = total["thd_i"] / n
-    out["phaseSequence"] = 1.0  # Janitza: 1 = clockwise (right-handed) rotating field
-    if n == 3:
-        lines = []
-        for a, b in LINE_PAIRS:
-            va, vb = out[f"voltage{a}"], out[f"voltage{b}"]
-            # |Va - Vb| for phasors 120° apart: sqrt(Va² + Vb² + Va·Vb).
-            vll = math.sqrt(va * va + vb * vb + va * vb)
-            out[f"voltage{a}{b}"] = vll
-            out[f"thdVoltage{a}{b}"] = (out[f"thdVoltage{a}"] + out[f"thdVoltage{b}"]) / 2
-            lines.append(vll)
-        out["averageVoltageLL"] = sum(lines) / 3
-        out["averageThdVoltageLL"] = sum(out[f"thdVoltage{a}{b}"] for a, b in LINE_PAIRS) / 3
-    return out
+
+
+def _line_quantities(out: dict[str, float]) -> None:
+    """Line-to-line voltages and their distortion, for a three-phase meter."""
+    lines = []
+    for a, b in LINE_PAIRS:
+        va, vb = out[f"voltage{a}"], out[f"voltage{b}"]
+        # |Va - Vb| for phasors 120° apart: sqrt(Va² + Vb² + Va·Vb).
+        vll = math.sqrt(va * va + vb * vb + va * vb)
+        out[f"voltage{a}{b}"] = vll
+        out[f"thdVoltage{a}{b}"] = (out[f"thdVoltage{a}"] + out[f"thdVoltage{b}"]) / 2
+        lines.append(vll)
+    out["averageVoltageLL"] = sum(lines) / 3
+    out["averageThdVoltageLL"] = sum(out[f"thdVoltage{a}{b}"] for a, b in LINE_PAIRS) / 3
