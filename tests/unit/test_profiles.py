@@ -13,7 +13,22 @@ from emm.registers import DataType, Order
 
 pytestmark = pytest.mark.timeout(30)
 
-SHIPPED = ["abb_b23", "janitza_umg604", "sdm120", "sdm630", "sdm72d", "sdm72d_m2"]
+SHIPPED = [
+    "abb_b23",
+    "cg_em24",
+    "cg_em340",
+    "chint_dtsu666",
+    "finder_7m38",
+    "janitza_umg604",
+    "orno_we517",
+    "schneider_iem3000",
+    "sdm120",
+    "sdm230",
+    "sdm630",
+    "sdm72d",
+    "sdm72d_m2",
+    "siemens_pac2200",
+]
 
 
 def test_shipped_profiles_parse_with_unique_types() -> None:
