@@ -1,0 +1,119 @@
+"""Golden vectors: raw register words -> decoded value, for rows of every shipped profile.
+
+The words are written out by hand (IEEE-754 bit patterns, two's complement integers, word
+order as the datasheet states it), so the decoding is pinned independently of our encoder:
+a wrong type, order, scale or address-independent setting in a profile changes a value here.
+No datasheet read for these profiles gives a worked example with raw bytes, so the vectors
+are hand-computed words for a known value. Every (data type, order) a profile uses has a
+vector.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from emm.codec import decode
+from emm.profiles import Profile, shipped_profile, shipped_profiles
+
+pytestmark = pytest.mark.timeout(30)
+
+# float32 ABCD patterns used below
+F230 = [0x4366, 0x0000]  # 230.0
+F50 = [0x4248, 0x0000]  # 50.0
+F1234_5 = [0x449A, 0x5000]  # 1234.5
+FMINUS_HALF = [0xBF00, 0x0000]  # -0.5
+
+# (profile type, register name, raw words, decoded value; None = "not available")
+VECTORS: list[tuple[str, str, list[int], float | None]] = [
+    # Eastron: float32 big endian, no scaling
+    ("sdm630", "voltageL1", F230, 230.0),
+    ("sdm630", "frequency", F50, 50.0),
+    ("sdm630", "importActiveEnergy", F1234_5, 1234.5),
+    ("sdm120", "voltageL1", F230, 230.0),
+    ("sdm120", "totalPowerFactor", FMINUS_HALF, -0.5),
+    ("sdm120", "importActiveEnergy", F1234_5, 1234.5),
+    ("sdm72d", "activePower", [0xC4BB, 0x8000], -1500.0),
+    ("sdm72d", "importActiveEnergy", F1234_5, 1234.5),
+    ("sdm72d", "totalActiveEnergy", [0x4640, 0xE500], 12345.25),
+    ("sdm72d_m2", "voltageL1", F230, 230.0),
+    ("sdm72d_m2", "frequency", F50, 50.0),
+    ("sdm72d_m2", "exportActiveEnergy", F1234_5, 1234.5),
+    ("sdm230", "voltageL1", F230, 230.0),
+    ("sdm230", "totalPowerFactor", FMINUS_HALF, -0.5),
+    ("sdm230", "importActiveEnergy", F1234_5, 1234.5),
+    # ABB B23: big-endian integers with a fixed resolution, sentinels per row
+    ("abb_b23", "voltageL1", [0x0000, 0x08FD], 230.1),  # uint32 2301 x 0.1 V
+    ("abb_b23", "voltageL1", [0xFFFF, 0xFFFF], None),
+    ("abb_b23", "activePower", [0xFFFD, 0xB610], -1500.0),  # int32 -150000 x 0.01 W
+    ("abb_b23", "activePower", [0x7FFF, 0xFFFF], None),
+    ("abb_b23", "frequency", [0x1388], 50.0),  # uint16 5000 x 0.01 Hz
+    ("abb_b23", "totalPhaseAngle", [0xFED4], -30.0),  # int16 -300 x 0.1 deg
+    ("abb_b23", "totalPhaseAngle", [0x7FFF], None),
+    ("abb_b23", "importActiveEnergy", [0x0000, 0x0000, 0x075B, 0xCD15], 1234567.89),
+    ("abb_b23", "netActiveEnergy", [0xFFFF, 0xFFFF, 0xFFFF, 0xFF9C], -1.0),  # int64 -100
+    # Janitza: float32 big endian, energies in Wh
+    ("janitza_umg604", "voltageL1", F230, 230.0),
+    ("janitza_umg604", "frequency", F50, 50.0),
+    ("janitza_umg604", "importActiveEnergy", F1234_5, 1234.5),
+    # Carlo Gavazzi: INT32 least significant word first (CDAB), INT16, fixed weights
+    ("cg_em24", "voltageL1", [0x08FD, 0x0000], 230.1),  # 2301 = Volt*10
+    ("cg_em24", "activePower", [0xC568, 0xFFFF], -1500.0),  # -15000 = Watt*10
+    ("cg_em24", "currentL1", [0x1388, 0x0000], 5.0),  # 5000 = Ampere*1000
+    ("cg_em24", "totalPowerFactor", [0xFC4A], -0.95),  # -950 = PF*1000
+    ("cg_em24", "frequency", [0x01F4], 50.0),  # 500 = Hz*10
+    ("cg_em24", "importActiveEnergyL1", [0xD687, 0x0012], 123456.7),  # 1234567 = kWh*10
+    ("cg_em340", "voltageL1", [0x08FD, 0x0000], 230.1),
+    ("cg_em340", "activePower", [0xC568, 0xFFFF], -1500.0),
+    ("cg_em340", "totalPowerFactor", [0xFC4A], -0.95),
+    ("cg_em340", "frequency", [0x01F4], 50.0),
+    ("cg_em340", "importActiveEnergy", [0xD687, 0x0012], 123456.7),
+    # Chint DTSU666: float32 holding the reading in fixed units (0.1 V, 0.001 A, 0.01 Hz)
+    ("chint_dtsu666", "voltageL1", [0x450F, 0xC000], 230.0),  # 2300.0 x 0.1 V
+    ("chint_dtsu666", "currentL1", [0x459C, 0x4000], 5.0),  # 5000.0 x 0.001 A
+    ("chint_dtsu666", "frequency", [0x459C, 0x4000], 50.0),  # 5000.0 x 0.01 Hz
+    ("chint_dtsu666", "importActiveEnergy", F1234_5, 1234.5),
+    # ORNO: float32 big endian, powers in kW
+    ("orno_we517", "voltageL1", F230, 230.0),
+    ("orno_we517", "activePower", [0x4020, 0x0000], 2.5),
+    ("orno_we517", "importActiveEnergy", F1234_5, 1234.5),
+    # Schneider iEM3000: float32 big endian, energies int64 in Wh, NaN / 0x8000... missing
+    ("schneider_iem3000", "voltageL1", F230, 230.0),
+    ("schneider_iem3000", "activePower", [0x3FC0, 0x0000], 1.5),
+    ("schneider_iem3000", "frequency", [0xFFC0, 0x0000], None),  # NaN: not available
+    ("schneider_iem3000", "importActiveEnergy", [0x0000, 0x0000, 0x075B, 0xCD15], 123456789.0),
+    ("schneider_iem3000", "importActiveEnergy", [0x8000, 0x0000, 0x0000, 0x0000], None),
+    # Siemens PAC2200: float32 and double big endian
+    ("siemens_pac2200", "voltageL1", F230, 230.0),
+    ("siemens_pac2200", "powerFactorL1", [0x3F00, 0x0000], 0.5),
+    ("siemens_pac2200", "importActiveEnergy", [0x40FE, 0x2408, 0x0000, 0x0000], 123456.5),
+    # Finder 7M.38: float32 big endian
+    ("finder_7m38", "voltageL1", F230, 230.0),
+    ("finder_7m38", "activePower", [0xC4BB, 0x8000], -1500.0),
+    ("finder_7m38", "thdVoltageL1", [0x4020, 0x0000], 2.5),
+]
+
+
+@pytest.mark.parametrize(("type_", "name", "words", "value"), VECTORS)
+def test_golden_vector(type_: str, name: str, words: list[int], value: float | None) -> None:
+    profile = shipped_profile(type_)
+    assert profile is not None
+    register = {r.name: r for r in profile.registers}[name]
+    assert len(words) == register.data_type.words
+    decoded = decode(words, register)
+    if value is None:
+        assert decoded is None
+    else:
+        assert decoded == pytest.approx(value, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("profile", shipped_profiles(), ids=lambda p: p.type)
+def test_every_profile_has_vectors_for_each_type_and_order(profile: Profile) -> None:
+    by_name = {r.name: r for r in profile.registers}
+    covered = {
+        (by_name[name].data_type, by_name[name].order)
+        for type_, name, _, _ in VECTORS
+        if type_ == profile.type
+    }
+    used = {(r.data_type, r.order) for r in profile.registers}
+    assert len({name for type_, name, _, _ in VECTORS if type_ == profile.type}) >= 3
+    assert used <= covered
