@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -20,21 +21,20 @@ from emm.settings import WorkerSettings
 TICK_MS = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def captured() -> Iterator[io.StringIO]:
-    """Whatever the root logger writes once `setup_logging` ran (stderr swapped for a buffer);
-    the logging set-up before the test is restored afterwards."""
+    """What the root logger writes once `setup_logging` ran in this block (stderr swapped for a
+    buffer); the logging set-up from before the block is restored after it."""
     root = logging.getLogger()
-    saved = (root.level, root.handlers[:])
+    level, handlers = root.level, root.handlers[:]
     buffer = io.StringIO()
-    real = sys.stderr
-    sys.stderr = buffer
+    real, sys.stderr = sys.stderr, buffer
     try:
         yield buffer
     finally:
         sys.stderr = real
-        root.handlers[:] = saved[1]
-        root.setLevel(saved[0])
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _lines(buffer: io.StringIO) -> list[str]:
@@ -56,13 +56,14 @@ def test_context_leaves_out_what_is_unknown_and_writes_the_tick_in_utc() -> None
     assert context() == {}
 
 
-def test_json_is_one_object_per_line_with_stable_keys(captured: io.StringIO) -> None:
-    setup_logging("INFO", "worker", "json")
-    log = logging.getLogger("worker.consumer")
-    log.warning("meter %d: %s", 7, "timeout", extra=FULL)
-    log.info("worker started")
-    log.debug("not at INFO")
-    first, second = (json.loads(line) for line in _lines(captured))
+def test_json_is_one_object_per_line_with_stable_keys() -> None:
+    with captured() as out:
+        setup_logging("INFO", "worker", "json")
+        log = logging.getLogger("worker.consumer")
+        log.warning("meter %d: %s", 7, "timeout", extra=FULL)
+        log.info("worker started")
+        log.debug("not at INFO")
+    first, second = (json.loads(line) for line in _lines(out))
     assert list(first) == ["ts", "level", "service", "logger", "message", *CONTEXT]
     assert first["level"] == "WARNING"
     assert (first["service"], first["logger"]) == ("worker", "worker.consumer")
@@ -75,15 +76,16 @@ def test_json_is_one_object_per_line_with_stable_keys(captured: io.StringIO) -> 
     assert second["ts"].endswith("+00:00")
 
 
-def test_json_keeps_each_event_on_one_line(captured: io.StringIO) -> None:
-    setup_logging("INFO", "writer", "json")
-    log = logging.getLogger("writer.app")
-    try:
-        raise ValueError("two\nlines")
-    except ValueError:
-        log.exception("forged\nline \x1b[31m and a lone surrogate \ud800")
-    log.info("extra keys outside the context are not written", extra={"password": "x"})
-    lines = _lines(captured)
+def test_json_keeps_each_event_on_one_line() -> None:
+    with captured() as out:
+        setup_logging("INFO", "writer", "json")
+        log = logging.getLogger("writer.app")
+        try:
+            raise ValueError("two\nlines")
+        except ValueError:
+            log.exception("forged\nline \x1b[31m and a lone surrogate \ud800")
+        log.info("extra keys outside the context are not written", extra={"password": "x"})
+    lines = _lines(out)
     assert len(lines) == 2
     event = json.loads(lines[0])
     assert event["message"] == "forged\nline \x1b[31m and a lone surrogate \ud800"
@@ -92,13 +94,14 @@ def test_json_keeps_each_event_on_one_line(captured: io.StringIO) -> None:
     assert "password" not in json.loads(lines[1])
 
 
-def test_text_appends_the_context_as_key_value(captured: io.StringIO) -> None:
-    setup_logging("INFO", "worker")
-    log = logging.getLogger("worker.health")
-    log.warning("meter 7 offline", extra=FULL)
-    log.warning("quoted", extra=context(gateway="a b", error_code='say "x"=y'))
-    log.info("no context")
-    first, second, third = _lines(captured)
+def test_text_appends_the_context_as_key_value() -> None:
+    with captured() as out:
+        setup_logging("INFO", "worker")
+        log = logging.getLogger("worker.health")
+        log.warning("meter 7 offline", extra=FULL)
+        log.warning("quoted", extra=context(gateway="a b", error_code='say "x"=y'))
+        log.info("no context")
+    first, second, third = _lines(out)
     stamp, level, service, rest = first.split(" ", 3)
     assert datetime.fromisoformat(stamp).utcoffset().total_seconds() == 0  # type: ignore[union-attr]
     assert (level, service) == ("WARNING", "worker")
@@ -110,13 +113,14 @@ def test_text_appends_the_context_as_key_value(captured: io.StringIO) -> None:
     assert third.endswith(" INFO worker worker.health: no context")
 
 
-def test_text_keeps_the_traceback_below_the_line(captured: io.StringIO) -> None:
-    setup_logging("INFO", "scheduler", "text")
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        logging.getLogger("scheduler.app").exception("tick failed")
-    lines = _lines(captured)
+def test_text_keeps_the_traceback_below_the_line() -> None:
+    with captured() as out:
+        setup_logging("INFO", "scheduler", "text")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("scheduler.app").exception("tick failed")
+    lines = _lines(out)
     assert lines[0].endswith("ERROR scheduler scheduler.app: tick failed")
     assert lines[1] == "Traceback (most recent call last):"
     assert lines[-1] == "RuntimeError: boom"
