@@ -93,6 +93,8 @@ def test_up_runs_the_stack_and_stops_what_it_started(
             proc.kill()
             raise
         reader.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
     text = output()
     assert code == 0, text
     assert "PostgreSQL: using EMM_POSTGRES_DSN" in text

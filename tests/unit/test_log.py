@@ -15,8 +15,10 @@ from datetime import datetime
 import pytest
 
 from emm.errors import ConfigError, MessageError, SinkRejected, TransientDeviceError
-from emm.log import CONTEXT, context, error_code, setup_logging
+from emm.log import CONTEXT, JsonFormatter, context, error_code, setup_logging
+from emm.messages import Meter
 from emm.settings import WorkerSettings
+from worker.health import Health, OfflinePolicy
 
 TICK_MS = 1_772_366_400_000  # 2026-03-01T12:00:00Z
 
@@ -155,18 +157,33 @@ def test_a_service_logs_json_when_told() -> None:
     """The simulator (no broker needed) started with EMM_LOG_FORMAT=json: every line is JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMM_")}
     env |= {"EMM_LOG_FORMAT": "json", "EMM_SIMULATOR_HOST": "127.0.0.1", "EMM_SIMULATOR_PORT": "0"}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "simulator"],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()
+        finally:
+            proc.terminate()
+            proc.wait(10)
     event = json.loads(first)
     assert event["service"] == "simulator" and event["level"] == "INFO", event
+
+
+def test_the_workers_offline_line_carries_its_context(caplog: pytest.LogCaptureFixture) -> None:
+    meter = Meter(7, "192.0.2.7", 502, 3, "sdm630")
+    health = Health(OfflinePolicy(offline_after_ticks=1, backoff_max_s=60))
+    with caplog.at_level(logging.WARNING, logger="worker.health"):
+        health.record(meter, TICK_MS, 10_000, False, "timeout")
+    (record,) = caplog.records
+    event = json.loads(JsonFormatter("worker").format(record))
+    assert {k: event[k] for k in CONTEXT} == {
+        "meter_id": 7,
+        "gateway": "192.0.2.7:502",
+        "tick": "2026-03-01T12:00:00+00:00",
+        "error_code": "timeout",
+    }
