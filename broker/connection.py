@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -20,6 +20,7 @@ from broker.transport import make_connection
 from emm import retry
 from emm.errors import BrokerError
 from emm.fate import Outcome, decide, is_bug, reason
+from emm.log import error_code
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +155,16 @@ class Broker:
             q = await channel.get_queue(queue, ensure=False)
             await q.consume(handler, no_ack=False)
 
-    async def settle(self, queue: str, delivery: Delivery, error: BaseException | None) -> None:
+    async def settle(
+        self,
+        queue: str,
+        delivery: Delivery,
+        error: BaseException | None,
+        about: Mapping[str, object] | None = None,
+    ) -> None:
         """Ack, requeue or dead-letter `delivery` of `queue` as `emm.fate.decide` says for
         `error`. A dead letter is logged once, with the reason (RabbitMQ keeps the message as
-        it came, so the reason is in this line only)."""
+        it came, so the reason is in this line only) and the log context `about` (`emm.log`)."""
         outcome = decide(error)
         if outcome is Outcome.ACK:
             await ack(delivery)
@@ -172,6 +179,7 @@ class Broker:
                 f"{queue}.dead",
                 reason(error),
                 exc_info=error if is_bug(error) else None,
+                extra={**(about or {}), "error_code": error_code(error)},
             )
             await nack(delivery, requeue=False)
 

@@ -15,7 +15,7 @@ from postgres.schema import migrate
 def run(args: argparse.Namespace) -> int:
     """Apply the pending migrations and load the shipped profiles whose type has no registers."""
     settings = MigrateSettings.from_env()
-    setup_logging(settings.log_level, "migrate")
+    setup_logging(settings.log_level, "migrate", settings.log_format)
     seed_host = None if args.no_seed else (args.seed_host or settings.seed_host)
     seed_port = args.seed_port or settings.seed_port
     with connect(settings.postgres_dsn) as conn:

@@ -1,23 +1,128 @@
-"""Logging set-up shared by every service: one line per event on stderr.
+"""Logging set-up shared by every service: one line per event on stderr, as text or as JSON.
 
-Each line reads `<time> <LEVEL> <service> <logger>: <message>`; whatever context an event has
-(the meter, the queue) is in the message text itself.
+`EMM_LOG_FORMAT=text` (the default), for people:
+
+    2026-03-01T12:00:02.123+00:00 WARNING worker worker.consumer: meter 7 (...): timeout;
+    registers not read: voltageL1 meter_id=7 gateway=10.0.0.5:502 tick=2026-03-01T12:00:00+00:00
+    error_code=timeout                                       (one line, wrapped here)
+
+`EMM_LOG_FORMAT=json`, for log collectors: one JSON object per line, keys in this order:
+
+    ts          the event's time, UTC, ISO 8601 with its zone (`+00:00`), to the millisecond
+    level       DEBUG, INFO, WARNING, ERROR or CRITICAL
+    service     scheduler, worker, writer, simulator, migrate, ...
+    logger      the module that logged (`worker.consumer`)
+    message     the text of the line
+    meter_id, gateway, tick, error_code    only those the event knows (CONTEXT)
+    exc         the traceback, when the event carries one
+
+An event's context comes from the log call: `log.warning("...", extra=context(meter_id=7,
+gateway="10.0.0.5:502", tick_ms=job.tick_ms))`. Only the CONTEXT keys are written, so the set of
+keys is stable; the text format appends the same ones as `key=value` (a value with spaces,
+quotes or `=` is quoted).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from emm.errors import EmmError
+
+LogFormat = Literal["text", "json"]
+
+# The context keys an event may carry, in the order they are written.
+CONTEXT = ("meter_id", "gateway", "tick", "error_code")
+
+_PLAIN = re.compile(r"[^\s\"'=\\]+")
 
 
-def setup_logging(level: str = "INFO", service: str = "emm") -> None:
-    """Send the service's log at `level` and above to stderr with time, level and service name."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
-        force=True,
-    )
+def context(
+    *,
+    meter_id: int | None = None,
+    gateway: str | None = None,
+    tick_ms: int | None = None,
+    error_code: str | None = None,
+) -> dict[str, object]:
+    """`extra=` for a log call: the CONTEXT an event knows (None and "" left out); the tick is
+    written as ISO 8601 UTC to the second."""
+    tick = None if tick_ms is None else _utc(tick_ms / 1000, "seconds")
+    values = {"meter_id": meter_id, "gateway": gateway, "tick": tick, "error_code": error_code}
+    return {key: value for key, value in values.items() if value not in (None, "")}
+
+
+def error_code(error: BaseException) -> str:
+    """A short machine-readable name for `error`: a device error's own code (`timeout`), else
+    its class in snake case (`sink_rejected`), or `internal_error` for one that is not ours."""
+    code = getattr(error, "code", None)
+    if isinstance(code, str):
+        return code
+    if not isinstance(error, EmmError):
+        return "internal_error"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+
+
+def _utc(seconds: float, timespec: str) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec=timespec)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return _utc(record.created, "milliseconds")
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: getattr(record, key) for key in CONTEXT if getattr(record, key, None) is not None}
+
+
+class TextFormatter(logging.Formatter):
+    """`<time> <LEVEL> <service> <logger>: <message> key=value ...`, then any traceback."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record)} {record.levelname} {self.service} {record.name}: "
+        line += record.getMessage()
+        for key, value in _context(record).items():
+            text = str(value)
+            line += f" {key}={text if _PLAIN.fullmatch(text) else json.dumps(text)}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per event, on one line (control characters and newlines escaped)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_context(record),
+        }
+        if record.exc_info:
+            event["exc"] = self.formatException(record.exc_info)
+        # ASCII only: a lone surrogate in a message cannot break the line's encoding.
+        return json.dumps(event, default=str)
+
+
+def setup_logging(level: str = "INFO", service: str = "emm", fmt: LogFormat = "text") -> None:
+    """Send the service's log at `level` and above to stderr, one line per event in `fmt`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # Library chatter at INFO drowns our own lines (pymodbus logs every reconnect, aio-pika
     # every channel event); their warnings still come through.
     # aio-pika and aiormq log every failed reconnection attempt as an error; `broker` reports

@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from emm.errors import ConfigError
+from emm.log import LogFormat
 from emm.schedule import CronSchedule
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -100,13 +101,14 @@ class _EnvMapping(EnvSettingsSource):
 
 
 class _Settings(BaseSettings):
-    """What every service reads: `EMM_LOG_LEVEL`."""
+    """What every service reads: `EMM_LOG_LEVEL`, `EMM_LOG_FORMAT`."""
 
     model_config = SettingsConfigDict(
         env_prefix="EMM_", frozen=True, validate_by_name=True, extra="forbid"
     )
 
     log_level: Annotated[LogLevel, _UPPER] = "INFO"
+    log_format: Annotated[LogFormat, _LOWER] = "text"
 
     @classmethod
     def settings_customise_sources(

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = SchedulerSettings.from_env()
     except ConfigError as exc:
         exit_with("scheduler", exc)
-    setup_logging(settings.log_level, "scheduler")
+    setup_logging(settings.log_level, "scheduler", settings.log_format)
     run_until_signalled(lambda stop: run(settings, stop), event_loop=settings.event_loop)
 
 

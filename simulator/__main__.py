@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     except EmmError as exc:
         print(f"emm simulator: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging(settings.log_level, "simulator")
+    setup_logging(settings.log_level, "simulator", settings.log_format)
     try:
         run_until_signalled(
             lambda stop: run(settings, stop, options), event_loop=settings.event_loop

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = WorkerSettings.from_env()
     except ConfigError as exc:
         exit_with("worker", exc)
-    setup_logging(settings.log_level, "worker")
+    setup_logging(settings.log_level, "worker", settings.log_format)
     run_until_signalled(lambda stop: run(settings, stop), event_loop=settings.event_loop)
 
 

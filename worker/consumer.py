@@ -14,6 +14,7 @@ from typing import Any
 
 from broker import JOBS, Broker, Delivery
 from emm.errors import MessageError
+from emm.log import context
 from emm.messages import Job, Reading, Status
 from worker.device import Devices
 from worker.outbox import Outbox, Outgoing
@@ -31,11 +32,20 @@ def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozen
     """
     m = job.meter
     where = f"meter {m.id} ({m.type} at {m.host}:{m.port} unit {m.unit_id}) tick {iso(job.tick_ms)}"
+    extra = context(
+        meter_id=m.id,
+        gateway=f"{m.host}:{m.port}",
+        tick_ms=job.tick_ms,
+        error_code=reading.status.error_code,
+    )
     if set(reading.errors) - known:
         names = ", ".join(sorted(reading.errors))
-        log.warning("%s: %s; registers not read: %s", where, reading.status.error, names)
+        log.warning(
+            "%s: %s; registers not read: %s", where, reading.status.error, names, extra=extra
+        )
     if reading.missing:
-        log.info("%s: not available (sentinel/NaN): %s", where, ", ".join(reading.missing))
+        missing = ", ".join(reading.missing)
+        log.info("%s: not available (sentinel/NaN): %s", where, missing, extra=extra)
 
 
 class Consumer:

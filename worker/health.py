@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from emm.log import context
 from emm.messages import Meter
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Health:
                     meter.port,
                     meter.unit_id,
                     down_s,
+                    extra=context(meter_id=meter.id, gateway=f"{meter.host}:{meter.port}"),
                 )
             self._reset()
             return
@@ -96,6 +98,12 @@ class Health:
                 self.failed_ticks,
                 error,
                 backoff_max_s,
+                extra=context(
+                    meter_id=meter.id,
+                    gateway=f"{meter.host}:{meter.port}",
+                    tick_ms=tick_ms,
+                    error_code=error,
+                ),
             )
         else:
             self.backoff_s = min(self.backoff_s * 2, backoff_max_s)

@@ -23,6 +23,7 @@ from typing import TextIO
 from broker import READINGS, Broker, Delivery
 from emm import retry
 from emm.errors import SinkRejected, SinkUnavailable
+from emm.log import context
 from emm.messages import Reading
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch
@@ -69,8 +70,14 @@ class Writer:
         if len(self._pending) >= self.settings.batch_size:
             self._wake.set()
 
-    async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
-        await self.broker.settle(READINGS, delivery, error)
+    async def _settle(
+        self, delivery: Delivery, error: BaseException | None, reading: Reading | None = None
+    ) -> None:
+        about = None
+        if reading is not None:
+            m = reading.meter
+            about = context(meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=reading.tick_ms)
+        await self.broker.settle(READINGS, delivery, error, about)
 
     async def _write(self, items: list[Item]) -> None:
         """Write `items`, isolating rejected readings; raises SinkUnavailable to retry later."""
@@ -81,7 +88,7 @@ class Writer:
                 self._record(items)
         except SinkRejected as exc:
             if len(items) == 1:
-                await self._settle(items[0][0], exc)
+                await self._settle(items[0][0], exc, items[0][1])
                 return
             half = len(items) // 2
             await self._write(items[:half])

@@ -57,6 +57,7 @@ CRON_FIELDS = "expected 5 (minute hour day month weekday) or 6 (a leading second
 def test_worker_defaults() -> None:
     assert WorkerSettings.from_env({}).model_dump() == {
         "log_level": "INFO",
+        "log_format": "text",
         "event_loop": "uvloop",
         "amqp_url": AMQP,
         "concurrency": 512,
@@ -95,7 +96,7 @@ def test_worker_defaults() -> None:
     ],
 )
 def test_defaults(cls: type[Settings], defaults: dict[str, object]) -> None:
-    common: dict[str, object] = {"log_level": "INFO"}
+    common: dict[str, object] = {"log_level": "INFO", "log_format": "text"}
     if cls is not MigrateSettings:
         common["event_loop"] = "uvloop"
     assert cls.from_env({}).model_dump() == common | defaults
