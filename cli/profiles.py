@@ -229,8 +229,5 @@ def _import(name: str, *, dry_run: bool, force: bool) -> int:
             )
             return 1
         import_profile(conn, profile, replace=True)
-    print(
-        f"imported {len(profile.rows)} registers of type {profile.type!r} from {profile.path} "
-        f"({counts}{used})"
-    )
+    print(f"imported {len(profile.rows)} registers of type {profile.type!r} from {profile.path}")
     return 0
