@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
 
+from cli.args import DEFAULT_PORT, bounded, host_port, seconds
 from emm.errors import EmmError
 
 SERVICES = ("scheduler", "worker", "writer", "simulator")
@@ -33,11 +35,21 @@ def _service(name: str, argv: list[str]) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed package's version."""
+    try:
+        return importlib.metadata.version("energymonitoring")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `emm` parser; the services' options are their own parsers' (`emm worker --help`)."""
     parser = argparse.ArgumentParser(
         prog="emm",
         description="Read energy meters over Modbus TCP on a schedule and store them in InfluxDB.",
     )
+    parser.add_argument("--version", action="version", version=f"emm {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema (idempotent)")
@@ -57,19 +69,58 @@ def build_parser() -> argparse.ArgumentParser:
         # The service parses its own options (`emm worker --help`).
         sub.add_parser(name, help=text, add_help=False)
 
-    r = sub.add_parser("read", help="read a device once and print its values")
-    r.add_argument("--host", required=True)
-    r.add_argument("--port", type=int, default=502)
-    r.add_argument("--unit", type=int, default=1, help="unit id (slave address)")
-    r.add_argument("--type", required=True, help="a shipped profile or a type in PostgreSQL")
-    r.add_argument("--raw", action="store_true", help="also print the registers in hex")
-    r.add_argument("--timeout", type=float, default=2.0, help="seconds per request")
+    r = sub.add_parser(
+        "read",
+        help="read a device once, as a worker reads it, and print its values",
+        description="Read every register of a type from a device once, with the worker's "
+        "retries and hole splitting, and print the values. The register map is the type's rows "
+        "in PostgreSQL (EMM_POSTGRES_DSN) when reachable, else the shipped profile.",
+    )
+    r.add_argument(
+        "--host",
+        required=True,
+        type=host_port,
+        metavar="H[:P]",
+        help="the device or gateway; H:P or [IPv6]:P gives the port too",
+    )
+    r.add_argument(
+        "--port", type=bounded(1, 65535), metavar="P", help=f"TCP port (default {DEFAULT_PORT})"
+    )
+    r.add_argument(
+        "--unit", type=bounded(0, 255), default=1, metavar="U", help="unit id (default 1)"
+    )
+    r.add_argument("--type", required=True, help="a type in PostgreSQL or a shipped profile")
+    r.add_argument(
+        "--raw",
+        action="store_true",
+        help="also print each value's function code, address and registers in hex",
+    )
+    r.add_argument(
+        "--timeout",
+        type=seconds,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for the connection and for each answer (default 2)",
+    )
 
-    p = sub.add_parser("profiles", help="list or import device profiles")
+    p = sub.add_parser("profiles", help="list, show or import device profiles")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
-    psub.add_parser("list", help="list the shipped profiles")
-    imp = psub.add_parser("import", help="load a profile file into PostgreSQL (replaces its type)")
-    imp.add_argument("file")
+    psub.add_parser("list", help="the shipped profiles and the types in PostgreSQL")
+    show = psub.add_parser("show", help="a type's registers (PostgreSQL's rows, else shipped)")
+    show.add_argument("type", metavar="TYPE")
+    imp = psub.add_parser(
+        "import",
+        help="load a profile into PostgreSQL, replacing its type's rows",
+        description="Load a profile file, or a shipped profile by its type, into PostgreSQL. "
+        "Rows that meters use are replaced only with --force.",
+    )
+    imp.add_argument("profile", metavar="FILE|TYPE", help="a profile .toml file or a shipped type")
+    imp.add_argument(
+        "--dry-run", action="store_true", help="show the rows that would change; write nothing"
+    )
+    imp.add_argument(
+        "--force", action="store_true", help="replace the rows even though meters use the type"
+    )
     return parser
 
 

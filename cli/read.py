@@ -1,87 +1,233 @@
-"""`emm read`: read a device once through the planner and codec the worker uses, print a table."""
+"""`emm read`: read a device once as a worker reads it, and print its values.
+
+The register map is the type's rows in PostgreSQL when the database is reachable and has them
+(what the scheduler would send), else the shipped profile; a line on stderr says which. The read
+is the worker's (`read_device`, the one place this module calls the worker): the same retries,
+hole splitting and error codes as a reading's `meter_status`. A device that cannot be reached,
+or never answers, is one line on stderr and exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
+import time
+from dataclasses import dataclass, field
 
-from emm.codec import RequestDecoder
-from emm.errors import ConfigError, DecodeError, DeviceError
+from cli.args import DEFAULT_PORT
+from emm.errors import ConfigError, DatabaseError, TransientDeviceError
 from emm.log import setup_logging
-from emm.planner import ReadLimits, assign, plan
+from emm.messages import Job, Meter, Reading
+from emm.plan import Plan
+from emm.planner import ReadLimits
 from emm.profiles import shipped_profile
 from emm.registers import Register
-from worker.modbus import DevicePool
+from emm.settings import MigrateSettings, WorkerSettings
+from worker.device import Device
+from worker.health import Health, OfflinePolicy
+from worker.holes import Holes
+from worker.modbus import DeviceLink
+from worker.reader import read_job
+
+# As many tries per request as a worker makes by default (EMM_READ_ATTEMPTS).
+ATTEMPTS: int = WorkerSettings.model_fields["read_attempts"].default
+# The time the reads may take in all, as a worker has one tick of the default cron.
+BUDGET_S = 60.0
 
 
-def _registers_for(type_: str) -> tuple[tuple[Register, ...], ReadLimits]:
-    """A shipped profile's map, or else the type's rows in PostgreSQL read as the scheduler
-    reads them (same validation, same read limits)."""
-    profile = shipped_profile(type_)
-    if profile is not None:
-        return profile.registers, profile.limits
-    from emm.settings import MigrateSettings
-    from postgres.config import load_type
-    from postgres.connection import connect
+@dataclass(frozen=True)
+class RegisterMap:
+    """The registers `emm read` reads, their read limits and where they come from."""
 
-    with connect(MigrateSettings.from_env().postgres_dsn) as conn:
-        registers, limits, errors = load_type(conn, type_)
+    type: str
+    registers: tuple[Register, ...]
+    limits: ReadLimits
+    origin: str
+
+
+def register_map(type_: str) -> RegisterMap:
+    """The type's rows in PostgreSQL when it is reachable and has them, else the shipped
+    profile; raises ConfigError when neither has the type."""
+    dsn = MigrateSettings.from_env().postgres_dsn
+    not_used = ""
+    try:
+        from postgres.config import load_type
+        from postgres.connection import connect
+
+        with connect(dsn, timeout_s=2) as conn:
+            registers, limits, errors = load_type(conn, type_)
+    except DatabaseError as exc:
+        registers, limits, errors = (), ReadLimits(), []
+        not_used = f"PostgreSQL not used: {exc}"
     for error in errors:
         print(f"warning: {error}", file=sys.stderr)
-    if not registers:
-        raise ConfigError(f"type {type_!r} is neither a shipped profile nor in the registers table")
-    return registers, limits
+    if registers:
+        return RegisterMap(
+            type_, registers, limits, f"{type_} from PostgreSQL ({len(registers)} rows)"
+        )
+    profile = shipped_profile(type_)
+    if profile is not None:
+        origin = f"{type_} from the shipped profile {profile.path}"
+        return RegisterMap(
+            type_,
+            profile.registers,
+            profile.limits,
+            origin + (f" ({not_used})" if not_used else ""),
+        )
+    if not_used:
+        raise ConfigError(f"type {type_!r} is not a shipped profile ({not_used})")
+    raise ConfigError(f"type {type_!r} is neither a shipped profile nor in the registers table")
+
+
+def address(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _connectable(host: str, port: int, timeout_s: float) -> None:
+    """Raise TransientDeviceError("cannot connect to H:P: <the system's reason>") unless a TCP
+    connection opens within `timeout_s` (pymodbus reports a failed connect without its reason)."""
+    where = address(host, port)
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        raise TransientDeviceError(
+            f"cannot connect to {where}: no connection within {timeout_s:g} s", code="unreachable"
+        ) from None
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) or not exc.errno:
+            reason = exc.strerror or str(exc)
+        else:
+            reason = os.strerror(exc.errno)
+        raise TransientDeviceError(
+            f"cannot connect to {where}: {reason}", code="unreachable"
+        ) from None
+    writer.close()
+    await writer.wait_closed()
+
+
+class _RecordingLink(DeviceLink):
+    """The worker's link to a device, keeping each answered word by (function code, address)
+    for `--raw`."""
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        super().__init__(host, port, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+        self.words: dict[tuple[int, int], int] = {}
+
+    async def read(self, function_code: int, address: int, count: int, unit_id: int) -> list[int]:
+        words = await super().read(function_code, address, count, unit_id)
+        for offset, word in enumerate(words):
+            self.words[(function_code, address + offset)] = word
+        return words
+
+
+@dataclass
+class Result:
+    """What one read gave: the worker's reading and the words the device answered."""
+
+    reading: Reading
+    words: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+async def read_device(
+    host: str, port: int, unit_id: int, type_: str, plan: Plan, timeout_s: float
+) -> Result:
+    """Read `plan` from the device once, as a worker reads a job of it (the one adapter to the
+    worker's API: `read_job` on a `Device` of a `DeviceLink`, `Health` and `Holes`).
+
+    Raises TransientDeviceError when no TCP connection opens within `timeout_s`.
+    """
+    await _connectable(host, port, timeout_s)
+    link = _RecordingLink(host, port, timeout_s)
+    device = Device(
+        (host, port, unit_id),
+        link,
+        Health(OfflinePolicy(offline_after_ticks=1, backoff_max_s=0)),
+        Holes(),
+    )
+    now_ms = int(time.time() * 1000)
+    job = Job(
+        meter=Meter(id=0, host=host, port=port, unit_id=unit_id, type=type_),
+        tick_ms=now_ms,
+        deadline_ms=now_ms + int(BUDGET_S * 1000),
+        plan=plan,
+    )
+    try:
+        reading = await read_job(job, device, attempts=ATTEMPTS)
+    finally:
+        link.close()
+    return Result(reading, link.words)
 
 
 def run(args: argparse.Namespace) -> int:
     """Read the device once and print its values; exit code 1 if any failed."""
     setup_logging("WARNING", "read")
-    return asyncio.run(read_once(args))
-
-
-async def read_once(args: argparse.Namespace) -> int:
-    """Read every register of `args.type` from the device once; exit code 1 if any failed."""
-    registers, limits = _registers_for(args.type)
-    requests = plan(registers, limits)
-    pool = DevicePool(timeout_s=args.timeout, connect_timeout_s=args.timeout, idle_close_s=0)
-    link = pool.link(args.host, args.port)
-    rows: list[tuple[str, str, str, str]] = []
-    failed = 0
+    host, port = args.host
+    if port is not None and args.port is not None and port != args.port:
+        raise ConfigError(f"--host gives port {port} and --port {args.port}: give one")
+    port = port or args.port or DEFAULT_PORT
+    regs = register_map(args.type)
+    print(f"register map: {regs.origin}", file=sys.stderr)
+    plan = Plan.build(regs.registers, regs.limits)
     try:
-        for request, covered in assign(requests, registers):
-            decoder = RequestDecoder.build(request.address, request.count, covered)
-            try:
-                words = await link.read(
-                    request.function_code, request.address, request.count, args.unit
-                )
-                values, missing = decoder.decode(words)
-            except (DeviceError, DecodeError) as exc:
-                failed += len(covered)
-                for reg in covered:
-                    rows.append((reg.name, "error", reg.unit, str(exc)))
-                continue
-            for reg in covered:
-                raw = ""
-                if args.raw:
-                    offset = reg.address - request.address
-                    raw = " ".join(f"{w:04X}" for w in words[offset : offset + reg.data_type.words])
-                if reg.name in missing:
-                    rows.append((reg.name, "n/a", reg.unit, raw))
-                else:
-                    rows.append((reg.name, f"{values[reg.name]:.6g}", reg.unit, raw))
-    finally:
-        pool.close()
-    width = max([len("name")] + [len(r[0]) for r in rows])
-    header = f"{'name':<{width}}  {'value':>14}  {'unit':<6}"
-    print((header + ("  raw" if args.raw else "")).rstrip())
-    for name, value, unit, extra in rows:
-        line = f"{name:<{width}}  {value:>14}  {unit:<6}"
-        if args.raw or value == "error":
-            line += f"  {extra}"
-        print(line.rstrip())
-    print(
-        f"{len(requests)} request(s), {len(rows) - failed} of {len(rows)} values read",
-        file=sys.stderr,
-    )
-    return 1 if failed else 0
+        result = asyncio.run(read_device(host, port, args.unit, args.type, plan, args.timeout))
+    except TransientDeviceError as exc:
+        print(f"emm read: {exc}", file=sys.stderr)
+        return 1
+    status = result.reading.status
+    if not status.up:
+        # Nothing answered: one line, not one per register.
+        tries = f" ({status.requests} tries)" if status.requests > 1 else ""
+        print(f"emm read: {status.error}{tries}", file=sys.stderr)
+        return 1
+    _print_table(regs.registers, result, raw=args.raw)
+    read = len(result.reading.fields)
+    summary = f"{status.requests} request(s), {read} of {len(regs.registers)} values read"
+    if status.error_code:
+        summary += f"; first error ({status.error_code}): {status.error}"
+    print(summary, file=sys.stderr)
+    return 1 if status.error_code else 0
+
+
+def format_value(value: float) -> str:
+    """The value with every digit it has: the shortest text that reads back as the same float."""
+    return repr(float(value))
+
+
+def _print_table(registers: tuple[Register, ...], result: Result, *, raw: bool) -> None:
+    reading = result.reading
+    missing = set(reading.missing)
+    rows: list[list[str]] = []
+    for reg in registers:
+        if reg.name in reading.fields:
+            value = format_value(reading.fields[reg.name])
+        elif reg.name in missing:
+            value = "n/a"
+        else:
+            value = "error"
+        row = [reg.name, value, reg.unit]
+        if raw:
+            words = [result.words.get((reg.function_code, a)) for a in range(reg.address, reg.end)]
+            hex_ = " ".join("----" if w is None else f"{w:04X}" for w in words)
+            row += [str(reg.function_code), str(reg.address), hex_]
+        if value == "error":
+            row.append(reading.errors.get(reg.name, ""))
+        rows.append(row)
+    header = ["name", "value", "unit"] + (["fc", "address", "raw"] if raw else [])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {1, 3, 4}  # numbers
+    for row in [header, *rows]:
+        # an error's reason, past the last column, is left as it is
+        cells = [
+            cell
+            if i >= len(widths)
+            else cell.rjust(widths[i])
+            if i in right
+            else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        print("  ".join(cells).rstrip())

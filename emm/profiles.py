@@ -24,6 +24,7 @@ _TYPE = re.compile(r"^[a-z0-9_]{1,64}$")
 # A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
 _ROW_KEYS = {*REGISTER_KEYS, "source"}
 _REQUIRED = ("name", "address", "function_code", "data_type")
+_TOP_KEYS = {"type", "name", "source", "max_read_registers", "max_read_bits", "max_gap_registers"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def parse_profile(text: str, path: str) -> Profile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - _TOP_KEYS - {"registers"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     type_ = data.get("type")
     if not isinstance(type_, str) or not _TYPE.match(type_):
         raise ConfigError(f"{path}: line 1: 'type' must be lowercase letters, digits or _")

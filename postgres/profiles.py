@@ -1,10 +1,16 @@
-"""Storing a device profile's registers and read limits as rows (`emm migrate` loads the
-shipped ones, `emm profiles import` a file, the simulator's `--write-config` its own)."""
+"""A device profile's registers and read limits as rows: storing them (`emm migrate` loads the
+shipped ones, `emm profiles import` a file or a shipped one, the simulator's `--write-config` its
+own), and reading a type back as `emm profiles` and `emm read` show it."""
 
 from __future__ import annotations
 
-from emm.profiles import Profile
-from postgres.connection import Connection
+from dataclasses import dataclass
+
+from emm.config import register_from_row
+from emm.errors import ConfigError
+from emm.planner import ReadLimits
+from emm.profiles import Profile, ProfileRegister
+from postgres.connection import Connection, map_errors
 from postgres.schema import LOCK_ID
 
 
@@ -66,3 +72,90 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
             ),
         )
     return True
+
+
+@dataclass(frozen=True)
+class StoredType:
+    """A type as PostgreSQL holds it: its register rows (with their datasheet references),
+    its read limits and name, and the messages of the rows that could not be used."""
+
+    type: str
+    name: str
+    limits: ReadLimits
+    rows: tuple[ProfileRegister, ...]
+    skipped: tuple[str, ...]
+
+
+_ROWS_SQL = """
+SELECT id, type, register_address, measurement_name, data_unit, data_type, function_code,
+       byte_order, word_order, scale, value_offset, missing_values, source
+FROM registers WHERE type = %s ORDER BY function_code, register_address, id
+"""
+_LIMITS_SQL = """
+SELECT name, max_read_registers, max_read_bits, max_gap_registers FROM meter_types WHERE type = %s
+"""
+
+
+def stored_type(conn: Connection, type_: str) -> StoredType | None:
+    """The rows and limits of `type_` in the database; None when it has no register rows."""
+    with map_errors(), conn, conn.cursor() as cur:
+        cur.execute(_ROWS_SQL, (type_,))
+        rows = cur.fetchall()
+        cur.execute(_LIMITS_SQL, (type_,))
+        limits_row = cur.fetchone()
+    if not rows:
+        return None
+    registers: list[ProfileRegister] = []
+    skipped: list[str] = []
+    for row in rows:
+        data = dict(zip(_ROW_KEYS, row, strict=True))
+        try:
+            registers.append(ProfileRegister(register_from_row(data), data["source"] or ""))
+        except ConfigError as exc:
+            skipped.append(f"registers row id={data['id']} ({data['name']!r}) skipped: {exc}")
+    name, limits = type_, ReadLimits()
+    if limits_row is not None:
+        name = limits_row[0] or type_
+        try:
+            limits = ReadLimits(
+                max_registers=limits_row[1], max_bits=limits_row[2], max_gap=limits_row[3]
+            )
+        except ConfigError as exc:
+            skipped.append(f"meter_types row {type_!r} ignored: {exc}")
+    return StoredType(type_, name, limits, tuple(registers), tuple(skipped))
+
+
+# The columns of `_ROWS_SQL` under the names `emm.config.register_from_row` reads.
+_ROW_KEYS = (
+    "id",
+    "type",
+    "address",
+    "name",
+    "unit",
+    "data_type",
+    "function_code",
+    "byte_order",
+    "word_order",
+    "scale",
+    "offset",
+    "missing",
+    "source",
+)
+
+
+def stored_types(conn: Connection) -> dict[str, tuple[int, str]]:
+    """Every type with register rows in the database: its row count and its name."""
+    with map_errors(), conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT r.type, count(*), max(t.name) FROM registers r
+               LEFT JOIN meter_types t ON t.type = r.type GROUP BY r.type ORDER BY r.type"""
+        )
+        return {type_: (count, name or type_) for type_, count, name in cur.fetchall()}
+
+
+def meters_using(conn: Connection, type_: str) -> int:
+    """How many `energy_meters` rows (enabled or not) are of type `type_`."""
+    with map_errors(), conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM energy_meters WHERE type = %s", (type_,))
+        (count,) = cur.fetchone()
+    return int(count)
