@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from emm.messages import Meter
+from emm.text import quote
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Health:
                 log.info(
                     "meter %d (%s:%d unit %d) answers again after %.0f s offline",
                     meter.id,
-                    meter.host,
+                    quote(meter.host),
                     meter.port,
                     meter.unit_id,
                     down_s,
@@ -90,7 +91,7 @@ class Health:
                 "meter %d (%s:%d unit %d) offline after %d failed ticks (%s); polling it "
                 "with backoff up to %.0f s",
                 meter.id,
-                meter.host,
+                quote(meter.host),
                 meter.port,
                 meter.unit_id,
                 self.failed_ticks,
