@@ -173,6 +173,11 @@ class Writer:
             await self._store(items[:half])
             await self._store(items[half:])
             return
+        if self._outage_since is not None:
+            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
+            self._outage_since = None
+        if self._stats is not None:
+            self._record(items)
         for item in items:
             await self._settle(item, None)
         self.written += len(items)
@@ -186,19 +191,17 @@ class Writer:
             stop=lambda _state: self._stop.is_set(),
             on_retry=partial(self._failing, len(items)),
         )
-        if self._stats is not None:
-            self._record(items)
-        if self._outage_since is not None:
-            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
-            self._outage_since = None
 
     def _record(self, items: list[Item]) -> None:
         """Append `written_ms tick_ms count` per tick of a batch InfluxDB just took."""
         assert self._stats is not None
         written_ms = int(time.time() * 1000)
         ticks = Counter(item.reading.tick_ms for item in items)
-        self._stats.write("".join(f"{written_ms} {t} {n}\n" for t, n in ticks.items()))
-        self._stats.flush()
+        try:
+            self._stats.write("".join(f"{written_ms} {t} {n}\n" for t, n in ticks.items()))
+            self._stats.flush()
+        except OSError as exc:  # the readings are stored: a benchmark's file must not undo that
+            log.warning("cannot append to EMM_WRITER_STATS_FILE: %s", exc)
 
     async def flush(self) -> None:
         """Write the oldest batch, retrying until InfluxDB takes it (or the writer stops: its
