@@ -5,9 +5,11 @@ A type or description becomes an InfluxDB tag value, so it must survive line pro
 
 - no control characters, line or paragraph separators, or unpaired surrogates (a newline would
   end the line, a surrogate cannot be encoded as UTF-8 at all);
-- no backslash at the end: InfluxDB reads a backslash before the comma or space that follows a
-  tag value as escaping it, and line protocol has no way to write a trailing backslash (other
-  backslashes are stored exactly as written: they are not escaped, see `writer.lines`);
+- no backslash at the end or before a backslash, comma, equals sign or space: InfluxDB reads a
+  backslash before the separator that follows a tag value as escaping it (line protocol cannot
+  write a trailing backslash at all), and VictoriaMetrics unescapes a doubled one or drops the
+  point. Every other backslash is stored exactly as written by both: it is not escaped (see
+  `writer.lines`);
 - at most `TYPE_MAX_CHARS` / `DESCRIPTION_MAX_CHARS` characters, far below InfluxDB's 64 KB
   series key.
 
@@ -17,12 +19,14 @@ line of its own; `emm.log` escapes whatever else reaches a line.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 TYPE_MAX_CHARS = 64
 DESCRIPTION_MAX_CHARS = 256
 HOST_MAX_CHARS = 253  # the longest DNS name
 
+_BAD_BACKSLASH = re.compile(r"\\(?:[\\, =]|\Z)")
 # Control, line separator, paragraph separator, unpaired surrogate.
 _BAD_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
 
@@ -41,8 +45,11 @@ def tag_problem(value: str, max_chars: int) -> str | None:
     bad = _bad_character(value)
     if bad is not None:
         return f"contains the control character {bad!r}"
-    if value.endswith("\\"):
-        return "ends with a backslash (InfluxDB line protocol cannot store one there)"
+    if "\\" in value and _BAD_BACKSLASH.search(value):
+        return (
+            "has a backslash at the end or before a backslash, comma, equals sign or space "
+            "(line protocol cannot carry it exactly)"
+        )
     return None
 
 

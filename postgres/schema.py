@@ -98,14 +98,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 # Text that becomes a tag, a field name or a logged host (`emm.text`, `emm.registers`): no
-# control characters, line separators or trailing backslash, limited lengths, no reserved name.
+# control characters or line separators, no backslash read as an escape, limited lengths, no
+# reserved name.
 _CONTROL = r"[\x01-\x1f\x7f-\x9f\u2028\u2029]"
 
 
 def _tag_check(column: str, max_chars: int) -> str:
     return (
         f"char_length({column}) BETWEEN 1 AND {max_chars} AND {column} !~ '{_CONTROL}' "
-        f"AND right({column}, 1) <> '\\'"
+        f"AND {column} !~ '\\\\([\\\\, =]|$)'"
     )
 
 

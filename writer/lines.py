@@ -7,7 +7,8 @@ so the same reading always gives the same bytes and a second write of it replace
 Escaping follows InfluxDB's parser: in tag values and field keys a comma, equals sign or space
 is escaped with a backslash, and nothing else is unescaped, so a backslash is written as it is
 (escaping it would store it doubled). What line protocol cannot carry exactly is refused with
-`Unwritable` instead: a tag with a control character or a trailing backslash, an over-long tag
+`Unwritable` instead: a tag with a control character or a backslash InfluxDB would read as
+an escape (at the end, or before a backslash, comma, equals sign or space), an over-long tag
 (`emm.text`), a field name a register may not have (`emm.registers.name_problem`), more fields
 than a type may have registers, text that is not valid Unicode.
 """

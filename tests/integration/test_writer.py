@@ -357,7 +357,7 @@ def test_every_unwritable_reading_is_dead_lettered_alone_and_the_rest_is_stored(
     now_ms = int(time.time() * 1000)
     good = [
         meter_reading(Meter(1, "h", 502, 1, "sdm630", "C:\\meters\\hall A"), v=1.0),
-        meter_reading(Meter(2, "h", 502, 1, "sdm630", "a\\ b\\,c\\=d"), v=2.0),
+        meter_reading(Meter(2, "h", 502, 1, "sdm630", "back\\slash, comma = equals"), v=2.0),
         meter_reading(Meter(3, "h", 502, 1, "sdm630", "plain"), v=3.0),
     ]
     surrogate = good[2].encode().replace(b'"plain"', b'"bad \\ud800 text"')
@@ -365,7 +365,11 @@ def test_every_unwritable_reading_is_dead_lettered_alone_and_the_rest_is_stored(
         "surrogate": (surrogate, "reading is malformed"),
         "trailing-backslash": (
             meter_reading(Meter(4, "h", 502, 1, "sdm630", "ends\\"), v=4.0).encode(),
-            "tag description ends with a backslash",
+            "tag description has a backslash at the end or before",
+        ),
+        "backslash-escape": (
+            meter_reading(Meter(12, "h", 502, 1, "sdm630", "a\\ b"), v=12.0).encode(),
+            "tag description has a backslash at the end or before",
         ),
         "long-tag": (
             meter_reading(Meter(5, "h", 502, 1, "sdm630", "x" * 70_000), v=5.0).encode(),
@@ -419,7 +423,7 @@ def test_every_unwritable_reading_is_dead_lettered_alone_and_the_rest_is_stored(
     rows = influx_v1.query("SELECT v, description FROM energy")
     assert sorted((r["description"], r["v"]) for r in rows) == [
         ("C:\\meters\\hall A", 1.0),
-        ("a\\ b\\,c\\=d", 2.0),
+        ("back\\slash, comma = equals", 2.0),
         ("plain", 3.0),
     ]
     assert depth(amqp_url, READINGS)[0] == 0

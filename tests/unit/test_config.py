@@ -190,8 +190,8 @@ def test_same_name_on_two_types_is_fine() -> None:
         ),
         (
             [meter(3, description="ends\\")],
-            "energy_meters row id=3 skipped: description ends with a backslash (InfluxDB line "
-            "protocol cannot store one there)",
+            "energy_meters row id=3 skipped: description has a backslash at the end or before a "
+            "backslash, comma, equals sign or space (line protocol cannot carry it exactly)",
         ),
         (
             [meter(3, description="x" * 70_000)],

@@ -64,7 +64,6 @@ def test_failed_read_has_only_a_status_line() -> None:
         ("Hall 2, line=3", "Hall\\ 2\\,\\ line\\=3"),
         # InfluxDB unescapes only these three: a backslash is stored as written
         ("C:\\data\\x", "C:\\data\\x"),
-        ("a\\ b\\,c", "a\\\\ b\\\\,c"),
     ],
 )
 def test_tag_escaping(description: str, tag: str) -> None:
@@ -85,7 +84,9 @@ def test_type_tag_is_escaped() -> None:
     [
         (Meter(1, "h", 502, 1, "t", "two\nlines"), {}, "tag description contains the control"),
         (Meter(1, "h", 502, 1, "t\r"), {}, "tag type contains the control character '\\r'"),
-        (Meter(1, "h", 502, 1, "t", "ends\\"), {}, "tag description ends with a backslash"),
+        (Meter(1, "h", 502, 1, "t", "ends\\"), {}, "tag description has a backslash at the end"),
+        (Meter(1, "h", 502, 1, "t", "a\\,b"), {}, "tag description has a backslash at the end"),
+        (Meter(1, "h", 502, 1, "t\\ x"), {}, "tag type has a backslash at the end or before"),
         (Meter(1, "h", 502, 1, "t", "x" * 70_000), {}, "is 70000 characters long, at most 256"),
         (Meter(1, "h", 502, 1, "t" * 65), {}, "tag type is 65 characters long, at most 64"),
         (Meter(1, "h", 502, 1, "t"), {"type": 1.0}, "measurement_name 'type' is reserved"),
