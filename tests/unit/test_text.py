@@ -76,6 +76,8 @@ def test_one_line_escapes_only_what_breaks_a_line() -> None:
 
 
 def test_a_log_line_stays_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     setup_logging("INFO", "worker")
     try:
         logging.getLogger("worker.test").warning(
@@ -85,8 +87,12 @@ def test_a_log_line_stays_one_line(capsys: pytest.CaptureFixture[str]) -> None:
             raise ValueError("boom")
         except ValueError:
             logging.getLogger("worker.test").exception("failed\nhere")
-    finally:
-        logging.basicConfig(force=True)  # back to the test runner's handlers
+    finally:  # back to the test runner's handlers
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].endswith(
         "WARNING worker worker.test: meter 5 (evil\\n2026-12-01 INFO worker forged: all good) "
