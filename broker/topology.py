@@ -95,8 +95,8 @@ def dead_letter_binding(queue: str) -> dict[str, Any]:
 
 
 async def declare_topology(connection: aio_pika.abc.AbstractConnection) -> None:
-    """Declare the exchange and queues (idempotent), migrating work queues an older version
-    declared without dead-lettering; raises ConfigError when one holds messages."""
+    """Declare the exchange and queues (idempotent), migrating queues an older version declared
+    with other arguments; raises ConfigError when such a work queue holds messages."""
     for queue in QUEUES:
         dead = dead_letter_queue(queue)
         arguments = dead_queue_arguments()
