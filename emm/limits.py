@@ -3,9 +3,10 @@
     MAX_REGISTERS_PER_TYPE   2,000   rows of one type: more are refused by the profile import and
                                      skipped by the scheduler's load (with the rows named)
     MAX_JOB_BYTES            1 MiB   a job body; a larger one is dead-lettered before decoding
-                                     (a job of 2,000 registers with 100-character names is
-                                     about 400 KB)
-    MAX_READING_BYTES        4 MiB   a reading body (2,000 values, each with an error text)
+                                     (a job of 2,000 registers with 95-character names is
+                                     about 270 KB)
+    MAX_READING_BYTES        4 MiB   a reading body (2,000 values, each with a 200-character
+                                     error text: about 830 KB)
 
 Queue limits are the broker's (`broker.topology`), tag lengths the text checks' (`emm.text`).
 """
