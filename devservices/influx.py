@@ -32,8 +32,12 @@ class Service:
                 self.proc.wait(5)
 
 
-def start_influxdb_v1(folder: Path, port: int | None = None) -> Service:
-    """InfluxDB 1.x (`influxd`) with its data in `folder`, HTTP on 127.0.0.1:`port`."""
+def start_influxdb_v1(
+    folder: Path, port: int | None = None, *, max_body_bytes: int | None = None
+) -> Service:
+    """InfluxDB 1.x (`influxd`) with its data in `folder`, HTTP on 127.0.0.1:`port`, taking
+    write bodies of at most `max_body_bytes` (default: the server's, 25 MB) before it answers
+    413."""
     binary = shutil.which("influxd") or "/usr/bin/influxd"
     if not Path(binary).exists():
         raise FileNotFoundError("influxd not installed (Debian package influxdb)")
@@ -52,6 +56,7 @@ bind-address = "127.0.0.1:{free_port()}"
 [http]
   bind-address = "127.0.0.1:{port}"
   log-enabled = false
+{f"  max-body-size = {max_body_bytes}" if max_body_bytes else ""}
 [monitor]
   store-enabled = false
 """

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emm.errors import ConfigError
+from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import Meter
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
 from emm.registers import Order, Register
+from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, host_problem, tag_problem
 
 # One loaded row: its kind ('meter', 'register' or 'type') and its columns by name.
 Row = tuple[str, dict[str, Any]]
@@ -47,6 +49,7 @@ def build_config(rows: list[Row]) -> LoadedConfig:
     for data in sorted(meters, key=lambda d: d["id"]):
         try:
             meter = Meter.from_dict(data)
+            _check_text(meter)
         except (ConfigError, TypeError, ValueError) as exc:
             out.errors.append(f"energy_meters row id={data.get('id')} skipped: {exc}")
             continue
@@ -60,6 +63,18 @@ def build_config(rows: list[Row]) -> LoadedConfig:
         limits = limits_by_type.get(meter.type, ReadLimits())
         out.meters.append(MeterConfig(meter, shared[meter.type], limits))
     return out
+
+
+def _check_text(meter: Meter) -> None:
+    """Refuse a meter whose host, type or description cannot be used as given (`emm.text`)."""
+    checks = (
+        ("host", host_problem(meter.host)),
+        ("type", tag_problem(meter.type, TYPE_MAX_CHARS)),
+        ("description", tag_problem(meter.description or "", DESCRIPTION_MAX_CHARS)),
+    )
+    for column, problem in checks:
+        if problem is not None:
+            raise ConfigError(f"{column} {problem}")
 
 
 def build_type(rows: list[Row], type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:
@@ -76,6 +91,8 @@ def _types(
 ) -> tuple[dict[str, list[Register]], dict[str, ReadLimits]]:
     """Registers and read limits by type from loaded rows; bad rows go to `errors`."""
     registers_by_type: dict[str, list[Register]] = {}
+    names_by_type: dict[str, set[str]] = {}  # the duplicate check, linear in the rows
+    too_many: dict[str, list[Any]] = {}  # type -> ids of its rows beyond the limit
     limits_by_type: dict[str, ReadLimits] = {}
     for kind, data in sorted(rows, key=lambda r: (r[0], r[1].get("address", 0), r[1].get("id", 0))):
         if kind == "register":
@@ -88,12 +105,19 @@ def _types(
                 )
                 continue
             regs = registers_by_type.setdefault(data["type"], [])
-            if any(r.name == reg.name for r in regs):
+            names = names_by_type.setdefault(data["type"], set())
+            if reg.name in names:
                 errors.append(
                     f"registers row id={data.get('id')} (type {data.get('type')!r}) skipped: "
                     f"measurement_name {reg.name!r} appears twice for this type"
                 )
                 continue
+            if len(regs) >= MAX_REGISTERS_PER_TYPE:
+                # one line per type, not one per row (a type of 10,000 rows would log 8,000)
+                over = too_many.setdefault(data["type"], [])
+                over.append(data.get("id"))
+                continue
+            names.add(reg.name)
             regs.append(reg)
         elif kind == "type":
             try:
@@ -104,6 +128,13 @@ def _types(
                 )
             except ConfigError as exc:
                 errors.append(f"meter_types row {data.get('type')!r} ignored: {exc}")
+    for type_, ids in too_many.items():
+        which = f"row id={ids[0]}" if len(ids) == 1 else f"rows id={ids[0]} and {len(ids) - 1} more"
+        errors.append(
+            f"registers {which} (type {type_!r}) skipped: a "
+            f"type may have at most {MAX_REGISTERS_PER_TYPE} registers (the first by address "
+            "are kept)"
+        )
     return registers_by_type, limits_by_type
 
 

@@ -14,7 +14,8 @@ these where they enter, so nothing above that layer needs to know the libraries'
     ├── DatabaseError            PostgreSQL unreachable or a statement failed
     └── SinkError                InfluxDB did not take a write
         ├── SinkUnavailable          unreachable, 5xx, timeout: keep the messages, retry later
-        └── SinkRejected             400: the data itself is bad, dead-letter it
+        └── SinkRejected             400, 413, 422: the data (or its size) is bad: split the
+                                     batch, dead-letter a single reading
 """
 
 from __future__ import annotations
@@ -83,4 +84,5 @@ class SinkUnavailable(SinkError):
 
 
 class SinkRejected(SinkError):
-    """InfluxDB refused the data itself (HTTP 400): retrying will never succeed."""
+    """InfluxDB refused the data itself (HTTP 400, 413 too large, 422): the same write will
+    never succeed."""

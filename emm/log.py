@@ -19,7 +19,8 @@
 An event's context comes from the log call: `log.warning("...", extra=context(meter_id=7,
 gateway="10.0.0.5:502", tick_ms=job.tick_ms))`. Only the CONTEXT keys are written, so the set of
 keys is stable; the text format appends the same ones as `key=value` (a value with spaces,
-quotes or `=` is quoted).
+quotes or `=` is quoted). A message is always one line: characters that could break it are
+escaped (`emm.text.one_line`); only a traceback, which follows its line, spans several.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from emm.errors import EmmError
+from emm.text import one_line
 
 LogFormat = Literal["text", "json"]
 
@@ -87,7 +89,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {self.service} {record.name}: "
-        line += record.getMessage()
+        # one line, whatever the message quotes (a newline in a device's host, say)
+        line += one_line(record.getMessage())
         for key, value in _context(record).items():
             text = str(value)
             line += f" {key}={text if _PLAIN.fullmatch(text) else json.dumps(text)}"

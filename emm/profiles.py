@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from emm.errors import ConfigError
+from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
 from emm.registers import REGISTER_KEYS, Register
 
-_TYPE = re.compile(r"^[a-z0-9_]{1,64}$")
+_TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`
 # A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
 _ROW_KEYS = {*REGISTER_KEYS, "source"}
 _REQUIRED = ("name", "address", "function_code", "data_type")
@@ -70,7 +71,7 @@ def parse_profile(text: str, path: str) -> Profile:
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     type_ = data.get("type")
-    if not isinstance(type_, str) or not _TYPE.match(type_):
+    if not isinstance(type_, str) or not _TYPE.fullmatch(type_):
         raise ConfigError(f"{path}: line 1: 'type' must be lowercase letters, digits or _")
     try:
         limits = ReadLimits(
@@ -83,6 +84,11 @@ def parse_profile(text: str, path: str) -> Profile:
     rows_data = data.get("registers")
     if not isinstance(rows_data, list) or not rows_data:
         raise ConfigError(f"{path}: no [[registers]] rows")
+    if len(rows_data) > MAX_REGISTERS_PER_TYPE:
+        raise ConfigError(
+            f"{path}: {len(rows_data)} [[registers]] rows, at most {MAX_REGISTERS_PER_TYPE} "
+            "are allowed"
+        )
     lines = _row_lines(text)
     rows: list[ProfileRegister] = []
     names: set[str] = set()

@@ -162,7 +162,25 @@ COUNTER_UNITS = frozenset(
     {"wh", "kwh", "mwh", "gwh", "varh", "kvarh", "mvarh", "vah", "kvah", "mvah", "ah", "kah"}
 )
 BIT_FUNCTION_CODES = (1, 2)
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}")  # whole name: `fullmatch`
+# Names a register may not take: InfluxDB's tags of every point (a field of the same name
+# shadows the tag in InfluxQL) and its time column (a field so named is dropped).
+RESERVED_NAMES = frozenset({"meter_id", "type", "description", "time"})
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be a register's measurement_name, or None when it can."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return (
+            f"measurement_name {name!r} must start with a letter or _ and use only "
+            "letters, digits, _ . - (at most 100 characters)"
+        )
+    if name.lower() in RESERVED_NAMES:
+        return (
+            f"measurement_name {name!r} is reserved (InfluxDB tags and time: "
+            f"{', '.join(sorted(RESERVED_NAMES))})"
+        )
+    return None
 
 
 def parse_missing(value: Any, data_type: DataType) -> frozenset[int] | None:
@@ -221,11 +239,9 @@ class Register:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_type", DataType.parse(self.data_type))
         object.__setattr__(self, "order", Order.parse(self.order))
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(
-                f"measurement_name {self.name!r} must start with a letter or _ and use only "
-                "letters, digits, _ . - (at most 100 characters)"
-            )
+        problem = name_problem(self.name)
+        if problem is not None:
+            raise ConfigError(problem)
         if self.function_code not in READ_FUNCTION_CODES:
             raise ConfigError(
                 f"function_code {self.function_code!r} is not a read function code (1, 2, 3, 4)"

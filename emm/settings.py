@@ -184,9 +184,17 @@ class WriterSettings(_Service, _Amqp):
     influx_org: str = ""
     influx_bucket: str = "energy"
     batch_size: int = Field(5000, ge=1, le=65535, validation_alias="EMM_WRITER_BATCH_SIZE")
+    # Below InfluxDB 1.x's default body limit (max-body-size, 25 MB); a 413 splits anyway.
+    batch_bytes: int = Field(
+        8_000_000, ge=100_000, le=1_000_000_000, validation_alias="EMM_WRITER_BATCH_BYTES"
+    )
     flush_interval_ms: int = Field(200, ge=1, validation_alias="EMM_WRITER_FLUSH_INTERVAL_MS")
     write_timeout_s: Seconds = Field(10.0, ge=0.1, validation_alias="EMM_INFLUX_TIMEOUT_S")
     retry_max_s: Seconds = Field(30.0, ge=0.1, validation_alias="EMM_WRITER_RETRY_MAX_S")
+    # Ticks a reading may carry, around the writer's clock: longer ago than any outage the
+    # system rides out, or ahead by more than clock skew, and it was not made for a tick of now.
+    max_age_s: Seconds = Field(7 * 86400.0, ge=60, validation_alias="EMM_WRITER_MAX_AGE_S")
+    max_future_s: Seconds = Field(600.0, ge=0, validation_alias="EMM_WRITER_MAX_FUTURE_S")
     # Benchmarks: append "written_ms tick_ms count" per tick per batch.
     stats_file: str = Field("", validation_alias="EMM_WRITER_STATS_FILE")
 

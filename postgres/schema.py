@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emm.registers import RESERVED_NAMES
+from emm.text import DESCRIPTION_MAX_CHARS, HOST_MAX_CHARS, TYPE_MAX_CHARS
 from postgres.connection import Connection
 
 VIRTUAL_TYPE = "virtual_modbustcp"
@@ -94,6 +96,47 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
 ]
+
+# Text that becomes a tag, a field name or a logged host (`emm.text`, `emm.registers`): no
+# control characters or line separators, no backslash read as an escape, limited lengths, no
+# reserved name.
+_CONTROL = r"[\x01-\x1f\x7f-\x9f\u2028\u2029]"
+
+
+def _tag_check(column: str, max_chars: int) -> str:
+    return (
+        f"char_length({column}) BETWEEN 1 AND {max_chars} AND {column} !~ '{_CONTROL}' "
+        f"AND {column} !~ '\\\\([\\\\, =]|$)'"
+    )
+
+
+_RESERVED = ", ".join(f"'{name}'" for name in sorted(RESERVED_NAMES))
+MIGRATIONS.append(
+    (
+        4,
+        "names and tags: no control characters, length limits, reserved names",
+        f"""
+        ALTER TABLE energy_meters
+            ADD CONSTRAINT energy_meters_host_text_check
+                CHECK (char_length(host) <= {HOST_MAX_CHARS} AND host !~ '[[:space:]]'
+                       AND host !~ '{_CONTROL}') NOT VALID,
+            ADD CONSTRAINT energy_meters_type_text_check
+                CHECK ({_tag_check("type", TYPE_MAX_CHARS)}) NOT VALID,
+            ADD CONSTRAINT energy_meters_description_text_check
+                CHECK (description IS NULL OR description = ''
+                       OR ({_tag_check("description", DESCRIPTION_MAX_CHARS)})) NOT VALID;
+        ALTER TABLE registers
+            ADD CONSTRAINT registers_type_text_check
+                CHECK ({_tag_check("type", TYPE_MAX_CHARS)}) NOT VALID,
+            ADD CONSTRAINT registers_measurement_name_check
+                CHECK (measurement_name ~ '^[A-Za-z_][A-Za-z0-9_.-]{{0,99}}$'
+                       AND lower(measurement_name) NOT IN ({_RESERVED})) NOT VALID;
+        ALTER TABLE meter_types
+            ADD CONSTRAINT meter_types_type_text_check
+                CHECK ({_tag_check("type", TYPE_MAX_CHARS)}) NOT VALID;
+        """,
+    )
+)
 
 
 def migrate(conn: Connection, *, seed_host: str | None = None, seed_port: int = 502) -> list[int]:

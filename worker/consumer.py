@@ -14,8 +14,10 @@ from typing import Any
 
 from broker import JOBS, Broker, Delivery
 from emm.errors import MessageError
+from emm.limits import MAX_JOB_BYTES, check_size
 from emm.log import context
 from emm.messages import Job, Reading, Status
+from emm.text import quote
 from worker.device import Devices
 from worker.outbox import Outbox, Outgoing
 from worker.reader import read_job
@@ -31,7 +33,10 @@ def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozen
     Registers in `known` (refused addresses already reported) do not make a line by themselves.
     """
     m = job.meter
-    where = f"meter {m.id} ({m.type} at {m.host}:{m.port} unit {m.unit_id}) tick {iso(job.tick_ms)}"
+    where = (
+        f"meter {m.id} ({quote(m.type)} at {quote(m.host)}:{m.port} unit {m.unit_id}) "
+        f"tick {iso(job.tick_ms)}"
+    )
     extra = context(
         meter_id=m.id,
         gateway=f"{m.host}:{m.port}",
@@ -105,6 +110,7 @@ class Consumer:
     async def handle(self, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
         try:
+            check_size("job", delivery.body, MAX_JOB_BYTES)
             job = Job.decode(delivery.body)
         except MessageError as exc:
             await self._settle(delivery, exc)

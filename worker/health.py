@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from emm.log import context
 from emm.messages import Meter
+from emm.text import quote
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Health:
                 log.info(
                     "meter %d (%s:%d unit %d) answers again after %.0f s offline",
                     meter.id,
-                    meter.host,
+                    quote(meter.host),
                     meter.port,
                     meter.unit_id,
                     down_s,
@@ -92,7 +93,7 @@ class Health:
                 "meter %d (%s:%d unit %d) offline after %d failed ticks (%s); polling it "
                 "with backoff up to %.0f s",
                 meter.id,
-                meter.host,
+                quote(meter.host),
                 meter.port,
                 meter.unit_id,
                 self.failed_ticks,

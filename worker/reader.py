@@ -26,6 +26,7 @@ from emm.errors import DecodeError, DeviceError, PermanentDeviceError, Transient
 from emm.messages import Job, Meter, Reading, Status
 from emm.modbus import ILLEGAL_DATA_ADDRESS
 from emm.planner import ReadRequest
+from emm.text import quote
 from worker.device import Device
 from worker.holes import request_for, split_halves
 
@@ -195,13 +196,15 @@ async def _split(
     """Split the planned request `decoder`, just `refused` with exception 2, into parts that
     read; the device remembers the split, and the registers it never reads are logged once."""
     fc = decoder.registers[0].function_code
-    parts, unreadable = await split_halves(read, fc, decoder.registers)
+    parts, unreadable = await split_halves(
+        read, fc, decoder.registers, deadline=read.started + read.budget_s
+    )
     device.holes.learn(decoder, [p for p, _words in parts], unreadable)
     log.warning(
         "meter %d (%s:%d unit %d): FC%d read of %d at %d crosses a hole; "
         "split into %d request(s)%s",
         meter.id,
-        meter.host,
+        quote(meter.host),
         meter.port,
         meter.unit_id,
         fc,

@@ -1,10 +1,20 @@
 """The writer's loop: gather readings into batches, write them, ack only what InfluxDB took.
 
-A batch is flushed when it reaches `batch_size` readings or `flush_interval_ms` after its first
-reading arrived. While InfluxDB is unavailable the batch is retried with capped exponential
-backoff and its messages stay unacked; RabbitMQ stops delivering once `prefetch` messages are
-unacked, which bounds the writer's memory. A batch rejected with 400 is split until the bad
-readings are isolated; those are dead-lettered and the rest is written.
+A batch is flushed when it reaches `batch_size` readings or `batch_bytes` bytes of line
+protocol, or `flush_interval_ms` after its first reading arrived. While InfluxDB is unavailable
+the batch is retried with capped exponential backoff and its messages stay unacked; RabbitMQ
+stops delivering once `prefetch` messages are unacked, which bounds the writer's memory.
+
+The writer never stalls on a reading or a batch:
+- a reading that can never be written (malformed, too large, a tick far from now, a tag or field
+  name line protocol cannot carry, text that is not valid Unicode) is dead-lettered alone when
+  it arrives, with the reason;
+- a batch InfluxDB refuses (400, or 413 when it is over the server's body limit) is split until
+  the refused readings are isolated; those are dead-lettered and the rest is written;
+- an unexpected error while writing is treated the same way: the batch is split and only the
+  readings that still fail alone are settled as `emm.fate` says (dead-lettered), with the error
+  logged; nothing is left unacked;
+- a flush task that fails anyway is logged and its readings settled.
 
 For benchmarks, `EMM_WRITER_STATS_FILE` makes every successful write append one line per tick
 it held, `written_ms tick_ms count`, so tick-to-stored latency can be measured; unset (the
@@ -17,24 +27,44 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import TextIO
 
 from broker import READINGS, Broker, Delivery
 from emm import retry
-from emm.errors import SinkRejected, SinkUnavailable
+from emm.errors import MessageError, SinkRejected, SinkUnavailable
+from emm.limits import MAX_READING_BYTES, check_size
 from emm.log import context
 from emm.messages import Reading
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch
 from writer.influx import Sink, make_sink
-from writer.lines import reading_lines
+from writer.lines import Unwritable, reading_bytes
 
 log = logging.getLogger(__name__)
 
 WRITES_IN_FLIGHT = 2  # batches written at once
+SHUTDOWN_WRITE_S = 5.0  # at stop, how long the readings held may take to be written
 
-Item = tuple[Delivery, Reading, list[str]]
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One reading held by the writer: its delivery, and its line protocol."""
+
+    delivery: Delivery
+    reading: Reading
+    data: bytes
+    settled: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + 1  # and its newline
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
 class Writer:
@@ -46,6 +76,7 @@ class Writer:
         self.broker = Broker(settings.amqp_url, prefetch=self.prefetch, name="emm-writer")
         self.sink = sink or make_sink(settings)
         self._pending: list[Item] = []
+        self._pending_bytes = 0
         self._first_at: float | None = None
         self._wake = asyncio.Event()
         self._outage_since: float | None = None
@@ -57,76 +88,151 @@ class Writer:
 
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
+            check_size("reading", delivery.body, MAX_READING_BYTES)
             reading = Reading.decode(delivery.body)
-            lines = reading_lines(reading, self.counters.check(reading))
+            far = self._tick_problem(reading.tick_ms)
+            if far is not None:
+                raise MessageError(f"reading {reading.reading_id}: {far}", delivery.body)
+            try:
+                data = reading_bytes(reading, self.counters.check(reading))
+            except Unwritable as exc:
+                raise MessageError(f"reading cannot be written: {exc}", delivery.body) from None
         except Exception as exc:
-            # A malformed reading, or a fault of ours: settled as `emm.fate` says, never left
-            # unacked for good.
-            await self._settle(delivery, exc)
+            # A reading that can never be written, or a fault of ours: settled alone as
+            # `emm.fate` says, never left unacked for good.
+            await self.broker.settle(READINGS, delivery, exc)
             return
         if not self._pending:
             self._first_at = time.monotonic()
-        self._pending.append((delivery, reading, lines))
-        if len(self._pending) >= self.settings.batch_size:
+        item = Item(delivery, reading, data)
+        self._pending.append(item)
+        self._pending_bytes += item.size
+        if self._batch_full():
             self._wake.set()
 
-    async def _settle(
-        self, delivery: Delivery, error: BaseException | None, reading: Reading | None = None
-    ) -> None:
-        about = None
-        if reading is not None:
-            m = reading.meter
-            about = context(meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=reading.tick_ms)
-        await self.broker.settle(READINGS, delivery, error, about)
+    def _tick_problem(self, tick_ms: int) -> str | None:
+        """Why a reading of `tick_ms` is refused (too far ahead of or behind this writer's
+        clock: it was not made by a worker for a tick of now), or None."""
+        now_ms = time.time() * 1000
+        ahead_s = (tick_ms - now_ms) / 1000
+        if ahead_s > self.settings.max_future_s:
+            return (
+                f"tick {_iso(tick_ms)} is {ahead_s:.0f} s in the future (at most "
+                f"{WriterSettings.variable('max_future_s')}={self.settings.max_future_s:g} s)"
+            )
+        if -ahead_s > self.settings.max_age_s:
+            return (
+                f"tick {_iso(tick_ms)} is {-ahead_s:.0f} s old (at most "
+                f"{WriterSettings.variable('max_age_s')}={self.settings.max_age_s:g} s)"
+            )
+        return None
 
-    async def _write(self, items: list[Item]) -> None:
-        """Write `items`, isolating rejected readings; raises SinkUnavailable to retry later."""
-        lines = [line for _d, _r, item_lines in items for line in item_lines]
+    def _batch_full(self) -> bool:
+        return (
+            len(self._pending) >= self.settings.batch_size
+            or self._pending_bytes >= self.settings.batch_bytes
+        )
+
+    async def _settle(self, item: Item, error: BaseException | None) -> None:
+        if not item.settled:
+            item.settled = True
+            m = item.reading.meter
+            about = context(
+                meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=item.reading.tick_ms
+            )
+            await self.broker.settle(READINGS, item.delivery, error, about)
+
+    def _take_batch(self) -> list[Item]:
+        """The oldest readings held, up to `batch_size` of them and `batch_bytes` bytes (at
+        least one, however large: InfluxDB may still take it, or refuse it alone)."""
+        count = size = 0
+        for item in self._pending:
+            if count and (
+                count >= self.settings.batch_size or size + item.size > self.settings.batch_bytes
+            ):
+                break
+            count += 1
+            size += item.size
+        batch = self._pending[:count]
+        del self._pending[:count]
+        self._pending_bytes -= size
+        self._first_at = time.monotonic() if self._pending else None
+        return batch
+
+    async def _store(self, items: list[Item]) -> None:
+        """Write `items`, splitting a refused batch until the refused readings are alone, and
+        settle each; raises SinkUnavailable only when stopping (the rest stays unacked)."""
         try:
-            await asyncio.to_thread(self.sink.write, lines)
-            if self._stats is not None:
-                self._record(items)
-        except SinkRejected as exc:
+            await self._send(items)
+        except SinkUnavailable:
+            raise
+        except Exception as exc:
             if len(items) == 1:
-                await self._settle(items[0][0], exc, items[0][1])
+                await self._settle(items[0], exc)
                 return
+            if not isinstance(exc, SinkRejected):
+                log.error(
+                    "writing %d readings failed; splitting the batch", len(items), exc_info=exc
+                )
             half = len(items) // 2
-            await self._write(items[:half])
-            await self._write(items[half:])
+            await self._store(items[:half])
+            await self._store(items[half:])
             return
-        for delivery, _reading, _lines in items:
-            await self._settle(delivery, None)
+        if self._outage_since is not None:
+            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
+            self._outage_since = None
+        if self._stats is not None:
+            self._record(items)
+        for item in items:
+            await self._settle(item, None)
         self.written += len(items)
+
+    async def _send(self, items: list[Item]) -> None:
+        """One write of `items`, retried while InfluxDB is unavailable (until the writer
+        stops: SinkUnavailable then)."""
+        chunks = [item.data for item in items]
+        await retry.sink_write(self.settings.retry_max_s).call(
+            partial(asyncio.to_thread, self.sink.write, chunks),
+            stop=lambda _state: self._stop.is_set(),
+            on_retry=partial(self._failing, len(items)),
+        )
 
     def _record(self, items: list[Item]) -> None:
         """Append `written_ms tick_ms count` per tick of a batch InfluxDB just took."""
         assert self._stats is not None
         written_ms = int(time.time() * 1000)
-        ticks = Counter(reading.tick_ms for _d, reading, _lines in items)
-        self._stats.write("".join(f"{written_ms} {t} {n}\n" for t, n in ticks.items()))
-        self._stats.flush()
+        ticks = Counter(item.reading.tick_ms for item in items)
+        try:
+            self._stats.write("".join(f"{written_ms} {t} {n}\n" for t, n in ticks.items()))
+            self._stats.flush()
+        except OSError as exc:  # the readings are stored: a benchmark's file must not undo that
+            log.warning("cannot append to EMM_WRITER_STATS_FILE: %s", exc)
 
     async def flush(self) -> None:
         """Write the oldest batch, retrying until InfluxDB takes it (or the writer stops: its
         readings then stay unacked and RabbitMQ delivers them again)."""
-        batch = self._pending[: self.settings.batch_size]
+        batch = self._take_batch()
         if not batch:
             return
-        del self._pending[: len(batch)]
-        self._first_at = time.monotonic() if self._pending else None
         started = time.monotonic()
         try:
-            await retry.sink_write(self.settings.retry_max_s).call(
-                partial(self._write, batch),
-                stop=lambda _state: self._stop.is_set(),
-                on_retry=partial(self._failing, len(batch)),
-            )
+            await self._store(batch)
         except SinkUnavailable:
             return  # stopping: the batch stays unacked
-        if self._outage_since is not None:
-            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
-            self._outage_since = None
+        except Exception as exc:
+            # Not a write failing (those are split and settled): a fault of ours. Settle what is
+            # left as `emm.fate` says rather than leave it unacked in the prefetch for good.
+            log.error("flushing %d readings failed", len(batch), exc_info=exc)
+            for item in batch:
+                await self._settle(item, exc)
+            return
         log.debug("wrote %d readings in %.0f ms", len(batch), (time.monotonic() - started) * 1000)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        """A flush task's end: forget it, and log what it raised (nothing should)."""
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a flush failed", exc_info=task.exception())
 
     def _failing(self, readings: int, exc: BaseException, _wait_s: float) -> None:
         """Log the start of an InfluxDB outage, then each retry."""
@@ -138,6 +244,11 @@ class Writer:
                 "still failing after %.0f s: %s", time.monotonic() - self._outage_since, exc
             )
 
+    async def _store_held(self) -> None:
+        """Write every reading still held, batch by batch (at stop)."""
+        while self._pending:
+            await self._store(self._take_batch())
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = self._stop = stop or asyncio.Event()
         if self.settings.stats_file:
@@ -145,9 +256,10 @@ class Writer:
         await self.broker.connect()
         await self.broker.consume(READINGS, self.on_delivery)
         log.info(
-            "writer started: %s API, batches of %d readings or %d ms",
+            "writer started: %s API, batches of %d readings, %d bytes or %d ms",
             self.settings.influx_api,
             self.settings.batch_size,
+            self.settings.batch_bytes,
             self.settings.flush_interval_ms,
         )
         interval_s = self.settings.flush_interval_ms / 1000
@@ -171,8 +283,7 @@ class Writer:
                 if stop.is_set():
                     break
                 due = self._first_at is not None and (
-                    time.monotonic() - self._first_at >= interval_s
-                    or len(self._pending) >= self.settings.batch_size
+                    time.monotonic() - self._first_at >= interval_s or self._batch_full()
                 )
                 if due:
                     # Up to WRITES_IN_FLIGHT batches at once: the next batch fills and goes
@@ -181,16 +292,18 @@ class Writer:
                         await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
                     write = asyncio.create_task(self.flush())
                     self._writes.add(write)
-                    write.add_done_callback(self._writes.discard)
+                    write.add_done_callback(self._flushed)
                     self._wake.set()  # a full batch may be waiting behind this one
             # Finish what InfluxDB will take now; what is left stays unacked and is redelivered.
             if self._writes:
-                await asyncio.wait(self._writes, timeout=5)
-            if self._pending:
-                try:
-                    await asyncio.wait_for(self._write(list(self._pending)), timeout=5)
-                except (TimeoutError, SinkUnavailable):
-                    pass
+                await asyncio.wait(self._writes, timeout=SHUTDOWN_WRITE_S)
+            try:
+                await asyncio.wait_for(self._store_held(), timeout=SHUTDOWN_WRITE_S)
+            except (TimeoutError, SinkUnavailable):
+                pass
+            except Exception:
+                # unacked, so RabbitMQ delivers them again: worth a line, not a crash at stop
+                log.exception("writing the readings held at stop failed")
         finally:
             relay.cancel()
             await self.broker.close()

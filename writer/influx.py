@@ -1,8 +1,10 @@
 """InfluxDB writes: the v2 API through influxdb-client, or the 1.x `/write` endpoint.
 
-HTTP and client-library errors become SinkUnavailable (retry later) or SinkRejected (400, the
-data is bad) here. Retries belong to the writer, never to the client: influxdb-client's batching
-API drops a batch once its retry time runs out, so it is not used.
+HTTP and client-library errors become SinkUnavailable (retry later) or SinkRejected here:
+400 (the data is bad), 413 (the body is over the server's limit, InfluxDB 1.x `max-body-size`:
+a smaller batch will do) and 422 (InfluxDB 2: points outside the bucket's retention).
+Retries belong to the writer, never to the client: influxdb-client's batching API drops a batch
+once its retry time runs out, so it is not used.
 """
 
 from __future__ import annotations
@@ -23,15 +25,26 @@ from emm.settings import WriterSettings
 class Sink(Protocol):
     """Somewhere line protocol can be written."""
 
-    def write(self, lines: list[str]) -> None: ...
+    def write(self, chunks: list[bytes]) -> None:
+        """Write the lines in `chunks` (each one or more lines, no trailing newline)."""
+        ...
 
     def close(self) -> None: ...
 
 
+# Statuses that say the data (or its amount) is the problem: a retry of the same write fails
+# again, a split batch may not.
+_REJECTED = {
+    400: "rejected the write",
+    413: "refused the write as too large",
+    422: "refused the write as unprocessable",
+}
+
+
 def _rejected_or_unavailable(status: int, body: str, where: str) -> Exception:
     text = " ".join(body.split())[:500]
-    if status == 400:
-        return SinkRejected(f"{where} rejected the write (HTTP 400): {text}")
+    if status in _REJECTED:
+        return SinkRejected(f"{where} {_REJECTED[status]} (HTTP {status}): {text}")
     return SinkUnavailable(f"{where} answered HTTP {status}: {text}")
 
 
@@ -51,12 +64,12 @@ class InfluxV2Sink:
         )
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, chunks: list[bytes]) -> None:
         try:
             self.api.write(
                 bucket=self.bucket,
                 org=self.org,
-                record="\n".join(lines),
+                record=b"\n".join(chunks),
                 write_precision=WritePrecision.MS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
@@ -86,8 +99,8 @@ class InfluxV1Sink:
             timeout=urllib3.Timeout(total=settings.write_timeout_s), retries=False
         )
 
-    def write(self, lines: list[str]) -> None:
-        body = "\n".join(lines).encode()
+    def write(self, chunks: list[bytes]) -> None:
+        body = b"\n".join(chunks)
         try:
             response = self.http.request("POST", self.url, body=body, headers=self.headers)
         except (urllib3.exceptions.HTTPError, OSError) as exc:

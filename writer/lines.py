@@ -3,33 +3,58 @@
 Every reading gives one `energy` point (one float field per register, when any value was read)
 and one `meter_status` point, both stamped with the tick time in milliseconds. Tags are sorted,
 so the same reading always gives the same bytes and a second write of it replaces the first.
+
+Escaping follows InfluxDB's parser: in tag values and field keys a comma, equals sign or space
+is escaped with a backslash, and nothing else is unescaped, so a backslash is written as it is
+(escaping it would store it doubled). What line protocol cannot carry exactly is refused with
+`Unwritable` instead: a tag with a control character or a backslash InfluxDB would read as
+an escape (at the end, or before a backslash, comma, equals sign or space), an over-long tag
+(`emm.text`), a field name a register may not have (`emm.registers.name_problem`), more fields
+than a type may have registers, text that is not valid Unicode.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import Meter, Reading
+from emm.registers import name_problem
+from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, tag_problem
 
 ENERGY = "energy"
 STATUS = "meter_status"
 
-_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\\": "\\\\"})
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_TAG_MAX_CHARS = {"type": TYPE_MAX_CHARS, "description": DESCRIPTION_MAX_CHARS}
+
+
+class Unwritable(ValueError):
+    """A reading that line protocol cannot carry as it is: no retry will ever store it."""
 
 
 def _tag(text: str) -> str:
     return text.translate(_TAG_ESCAPES)
 
 
-# Field names and tag sets repeat on every tick: escape each once.
+# Field names and tag sets repeat on every tick: check and escape each once (a refused one
+# raises, and lru_cache keeps no result for it).
 @lru_cache(maxsize=100_000)
 def _field_key(name: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise Unwritable(problem)
     return _tag(name) + "="
 
 
 @lru_cache(maxsize=100_000)
 def _tags(meter: Meter) -> str:
-    return ",".join(f"{_tag(k)}={_tag(v)}" for k, v in sorted(meter.tags().items()) if v)
+    tags = sorted(meter.tags().items())
+    for key, value in tags:
+        problem = tag_problem(value, _TAG_MAX_CHARS.get(key, TYPE_MAX_CHARS))
+        if problem is not None:
+            raise Unwritable(f"meter {meter.id}: tag {key} {problem}")
+    return ",".join(f"{_tag(k)}={_tag(v)}" for k, v in tags if v)
 
 
 def _string_field(text: str) -> str:
@@ -37,11 +62,17 @@ def _string_field(text: str) -> str:
 
 
 def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> list[str]:
-    """The line-protocol lines (ms precision) of one reading.
+    """The line-protocol lines (ms precision) of one reading; Unwritable if line protocol
+    cannot carry it.
 
     `counter_resets` names counters that went down since the meter's previous tick; they are
     flagged in the `meter_status` point.
     """
+    if len(reading.fields) > MAX_REGISTERS_PER_TYPE:
+        raise Unwritable(
+            f"reading has {len(reading.fields)} fields, "
+            f"at most {MAX_REGISTERS_PER_TYPE} are allowed"
+        )
     tags = _tags(reading.meter)
     ts = reading.tick_ms
     lines = []
@@ -65,3 +96,13 @@ def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> 
         status_fields += f",counter_resets={len(counter_resets)}i,counter_reset_fields={names}"
     lines.append(f"{STATUS},{tags} {status_fields} {ts}")
     return lines
+
+
+def reading_bytes(reading: Reading, counter_resets: list[str] | None = None) -> bytes:
+    """`reading_lines` as the UTF-8 bytes sent to InfluxDB (lines joined by newlines)."""
+    text = "\n".join(reading_lines(reading, counter_resets))
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise Unwritable(f"reading holds text that is not valid Unicode ({bad!r})") from None

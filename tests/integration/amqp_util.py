@@ -7,7 +7,7 @@ from typing import Any
 
 import pika
 
-from broker.topology import QUEUES, queue_arguments
+from broker.topology import QUEUES, dead_letter_queue, dead_queue_arguments, work_queue_arguments
 
 
 @dataclass
@@ -18,8 +18,12 @@ class Got:
 
 
 def declare(ch: Any, queue: str) -> None:
-    """Declare `queue` as the services do (a work queue with its dead-letter arguments)."""
-    arguments = queue_arguments(queue) if queue in QUEUES else None
+    """Declare `queue` as the services do (with its dead-lettering, limits and retention)."""
+    arguments = None
+    if queue in QUEUES:
+        arguments = work_queue_arguments(queue)
+    elif queue in {dead_letter_queue(q) for q in QUEUES}:
+        arguments = dead_queue_arguments()
     ch.queue_declare(queue, durable=True, arguments=arguments)
 
 

@@ -14,7 +14,7 @@ import time
 import pika
 import pytest
 
-from broker import JOBS, QUEUES, READINGS, Broker, Delivery, dead_letter_queue
+from broker import JOBS, QUEUES, READINGS, Broker, Delivery, dead_letter_queue, topology
 from devservices.processes import emm_command
 from emm.errors import BrokerError, ConfigError, MessageError, SinkRejected
 from tests.integration.amqp_util import depth, drain
@@ -154,8 +154,8 @@ def test_a_queue_of_an_older_version_holding_messages_stops_the_service(amqp_url
         asyncio.run(scenario())
     message = str(raised.value)
     assert message.startswith(
-        "queue emm.jobs was declared by an older version without dead-lettering and holds "
-        "2 messages"
+        "queue emm.jobs was declared by an older version without dead-lettering or limits "
+        "and holds 2 messages"
     )
     assert "stop the scheduler" in message
     assert "rabbitmqctl" in message
@@ -195,3 +195,111 @@ def test_a_fault_of_ours_dead_letters_with_its_traceback(
         "emm.jobs: message job-2 dead-lettered to emm.jobs.dead: internal error: KeyError('plan')"
     )
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+def get_all(url: str, queue: str) -> list[bytes]:
+    """Take (and ack) every message of `queue`, whatever it was declared with."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    out = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, _props, body = ch.basic_get(queue)
+            if method is None:
+                return out
+            out.append(body)
+            ch.basic_ack(method.delivery_tag)
+    finally:
+        conn.close()
+
+
+def test_queues_carry_their_limits(amqp_url: str) -> None:
+    async def scenario() -> None:
+        broker = Broker(amqp_url)
+        await broker.connect(retry_forever=False)
+        await broker.close()
+
+    asyncio.run(scenario())
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        ch = conn.channel()
+        # RabbitMQ accepts a redeclare only with the very arguments the queue has.
+        for queue in QUEUES:
+            ch.queue_declare(queue, durable=True, arguments=topology.work_queue_arguments(queue))
+            ch.queue_declare(
+                dead_letter_queue(queue), durable=True, arguments=topology.dead_queue_arguments()
+            )
+    finally:
+        conn.close()
+    assert topology.work_queue_arguments(JOBS)["x-overflow"] == "reject-publish"
+    assert topology.dead_queue_arguments()["x-message-ttl"] == 14 * 24 * 3600 * 1000
+
+
+def test_a_full_work_queue_refuses_a_publish_and_its_publisher_knows(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(topology, "WORK_QUEUE_MAX_LENGTH", 3)
+
+    async def scenario() -> None:
+        broker = Broker(amqp_url)
+        await broker.connect(retry_forever=False)
+        try:
+            for i in range(3):
+                await broker.publish(READINGS, b"r%d" % i, message_id=f"r{i}")
+            with pytest.raises(BrokerError, match=r"publish to emm\.readings not confirmed"):
+                await broker.publish(READINGS, b"r3", message_id="r3")
+        finally:
+            await broker.close()
+
+    asyncio.run(scenario())
+    # the oldest are kept, the refused one was never taken, nothing went to the dead letters
+    assert [d.body for d in drain(amqp_url, READINGS)] == [b"r0", b"r1", b"r2"]
+    assert drain(amqp_url, dead_letter_queue(READINGS)) == []
+
+
+def test_a_full_dead_letter_queue_drops_its_oldest(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(topology, "DEAD_QUEUE_MAX_LENGTH", 2)
+
+    async def scenario() -> None:
+        broker = Broker(amqp_url)
+        await broker.connect(retry_forever=False)
+        try:
+            for i in range(3):
+                await broker.publish(READINGS, b"r%d" % i, message_id=f"r{i}")
+            await settle(broker, READINGS, [SinkRejected("bad")] * 3)
+        finally:
+            await broker.close()
+
+    asyncio.run(scenario())
+    time.sleep(0.2)
+    assert [d.body for d in drain(amqp_url, dead_letter_queue(READINGS))] == [b"r1", b"r2"]
+
+
+def test_dead_letter_queues_of_an_older_version_are_migrated_or_kept(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    declare_old(amqp_url, dead_letter_queue(JOBS), [])
+    declare_old(amqp_url, dead_letter_queue(READINGS), [b"old dead letter"])
+
+    async def scenario() -> None:
+        broker = Broker(amqp_url)
+        await broker.connect(retry_forever=False)  # starts: dead letters stop nothing
+        try:
+            await broker.publish(READINGS, b"new", message_id="n")
+            await settle(broker, READINGS, [SinkRejected("bad")])
+        finally:
+            await broker.close()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "older version" in r.getMessage()]
+    assert lines == [
+        "queue emm.jobs.dead was declared by an older version: empty, so declared again",
+        "queue emm.readings.dead was declared by an older version without limits and holds 1 "
+        "dead letter(s): kept as it is, without a cap or retention, until it is emptied "
+        "(rabbitmqctl purge_queue -p VHOST emm.readings.dead once they are looked at)",
+    ]
+    time.sleep(0.2)
+    assert get_all(amqp_url, dead_letter_queue(READINGS)) == [b"old dead letter", b"new"]

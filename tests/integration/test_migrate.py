@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 import pytest
 
@@ -15,7 +16,7 @@ from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
 from postgres.config import load_config
 from postgres.connection import connect
-from postgres.schema import migrate
+from postgres.schema import MIGRATIONS, migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -57,7 +58,8 @@ def snapshot(dsn: str) -> dict[str, object]:
 def test_migrate_creates_the_schema_seeds_the_virtual_meter_and_is_idempotent(pg_dsn: str) -> None:
     first = run_emm(pg_dsn, "migrate", "--seed-host", "simhost", "--seed-port", "1502")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[0] == "applied migration(s) 1"
+    versions = ", ".join(str(version) for version, _what, _sql in MIGRATIONS)
+    assert first.stdout.splitlines()[0] == f"applied migration(s) {versions}"
     before = snapshot(pg_dsn)
 
     second = run_emm(pg_dsn, "migrate", "--seed-host", "other", "--seed-port", "9")
@@ -273,3 +275,68 @@ def test_the_configuration_loads_in_one_round_trip(pg_dsn: str) -> None:
     assert len(records) == 1
     assert len(config.meters) == 21
     assert {len(mc.registers) for mc in config.meters if mc.meter.type == "sdm630"} == {85}
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        (
+            "INSERT INTO energy_meters (host, type) VALUES (E'10.0.0.1\\n2026 INFO forged', 't')",
+            "energy_meters_host_text_check",
+        ),
+        (
+            "INSERT INTO energy_meters (host, type) VALUES ('h', E't\\x1b')",
+            "energy_meters_type_text_check",
+        ),
+        (
+            "INSERT INTO energy_meters (host, type, description) VALUES ('h', 't', E'ends\\\\')",
+            "energy_meters_description_text_check",
+        ),
+        (
+            "INSERT INTO energy_meters (host, type, description) "
+            "VALUES ('h', 't', repeat('x', 257))",
+            "energy_meters_description_text_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code) VALUES ('t', 0, 'time', 3, 4)",
+            "registers_measurement_name_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code) VALUES ('t', 0, E'power\\n', 3, 4)",
+            "registers_measurement_name_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code) VALUES (E'a\\nb', 0, 'v', 3, 4)",
+            "registers_type_text_check",
+        ),
+        ("INSERT INTO meter_types (type) VALUES (repeat('t', 65))", "meter_types_type_text_check"),
+    ],
+)
+def test_the_database_refuses_names_and_tags_that_cannot_be_stored(
+    pg_dsn: str, statement: str, constraint: str
+) -> None:
+    with connect(pg_dsn) as conn:
+        migrate(conn)
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.CheckViolation) as raised:
+            cur.execute(statement)
+        assert f'violates check constraint "{constraint}"' in str(raised.value)
+    finally:
+        conn.close()
+
+
+def test_a_backslash_in_a_description_is_accepted_as_written(pg_dsn: str) -> None:
+    with connect(pg_dsn) as conn:
+        migrate(conn)
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO energy_meters (host, type, description) VALUES ('h', 'sdm630', %s)",
+            ("C:\\meters\\hall A",),
+        )
+        cur.execute("SELECT description FROM energy_meters WHERE host = 'h'")
+        assert cur.fetchall() == [("C:\\meters\\hall A",)]
+    conn.close()

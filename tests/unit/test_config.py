@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from emm.config import build_config, register_from_row
+from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import Meter
 from emm.planner import ReadLimits
 from emm.registers import DataType, Order, Register
@@ -183,6 +185,24 @@ def test_same_name_on_two_types_is_fine() -> None:
         ),
         ([meter(3, host="")], "energy_meters row id=3 skipped: meter 3: host is empty"),
         (
+            [meter(3, host="10.0.0.9\n2026-01-01 INFO forged")],
+            "energy_meters row id=3 skipped: host contains whitespace or a control character",
+        ),
+        (
+            [meter(3, description="ends\\")],
+            "energy_meters row id=3 skipped: description has a backslash at the end or before a "
+            "backslash, comma, equals sign or space (line protocol cannot carry it exactly)",
+        ),
+        (
+            [meter(3, description="x" * 70_000)],
+            "energy_meters row id=3 skipped: description is 70000 characters long, at most 256 "
+            "are allowed",
+        ),
+        (
+            [meter(3, "sdm\x1b")],
+            "energy_meters row id=3 skipped: type contains the control character '\\x1b'",
+        ),
+        (
             [meter(3, port=None)],
             "energy_meters row id=3 skipped: int() argument must be a "
             "string, a bytes-like object or a real number, not 'NoneType'",
@@ -287,3 +307,34 @@ def test_registers_come_out_sorted_by_address() -> None:
 def test_register_from_row(changes: dict[str, Any], expected: Register) -> None:
     _, data = register(1, 4, "v", **changes)
     assert register_from_row(data) == expected
+
+
+def test_a_backslash_in_a_description_is_kept() -> None:
+    config = build_config([meter(1, description="C:\\meters\\hall A"), register(10, 0, "a")])
+    assert config.errors == []
+    assert config.meters[0].meter.description == "C:\\meters\\hall A"
+
+
+def test_a_reserved_register_name_is_skipped_with_its_row() -> None:
+    config = build_config([meter(1), register(10, 0, "a"), register(11, 2, "time")])
+    assert config.errors == [
+        "registers row id=11 (type 'sdm', 'time') skipped: measurement_name 'time' is reserved "
+        "(InfluxDB tags and time: description, meter_id, time, type)"
+    ]
+    assert [r.name for r in config.meters[0].registers] == ["a"]
+
+
+def test_ten_thousand_registers_load_in_linear_time_and_the_type_is_capped() -> None:
+    rows = [meter(1), *(register(i, 2 * i, f"r{i}") for i in range(10_000))]
+    started = time.perf_counter()
+    config = build_config(rows)
+    took_s = time.perf_counter() - started
+    # The former duplicate check compared each row with every kept one: 2.8 s for these rows.
+    assert took_s < 1.0
+    assert len(config.meters[0].registers) == MAX_REGISTERS_PER_TYPE
+    assert config.meters[0].registers[-1].name == f"r{MAX_REGISTERS_PER_TYPE - 1}"
+    assert config.errors == [
+        f"registers rows id={MAX_REGISTERS_PER_TYPE} and {10_000 - MAX_REGISTERS_PER_TYPE - 1} "
+        "more (type 'sdm') skipped: a type may have at most 2000 registers (the first by address "
+        "are kept)"
+    ]

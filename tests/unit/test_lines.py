@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emm.messages import Meter, Reading, Status
-from writer.lines import reading_lines
+from writer.lines import Unwritable, reading_bytes, reading_lines
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -62,8 +62,8 @@ def test_failed_read_has_only_a_status_line() -> None:
         ("a,b", "a\\,b"),
         ("k=v", "k\\=v"),
         ("Hall 2, line=3", "Hall\\ 2\\,\\ line\\=3"),
-        # a newline becomes an escaped space: a bare one would end the tag set
-        ("two\nlines", "two\\ lines"),
+        # InfluxDB unescapes only these three: a backslash is stored as written
+        ("C:\\data\\x", "C:\\data\\x"),
     ],
 )
 def test_tag_escaping(description: str, tag: str) -> None:
@@ -74,11 +74,45 @@ def test_tag_escaping(description: str, tag: str) -> None:
     ]
 
 
-def test_type_tag_and_field_names_are_escaped() -> None:
-    reading = Reading(
-        Meter(1, "h", 502, 1, "my type"), 5, {"p q": 1.5, "a,b=c": 2.0}, Status(up=True)
-    )
-    assert reading_lines(reading)[0] == "energy,meter_id=1,type=my\\ type p\\ q=1.5,a\\,b\\=c=2.0 5"
+def test_type_tag_is_escaped() -> None:
+    reading = Reading(Meter(1, "h", 502, 1, "my type,x=1"), 5, {"p.q-r": 1.5}, Status(up=True))
+    assert reading_lines(reading)[0] == "energy,meter_id=1,type=my\\ type\\,x\\=1 p.q-r=1.5 5"
+
+
+@pytest.mark.parametrize(
+    ("meter", "fields", "reason"),
+    [
+        (Meter(1, "h", 502, 1, "t", "two\nlines"), {}, "tag description contains the control"),
+        (Meter(1, "h", 502, 1, "t\r"), {}, "tag type contains the control character '\\r'"),
+        (Meter(1, "h", 502, 1, "t", "ends\\"), {}, "tag description has a backslash at the end"),
+        (Meter(1, "h", 502, 1, "t", "a\\,b"), {}, "tag description has a backslash at the end"),
+        (Meter(1, "h", 502, 1, "t\\ x"), {}, "tag type has a backslash at the end or before"),
+        (Meter(1, "h", 502, 1, "t", "x" * 70_000), {}, "is 70000 characters long, at most 256"),
+        (Meter(1, "h", 502, 1, "t" * 65), {}, "tag type is 65 characters long, at most 64"),
+        (Meter(1, "h", 502, 1, "t"), {"type": 1.0}, "measurement_name 'type' is reserved"),
+        (Meter(1, "h", 502, 1, "t"), {"time": 1.0}, "measurement_name 'time' is reserved"),
+        (Meter(1, "h", 502, 1, "t"), {"meter_id": 1.0}, "'meter_id' is reserved"),
+        (Meter(1, "h", 502, 1, "t"), {"p q": 1.0}, "measurement_name 'p q' must start with"),
+        (Meter(1, "h", 502, 1, "t"), {"v\n": 1.0}, "measurement_name 'v\\n' must start with"),
+        (Meter(1, "h", 502, 1, "t"), {f"v{i}": 1.0 for i in range(2001)}, "2001 fields, at most"),
+    ],
+)
+def test_what_line_protocol_cannot_carry_is_refused(meter: Meter, fields, reason: str) -> None:
+    reading = Reading(meter, 5, fields, Status(up=True))
+    with pytest.raises(Unwritable) as raised:
+        reading_bytes(reading)
+    assert reason in str(raised.value)
+
+
+def test_text_that_is_not_unicode_is_refused() -> None:
+    reading = Reading(Meter(1, "h", 502, 1, "t"), 5, {}, Status(up=False, error_code="x\ud800"))
+    with pytest.raises(Unwritable, match="not valid Unicode"):
+        reading_bytes(reading)
+
+
+def test_reading_bytes_are_the_lines_in_utf8() -> None:
+    reading = Reading(Meter(1, "h", 502, 1, "t", "Zähler"), 5, {"v": 1.0}, Status(up=True))
+    assert reading_bytes(reading) == "\n".join(reading_lines(reading)).encode()
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,16 @@ def test_good_test_profile_loads(tmp_path: Path) -> None:
             "measurement_name 'b b' must start with a letter or _ and use only letters, digits, "
             "_ . - (at most 100 characters)",
         ),
+        (
+            GOOD_ROW.replace('"b"', '"description"'),
+            "measurement_name 'description' is reserved (InfluxDB tags and time: description, "
+            "meter_id, time, type)",
+        ),
+        (
+            GOOD_ROW.replace('"b"', '"b\\n"'),
+            "measurement_name 'b\\n' must start with a letter or _ and use only letters, "
+            "digits, _ . - (at most 100 characters)",
+        ),
         (GOOD_ROW + 'missing = "0xFFFF"\n', "'missing' must be a list such as [\"0xFFFF\"]"),
         (
             GOOD_ROW + 'missing = ["0x1FFFFFFFF"]\n',
@@ -176,6 +186,19 @@ def test_same_address_on_other_function_code_is_no_overlap(tmp_path: Path) -> No
         (
             'type = "Demo"\n' + HEADER[HEADER.index("[[") :] + GOOD_ROW,
             "line 1: 'type' must be lowercase letters, digits or _",
+        ),
+        (
+            'type = "demo\\n"\n' + HEADER[HEADER.index("[[") :] + GOOD_ROW,
+            "line 1: 'type' must be lowercase letters, digits or _",
+        ),
+        (
+            'type = "demo"\n'
+            + "".join(
+                f'[[registers]]\nname = "r{i}"\naddress = {i}\nfunction_code = 3\n'
+                'data_type = "int16"\n'
+                for i in range(2001)
+            ),
+            "2001 [[registers]] rows, at most 2000 are allowed",
         ),
         (
             HEADER.replace('type = "demo"\n', "") + GOOD_ROW,

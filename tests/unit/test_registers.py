@@ -109,6 +109,7 @@ def test_order_parse_unknown() -> None:
 
 # --- Register validation -----------------------------------------------------------------------
 
+RESERVED = "is reserved (InfluxDB tags and time: description, meter_id, time, type)"
 NAME_RULE = (
     "must start with a letter or _ and use only letters, digits, _ . - (at most 100 characters)"
 )
@@ -148,6 +149,12 @@ NAME_RULE = (
         ({"name": ""}, f"measurement_name '' {NAME_RULE}"),
         ({"name": "a" * 101}, f"measurement_name '{'a' * 101}' {NAME_RULE}"),
         ({"name": "p,q"}, f"measurement_name 'p,q' {NAME_RULE}"),
+        # `$` would match before a final newline: the whole name must match
+        ({"name": "power\n"}, f"measurement_name 'power\\n' {NAME_RULE}"),
+        ({"name": "type"}, f"measurement_name 'type' {RESERVED}"),
+        ({"name": "meter_id"}, f"measurement_name 'meter_id' {RESERVED}"),
+        ({"name": "description"}, f"measurement_name 'description' {RESERVED}"),
+        ({"name": "Time"}, f"measurement_name 'Time' {RESERVED}"),
         ({"name": None}, f"measurement_name None {NAME_RULE}"),
         ({"data_type": "int128"}, f"unknown data_type 'int128' {KNOWN}"),
         ({"order": "AB"}, "unknown order 'AB' (known: ABCD, CDAB, BADC, DCBA)"),

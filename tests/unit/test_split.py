@@ -9,7 +9,7 @@ import pytest
 from emm.errors import PermanentDeviceError
 from emm.planner import ReadRequest
 from emm.registers import DataType, Register
-from worker.holes import split_read
+from worker.holes import MAX_SPLIT_REQUESTS, SplitAbandoned, SplitBudget, split_halves, split_read
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -71,3 +71,30 @@ def test_other_exceptions_are_not_split() -> None:
     with pytest.raises(PermanentDeviceError):
         asyncio.run(split_read(device.read, 3, regs(0, 1)))
     assert device.requests == [(0, 2)]
+
+
+def test_a_split_stops_at_its_request_cap() -> None:
+    # Every other register refused: bisecting 120 registers would take some 240 requests.
+    addresses = tuple(range(0, 240, 2))
+    device = FakeDevice(set(range(0, 240, 4)))
+    with pytest.raises(SplitAbandoned) as raised:
+        asyncio.run(split_halves(device.read, 3, regs(*addresses)))
+    assert len(device.requests) == MAX_SPLIT_REQUESTS
+    assert str(raised.value).startswith(
+        f"hole split abandoned after {MAX_SPLIT_REQUESTS} requests (at most {MAX_SPLIT_REQUESTS})"
+    )
+    assert raised.value.code == "hole_split_abandoned"
+
+
+def test_a_split_stops_at_the_deadline() -> None:
+    now = [0.0]
+
+    async def slow_read(request: ReadRequest) -> list[int]:
+        now[0] += 0.1  # each request takes 100 ms
+        return await device.read(request)
+
+    device = FakeDevice({0, 1, 3})
+    budget = SplitBudget(deadline=0.25, clock=lambda: now[0])
+    with pytest.raises(SplitAbandoned, match="at the tick's deadline after 3 requests"):
+        asyncio.run(split_halves(slow_read, 3, regs(0, 1, 3, 5, 7, 9), budget=budget))
+    assert len(device.requests) == 3
