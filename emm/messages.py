@@ -10,6 +10,10 @@ first time it sees its id and then only reads the head of each job. Version 2 jo
 `requests` and `registers` at the top level, registers as rows) and version 1 jobs (registers as
 objects) are still read, their plans cached by a hash of their bytes (a worker may read only
 those while the scheduler is older than it).
+
+A version 3 job may also carry its meter's `gateway` settings (`Gateway`); only the settings
+that differ from the defaults are written, and a job without the key has the defaults, so jobs
+of either kind are read by workers of either build.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import msgspec
 
@@ -30,6 +34,9 @@ from emm.registers import Register
 JOB_VERSION = 3
 JOB_VERSIONS_READ = (1, 2, 3)
 READING_VERSION = 1
+
+Framing = Literal["tcp", "rtu-over-tcp"]
+FRAMINGS: tuple[Framing, ...] = ("tcp", "rtu-over-tcp")
 
 
 class Meter(msgspec.Struct, frozen=True):
@@ -70,6 +77,48 @@ class Meter(msgspec.Struct, frozen=True):
         )
 
 
+class Gateway(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How a gateway (a host:port) is treated: a `gateways` row, the defaults for a meter
+    without one. Ranges are those of the table's CHECK constraints."""
+
+    max_connections: int = 1
+    pause_between_requests_ms: int = 0
+    pause_after_connect_ms: int = 0
+    request_timeout_ms: int | None = None  # None: the worker's EMM_READ_TIMEOUT_S
+    max_read_registers: int | None = None  # None: the meter type's
+    framing: Framing = "tcp"
+
+    def __post_init__(self) -> None:
+        for name, low, high in _GATEWAY_RANGES:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{name} {value} is outside {low}..{high}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing {self.framing!r} is not one of {', '.join(FRAMINGS)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gateway:
+        """The settings of a `gateways` row (as the load query shapes it); a NULL is the
+        default."""
+        given = {name: data[name] for name in cls.__struct_fields__ if data.get(name) is not None}
+        return cls(**given)
+
+    def timeout_s(self, default_s: float) -> float:
+        """The seconds to wait for one answer: this gateway's own, else `default_s`."""
+        return default_s if self.request_timeout_ms is None else self.request_timeout_ms / 1000
+
+
+# (field, lowest, highest): as the `gateways` table's CHECK constraints say
+_GATEWAY_RANGES = (
+    ("max_connections", 1, 16),
+    ("pause_between_requests_ms", 0, 10_000),
+    ("pause_after_connect_ms", 0, 10_000),
+    ("request_timeout_ms", 10, 60_000),
+    ("max_read_registers", 1, 125),
+)
+DEFAULT_GATEWAY = Gateway()
+
+
 class Job(msgspec.Struct, frozen=True):
     """Read one meter for one tick: everything the worker needs, nothing it must look up."""
 
@@ -77,6 +126,12 @@ class Job(msgspec.Struct, frozen=True):
     tick_ms: int
     deadline_ms: int
     plan: Plan
+    gateway: Gateway = DEFAULT_GATEWAY
+
+    @property
+    def period_ms(self) -> int:
+        """The tick's period: from the tick to the next."""
+        return self.deadline_ms - self.tick_ms
 
     @property
     def job_id(self) -> str:
@@ -93,6 +148,7 @@ class Job(msgspec.Struct, frozen=True):
                 self.deadline_ms,
                 self.plan.plan_id,
                 msgspec.Raw(self.plan.encoded),
+                gateway=self.gateway,
             )
         )
 
@@ -110,7 +166,9 @@ class Job(msgspec.Struct, frozen=True):
         if wire.kind != "job" or wire.v not in JOB_VERSIONS_READ:
             _explain("job", body, JOB_VERSIONS_READ, None)
         read_plan = _plan if wire.v == JOB_VERSION else _older_plan
-        return cls(wire.meter, wire.tick_ms, wire.deadline_ms, read_plan(wire, body, plans))
+        return cls(
+            wire.meter, wire.tick_ms, wire.deadline_ms, read_plan(wire, body, plans), wire.gateway
+        )
 
 
 class _JobWire(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -127,6 +185,8 @@ class _JobWire(msgspec.Struct, frozen=True, omit_defaults=True):
     # versions 1 and 2
     requests: msgspec.Raw = msgspec.Raw()
     registers: msgspec.Raw = msgspec.Raw()
+    # version 3, when the gateway's settings are not all defaults
+    gateway: Gateway = DEFAULT_GATEWAY
 
 
 # the plans of the types this process has seen jobs of (a worker's only plan cache)

@@ -10,9 +10,17 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from emm.errors import ConfigError, MessageError
-from emm.messages import JOB_VERSION, Job, Meter, Reading, Status
+from emm.messages import (
+    JOB_VERSION,
+    Gateway,
+    Job,
+    Meter,
+    Reading,
+    Status,
+)
 from emm.plan import Plan, PlanCache
 from emm.planner import ReadLimits, ReadRequest
 from emm.registers import DataType, Order, Register
@@ -63,12 +71,23 @@ plans = st.builds(
     ),
 )
 
+gateways = st.builds(
+    Gateway,
+    max_connections=st.integers(1, 16),
+    pause_between_requests_ms=st.integers(0, 10_000),
+    pause_after_connect_ms=st.integers(0, 10_000),
+    request_timeout_ms=st.none() | st.integers(10, 60_000),
+    max_read_registers=st.none() | st.integers(1, 125),
+    framing=st.sampled_from(["tcp", "rtu-over-tcp"]),
+)
+
 jobs = st.builds(
     Job,
     meter=meters,
     tick_ms=st.integers(0, 2**42),
     deadline_ms=st.integers(0, 2**42),
     plan=plans,
+    gateway=gateways,
 )
 
 readings = st.builds(
@@ -522,3 +541,44 @@ def test_reading_defaults_for_optional_keys() -> None:
     assert reading.missing == ()
     assert reading.errors == {}
     assert reading.status == Status(up=True, error_code="", error="", latency_ms=0.0, requests=0)
+
+
+def test_a_job_carries_only_the_gateway_settings_that_are_not_defaults() -> None:
+    assert b"gateway" not in JOB.encode()  # the wire format above: defaults leave no trace
+    paced = replace(JOB, gateway=Gateway(pause_between_requests_ms=50, framing="rtu-over-tcp"))
+    body = paced.encode()
+    assert json.loads(body)["gateway"] == {
+        "pause_between_requests_ms": 50,
+        "framing": "rtu-over-tcp",
+    }
+    assert Job.decode(body, PlanCache()) == paced
+    # a job without the key (from a scheduler older than the gateways table) has the defaults
+    assert Job.decode(JOB.encode(), PlanCache()).gateway == Gateway()
+
+
+@pytest.mark.parametrize(
+    ("gateway", "reason"),
+    [
+        ({"max_connections": 0}, "max_connections 0 is outside 1..16"),
+        ({"request_timeout_ms": 5}, "request_timeout_ms 5 is outside 10..60000"),
+        ({"max_read_registers": 126}, "max_read_registers 126 is outside 1..125"),
+        ({"framing": "rtu"}, "framing 'rtu' is not one of tcp, rtu-over-tcp"),
+        ({"pause_after_connect_ms": "1"}, "Expected `int`"),
+    ],
+)
+def test_bad_gateway_settings_make_a_malformed_job(gateway: dict[str, Any], reason: str) -> None:
+    data = json.loads(JOB.encode())
+    data["gateway"] = gateway
+    body = json.dumps(data).encode()
+    with pytest.raises(MessageError) as info:
+        Job.decode(body, PlanCache())
+    assert info.value.reason.startswith("job is malformed: ")
+    assert reason in info.value.reason
+    assert info.value.raw == body
+
+
+def test_gateway_settings_from_a_row_take_null_as_the_default() -> None:
+    row = {"host": "h", "port": 502, "max_connections": 2, "request_timeout_ms": None}
+    assert Gateway.from_dict(row) == Gateway(max_connections=2)
+    assert Gateway().timeout_s(1.5) == 1.5
+    assert Gateway(request_timeout_ms=250).timeout_s(1.5) == 0.25
