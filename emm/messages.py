@@ -25,6 +25,7 @@ import re
 from typing import Any, Literal, NoReturn
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from emm.errors import ConfigError, MessageError
 from emm.plan import Plan, PlanCache
@@ -95,6 +96,8 @@ class Gateway(msgspec.Struct, frozen=True, omit_defaults=True):
                 raise ConfigError(f"{name} {value} is outside {low}..{high}")
         if self.framing not in FRAMINGS:
             raise ConfigError(f"framing {self.framing!r} is not one of {', '.join(FRAMINGS)}")
+        # msgspec leaves out a default by identity: a framing read from a row must be ours
+        force_setattr(self, "framing", FRAMINGS[FRAMINGS.index(self.framing)])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Gateway:
@@ -148,7 +151,8 @@ class Job(msgspec.Struct, frozen=True):
                 self.deadline_ms,
                 self.plan.plan_id,
                 msgspec.Raw(self.plan.encoded),
-                gateway=self.gateway,
+                # msgspec leaves out a default by identity; an equal one is the default too
+                gateway=DEFAULT_GATEWAY if self.gateway == DEFAULT_GATEWAY else self.gateway,
             )
         )
 

@@ -151,9 +151,9 @@ def test_no_seed_leaves_the_meters_table_empty(pg_dsn: str) -> None:
                 ("request_timeout_ms", "5", "gateways_request_timeout_ms_check"),
                 ("max_read_registers", "126", "gateways_max_read_registers_check"),
                 ("framing", "'rtu'", "gateways_framing_check"),
-                ("port", "0", "gateways_port_check"),
             )
         ),
+        ("INSERT INTO gateways (host, port) VALUES ('h', 0)", "gateways_port_check"),
         ("INSERT INTO gateways (host) VALUES ('')", "gateways_host_check"),
     ],
 )
@@ -280,9 +280,14 @@ def test_gateway_rows_default_every_column_and_shape_their_meters_jobs(pg_dsn: s
                 "VALUES (%s, %s, 1, 'sdm630')",
                 (host, port),
             )
-        with pytest.raises(psycopg2.errors.UniqueViolation):
-            cur.execute("INSERT INTO gateways (host, port) VALUES ('192.0.2.1', 502)")
     conn.close()
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with pytest.raises(psycopg2.errors.UniqueViolation) as info, conn.cursor() as cur:
+            cur.execute("INSERT INTO gateways (host, port) VALUES ('192.0.2.1', 502)")
+        assert 'violates unique constraint "gateways_pkey"' in str(info.value)
+    finally:
+        conn.close()
     with connect(pg_dsn) as conn:
         config = load_config(conn)
     assert config.errors == []
