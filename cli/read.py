@@ -12,7 +12,7 @@ from emm.log import setup_logging
 from emm.planner import ReadLimits, assign, plan
 from emm.profiles import shipped_profile
 from emm.registers import Register
-from worker.modbus import DevicePool
+from worker.modbus import DeviceLink
 
 
 def _registers_for(type_: str) -> tuple[tuple[Register, ...], ReadLimits]:
@@ -44,8 +44,7 @@ async def read_once(args: argparse.Namespace) -> int:
     """Read every register of `args.type` from the device once; exit code 1 if any failed."""
     registers, limits = _registers_for(args.type)
     requests = plan(registers, limits)
-    pool = DevicePool(timeout_s=args.timeout, connect_timeout_s=args.timeout, idle_close_s=0)
-    link = pool.link(args.host, args.port)
+    link = DeviceLink(args.host, args.port, timeout_s=args.timeout, connect_timeout_s=args.timeout)
     rows: list[tuple[str, str, str, str]] = []
     failed = 0
     try:
@@ -71,7 +70,7 @@ async def read_once(args: argparse.Namespace) -> int:
                 else:
                     rows.append((reg.name, f"{values[reg.name]:.6g}", reg.unit, raw))
     finally:
-        pool.close()
+        link.close()
     width = max([len("name")] + [len(r[0]) for r in rows])
     header = f"{'name':<{width}}  {'value':>14}  {'unit':<6}"
     print((header + ("  raw" if args.raw else "")).rstrip())

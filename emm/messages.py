@@ -1,4 +1,5 @@
-"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` (worker -> writer).
+"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` and a
+`GatewayStatus` (worker -> writer, both on `emm.readings`; `decode_result` tells them apart).
 
 Both are msgspec Structs encoded as JSON with a schema version `v` and a `kind`. Decoding a
 body that is not a valid message raises MessageError with the raw bytes attached, so the caller can
@@ -35,6 +36,7 @@ from emm.registers import Register
 JOB_VERSION = 3
 JOB_VERSIONS_READ = (1, 2, 3)
 READING_VERSION = 1
+GATEWAY_STATUS_VERSION = 1
 
 Framing = Literal["tcp", "rtu-over-tcp"]
 FRAMINGS: tuple[Framing, ...] = ("tcp", "rtu-over-tcp")
@@ -319,6 +321,67 @@ class Reading(msgspec.Struct, frozen=True):
         _explain("reading", body, (READING_VERSION,), error)
 
 
+class GatewayStatus(msgspec.Struct, frozen=True):
+    """One gateway's load at one tick, as the worker that read it measured it; stored in
+    `gateway_status`.
+
+    `meters` were read through it, `requests` sent, `busy_ms` the time its connections were in
+    use (pauses included, added up over its `connections`, the most it allows), `late` the jobs
+    of its meters dropped as late (they reached the worker, or got the gateway, more than half
+    a tick after the tick).
+    """
+
+    host: str
+    port: int
+    tick_ms: int
+    period_ms: int
+    connections: int = 1
+    meters: int = 0
+    requests: int = 0
+    busy_ms: float = 0.0
+    late: int = 0
+
+    @property
+    def name(self) -> str:
+        """The `gateway` tag: host:port."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def utilisation(self) -> float:
+        """The share of the tick's period the gateway was busy (of `connections` periods, for
+        a gateway that allows several; above 1: it overran)."""
+        capacity_ms = self.period_ms * self.connections
+        return self.busy_ms / capacity_ms if capacity_ms > 0 else 0.0
+
+    def encode(self) -> bytes:
+        """The status as JSON, its version and kind first."""
+        return _GATEWAY_STATUS_HEAD + _ENCODER.encode(self)[1:]
+
+    @classmethod
+    def decode(cls, body: bytes) -> GatewayStatus:
+        """The status in `body`; MessageError (with `body`) when it is not one."""
+        error: Exception | None = None
+        try:
+            head = _HEAD_DECODER.decode(body)
+            if head.v == GATEWAY_STATUS_VERSION and head.kind == "gateway_status":
+                return _GATEWAY_STATUS_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            error = exc
+        _explain("gateway_status", body, (GATEWAY_STATUS_VERSION,), error)
+
+
+def decode_result(body: bytes) -> Reading | GatewayStatus:
+    """A message of `emm.readings`: a reading, or a gateway's status by its kind; MessageError
+    (with `body`) when it is neither."""
+    try:
+        kind = _HEAD_DECODER.decode(body).kind
+    except msgspec.DecodeError:
+        kind = None
+    if kind == "gateway_status":
+        return GatewayStatus.decode(body)
+    return Reading.decode(body)
+
+
 class _Head(msgspec.Struct, frozen=True):
     """The version and kind of a message (everything else in the body is skipped)."""
 
@@ -327,9 +390,11 @@ class _Head(msgspec.Struct, frozen=True):
 
 
 _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
+_GATEWAY_STATUS_HEAD = b'{"v":%d,"kind":"gateway_status",' % GATEWAY_STATUS_VERSION
 _ENCODER = msgspec.json.Encoder()
 _HEAD_DECODER = msgspec.json.Decoder(_Head)
 _READING_DECODER = msgspec.json.Decoder(Reading)
+_GATEWAY_STATUS_DECODER = msgspec.json.Decoder(GatewayStatus)
 _JOB_DECODER = msgspec.json.Decoder(_JobWire)
 _OLDER_REQUESTS_DECODER = msgspec.json.Decoder(list[tuple[int, int, int]])
 _OLDER_REGISTERS_DECODER = msgspec.json.Decoder(list[Any])

@@ -1,5 +1,8 @@
 """The writer's loop: gather readings into batches, write them, ack only what InfluxDB took.
 
+`emm.readings` also carries the workers' gateway statuses; each becomes a `gateway_status`
+point, batched and acked like a reading.
+
 A batch is flushed when it reaches `batch_size` readings or `flush_interval_ms` after its first
 reading arrived. While InfluxDB is unavailable the batch is retried with capped exponential
 backoff and its messages stay unacked; RabbitMQ stops delivering once `prefetch` messages are
@@ -23,17 +26,17 @@ from typing import TextIO
 from broker import READINGS, Broker, Delivery
 from emm import retry
 from emm.errors import SinkRejected, SinkUnavailable
-from emm.messages import Reading
+from emm.messages import GatewayStatus, Reading, decode_result
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch
 from writer.influx import Sink, make_sink
-from writer.lines import reading_lines
+from writer.lines import gateway_status_lines, reading_lines
 
 log = logging.getLogger(__name__)
 
 WRITES_IN_FLIGHT = 2  # batches written at once
 
-Item = tuple[Delivery, Reading, list[str]]
+Item = tuple[Delivery, Reading | GatewayStatus, list[str]]
 
 
 class Writer:
@@ -56,8 +59,11 @@ class Writer:
 
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
-            reading = Reading.decode(delivery.body)
-            lines = reading_lines(reading, self.counters.check(reading))
+            reading = decode_result(delivery.body)
+            if isinstance(reading, Reading):
+                lines = reading_lines(reading, self.counters.check(reading))
+            else:
+                lines = gateway_status_lines(reading)
         except Exception as exc:
             # A malformed reading, or a fault of ours: settled as `emm.fate` says, never left
             # unacked for good.
@@ -95,7 +101,9 @@ class Writer:
         """Append `written_ms tick_ms count` per tick of a batch InfluxDB just took."""
         assert self._stats is not None
         written_ms = int(time.time() * 1000)
-        ticks = Counter(reading.tick_ms for _d, reading, _lines in items)
+        ticks = Counter(
+            reading.tick_ms for _d, reading, _lines in items if isinstance(reading, Reading)
+        )
         self._stats.write("".join(f"{written_ms} {t} {n}\n" for t, n in ticks.items()))
         self._stats.flush()
 

@@ -1,18 +1,20 @@
-"""InfluxDB line protocol for readings (pure).
+"""InfluxDB line protocol for readings and gateway statuses (pure).
 
 Every reading gives one `energy` point (one float field per register, when any value was read)
 and one `meter_status` point, both stamped with the tick time in milliseconds. Tags are sorted,
 so the same reading always gives the same bytes and a second write of it replaces the first.
+A gateway's status gives one `gateway_status` point, tagged `gateway` (host:port), at its tick.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from emm.messages import Meter, Reading
+from emm.messages import GatewayStatus, Meter, Reading
 
 ENERGY = "energy"
 STATUS = "meter_status"
+GATEWAY_STATUS = "gateway_status"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\\": "\\\\"})
 
@@ -65,3 +67,17 @@ def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> 
         status_fields += f",counter_resets={len(counter_resets)}i,counter_reset_fields={names}"
     lines.append(f"{STATUS},{tags} {status_fields} {ts}")
     return lines
+
+
+def gateway_status_lines(status: GatewayStatus) -> list[str]:
+    """The line-protocol line (ms precision) of one gateway's status at one tick."""
+    fields = (
+        f"meters={status.meters}i,"
+        f"requests={status.requests}i,"
+        f"busy_ms={float(status.busy_ms)!r},"
+        f"utilisation={round(status.utilisation, 4)!r},"
+        f"late={status.late}i,"
+        f"connections={status.connections}i,"
+        f"period_ms={status.period_ms}i"
+    )
+    return [f"{GATEWAY_STATUS},gateway={_tag(status.name)} {fields} {status.tick_ms}"]

@@ -16,10 +16,12 @@ from emm.errors import ConfigError, MessageError
 from emm.messages import (
     JOB_VERSION,
     Gateway,
+    GatewayStatus,
     Job,
     Meter,
     Reading,
     Status,
+    decode_result,
 )
 from emm.plan import Plan, PlanCache
 from emm.planner import ReadLimits, ReadRequest
@@ -585,3 +587,45 @@ def test_gateway_settings_from_a_row_take_null_as_the_default() -> None:
     assert Gateway.from_dict(row) == Gateway(max_connections=2)
     assert Gateway().timeout_s(1.5) == 1.5
     assert Gateway(request_timeout_ms=250).timeout_s(1.5) == 0.25
+
+
+GATEWAY_STATUS = GatewayStatus(
+    host="10.0.0.5",
+    port=502,
+    tick_ms=1_700_000_000_000,
+    period_ms=10_000,
+    meters=4,
+    requests=16,
+    busy_ms=812.5,
+    late=1,
+)
+
+
+def test_gateway_status_wire_format_and_round_trip() -> None:
+    body = GATEWAY_STATUS.encode()
+    assert body == (
+        b'{"v":1,"kind":"gateway_status","host":"10.0.0.5","port":502,'
+        b'"tick_ms":1700000000000,"period_ms":10000,"connections":1,"meters":4,'
+        b'"requests":16,"busy_ms":812.5,"late":1}'
+    )
+    assert GatewayStatus.decode(body) == GATEWAY_STATUS
+    assert decode_result(body) == GATEWAY_STATUS
+    assert decode_result(READING.encode()) == READING
+    assert GATEWAY_STATUS.name == "10.0.0.5:502"
+    assert GATEWAY_STATUS.utilisation == 0.08125
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"v":2,"kind":"gateway_status"}', "this build reads 1"),
+        (b'{"v":1,"kind":"gateway_status","host":"h"}', "lacks the key 'port'"),
+        (b'{"v":1,"kind":"nothing"}', "expected a reading, got kind 'nothing'"),
+        (b"not json", "reading is not valid JSON"),
+    ],
+)
+def test_bad_readings_queue_messages(body: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as info:
+        decode_result(body)
+    assert reason in info.value.reason
+    assert info.value.raw == body
