@@ -291,3 +291,77 @@ def test_jobs_that_wait_past_half_a_tick_are_dropped_and_the_gateway_status_coun
     assert reading == {"time": tick_ms, "up": True}
     late_lines = [r.getMessage() for r in caplog.records if "past its tick" in r.getMessage()]
     assert len(late_lines) == 1  # the first of the tick; the rest are summed up
+
+
+def test_a_gateway_gets_its_max_connections_and_no_more(
+    amqp_url: str, processes: Processes
+) -> None:
+    port = start_simulator(processes, 6, "--latency-ms", "200")
+    tap = Tap("127.0.0.1", port)
+    tick_ms = steady_tick_ms(within_s=4)
+    settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=2.0)
+
+    async def go() -> None:
+        await tap.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(Worker(settings).run(stop))
+        jobs = [
+            Job(
+                Meter(unit, "127.0.0.1", tap.port, unit, "sdm630"),
+                tick_ms,
+                tick_ms + 30_000,
+                sdm630_plan(names=1),
+                Gateway(max_connections=2),
+            )
+            for unit in range(1, 7)
+        ]
+        await publish_jobs(amqp_url, jobs)
+        await until(readings_ready(amqp_url, 6), 20)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await tap.close()
+
+    asyncio.run(go())
+    got = readings(amqp_url)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    assert all(r.status.up for r in got.values())
+    assert (tap.peak, len(tap.connections)) == (2, 2)
+    # the six requests shared the two connections
+    assert sum(len(c.requests) for c in tap.connections) == 6
+    assert min(len(c.requests) for c in tap.connections) >= 1
+
+
+def test_a_dead_unit_does_not_push_its_neighbours_past_the_tick(
+    amqp_url: str, processes: Processes
+) -> None:
+    # Unit 1 never answers. With 3 attempts of 1 s it would hold the gateway past half the
+    # 4 s tick and its neighbours would be dropped as late; once they wait it gets no retry.
+    port = start_simulator(processes, 4, "--timeout-rate", "1", "--fault-meters", "0")
+    period_ms = 4_000
+    settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=1.0, read_attempts=3)
+    tick_ms = int(time.time() * 1000)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Worker(settings).run(stop))
+        jobs = [
+            Job(
+                Meter(unit, "127.0.0.1", port, unit, "sdm630"),
+                tick_ms,
+                tick_ms + period_ms,
+                sdm630_plan(names=1),
+            )
+            for unit in (1, 2, 3, 4)  # the dead unit first in line
+        ]
+        await publish_jobs(amqp_url, jobs)
+        await until(readings_ready(amqp_url, 4), 20)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    asyncio.run(go())
+    got = readings(amqp_url)
+    assert sorted(got) == [1, 2, 3, 4]
+    dead = got[1].status
+    assert (dead.up, dead.error_code, dead.requests) == (False, "timeout", 1)
+    for unit in (2, 3, 4):
+        assert (got[unit].status.up, got[unit].status.error_code) == (True, "")
