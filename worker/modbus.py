@@ -15,8 +15,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
@@ -215,6 +215,7 @@ class GatewayLinks:
         self._links: list[DeviceLink] = []
         self._idle: list[DeviceLink] = []
         self._waiters: deque[asyncio.Future[DeviceLink]] = deque()
+        self._on_wait: set[Callable[[], None]] = set()
 
     @property
     def name(self) -> str:
@@ -229,6 +230,15 @@ class GatewayLinks:
     def links(self) -> tuple[DeviceLink, ...]:
         """The connections made so far (open or closed since)."""
         return tuple(self._links)
+
+    @contextmanager
+    def on_wait(self, hook: Callable[[], None]) -> Iterator[None]:
+        """Call `hook` whenever a job starts waiting for a connection, within the block."""
+        self._on_wait.add(hook)
+        try:
+            yield
+        finally:
+            self._on_wait.discard(hook)
 
     def configure(self, settings: Gateway) -> None:
         """Take the gateway's settings as the newest job carries them: idle links follow at
@@ -256,6 +266,8 @@ class GatewayLinks:
                 return link
         waiter: asyncio.Future[DeviceLink] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        for hook in list(self._on_wait):
+            hook()
         try:
             return await waiter
         except asyncio.CancelledError:

@@ -8,8 +8,9 @@ leaves time, `_Requests`); one that crosses a hole in the device's map is split
 reading's values (`_Values`); and the outcome becomes the reading's status (`_status`).
 
 One dead unit must not push the other units of its gateway past the tick: while other jobs wait
-for the gateway, a unit whose last request went unanswered gets one attempt, with a fraction of
-the timeout (`SILENT_TIMEOUT_SHARE`), per job. It keeps the full budget while nobody waits.
+for the gateway, a unit whose last request went unanswered gets one attempt per job, which waits
+a fraction of the timeout (`SILENT_TIMEOUT_SHARE`) once they wait, also when they start waiting
+while it is out. It keeps the full budget while nobody waits.
 """
 
 from __future__ import annotations
@@ -81,15 +82,13 @@ class _Requests:
 
     async def once(self, request: ReadRequest) -> list[int]:
         self.sent += 1
-        timeout_s = self.link.timeout_s * (SILENT_TIMEOUT_SHARE if self._short() else 1.0)
+        short_s = self.link.timeout_s * SILENT_TIMEOUT_SHARE
+        timeout_s = short_s if self._short() else self.link.timeout_s
         try:
-            words = await self.link.read(
-                request.function_code,
-                request.address,
-                request.count,
-                self.unit_id,
-                timeout_s=timeout_s,
-            )
+            if self.device.health.silent and timeout_s > short_s:
+                words = await self._hurried(request, timeout_s, short_s)
+            else:
+                words = await self._read(request, timeout_s)
         except DeviceError as exc:
             if exc.answered:
                 self.answered += 1  # an exception answer from the device: it is up
@@ -98,6 +97,34 @@ class _Requests:
         self.answered += 1
         self.device.health.silent = False
         return words
+
+    async def _read(self, request: ReadRequest, timeout_s: float) -> list[int]:
+        return await self.link.read(
+            request.function_code, request.address, request.count, self.unit_id, timeout_s=timeout_s
+        )
+
+    async def _hurried(self, request: ReadRequest, timeout_s: float, short_s: float) -> list[int]:
+        """A silent device's request sent while nobody waited: cut to `short_s` once another
+        job starts waiting for the gateway (the first job of a tick often starts alone)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(None) as budget:
+
+                def hurry() -> None:
+                    budget.reschedule(max(loop.time(), started + short_s))
+
+                with self.device.gateway.on_wait(hurry):
+                    return await self._read(request, timeout_s)
+        except TimeoutError:
+            # ours: the link's own timeout is a NoAnswer already. An answer may still come on
+            # this connection, so it starts afresh.
+            self.link.close()
+            raise NoAnswer(
+                f"{self.link.name} unit {self.unit_id}: FC{request.function_code} read of "
+                f"{request.count} at {request.address}: no answer within {short_s:g} s "
+                "(silent, and others wait)"
+            ) from None
 
     async def __call__(self, request: ReadRequest) -> list[int]:
         # The first attempt goes straight out; tenacity (whose setup costs more than the read

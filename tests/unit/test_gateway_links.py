@@ -166,3 +166,23 @@ def test_new_settings_reach_idle_links_and_a_new_framing_reconnects() -> None:
         return link
 
     asyncio.run(go())
+
+
+def test_hooks_hear_of_each_job_that_starts_waiting_while_they_are_on() -> None:
+    async def go() -> list[str]:
+        gw = gateway(1)
+        heard: list[str] = []
+        log: list[str] = []
+        release = asyncio.Event()
+        holder = asyncio.create_task(hold(gw, log, "a", release))
+        await settle()  # "a" got the link at once: nobody waited
+        with gw.on_wait(lambda: heard.append(f"waiting {gw.waiting}")):
+            waiter = asyncio.create_task(hold(gw, log, "b", release))
+            await settle()
+        third = asyncio.create_task(hold(gw, log, "c", release))  # the hook is off again
+        await settle()
+        release.set()
+        await asyncio.gather(holder, waiter, third)
+        return heard
+
+    assert asyncio.run(go()) == ["waiting 1"]

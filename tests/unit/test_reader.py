@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,13 +32,21 @@ class FakeLink:
     no answer for every request from the `dead_from`th on."""
 
     timeout_s = 1.0
+    name = "192.0.2.4:502"
 
-    def __init__(self, mapped: set[int], dead_from: int | None = None) -> None:
+    def __init__(
+        self, mapped: set[int], dead_from: int | None = None, waits_out_timeouts: bool = False
+    ) -> None:
         self.mapped = mapped
         self.dead_from = dead_from
+        self.waits_out_timeouts = waits_out_timeouts
         self.held = False
+        self.closed = 0
         self.requests: list[tuple[int, int, int]] = []
         self.timeouts: list[float] = []
+
+    def close(self) -> None:
+        self.closed += 1
 
     async def read(
         self, function_code: int, address: int, count: int, unit_id: int, *, timeout_s: float
@@ -47,6 +55,8 @@ class FakeLink:
         self.requests.append((function_code, address, count))
         self.timeouts.append(timeout_s)
         if self.dead_from is not None and len(self.requests) >= self.dead_from:
+            if self.waits_out_timeouts:
+                await asyncio.sleep(timeout_s)
             raise NoAnswer(f"no answer at {address}")
         if any(a not in self.mapped for a in range(address, address + count)):
             raise PermanentDeviceError(f"refused {address}", exception_code=2)
@@ -61,8 +71,23 @@ class FakeGateway:
         self.waiting = waiting
         self.settings = Gateway()
 
+        self.hooks: set[Callable[[], None]] = set()
+
     def configure(self, settings: Gateway) -> None:
         self.settings = settings
+
+    @contextlib.contextmanager
+    def on_wait(self, hook: Callable[[], None]) -> Iterator[None]:
+        self.hooks.add(hook)
+        try:
+            yield
+        finally:
+            self.hooks.discard(hook)
+
+    def someone_waits(self) -> None:
+        self.waiting += 1
+        for hook in list(self.hooks):
+            hook()
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[FakeLink]:
@@ -243,3 +268,30 @@ def test_the_gateway_load_counts_meters_requests_and_busy_time() -> None:
     )
     assert status.busy_ms >= 0
     assert dev.load.due(over_ms) == []  # reported once
+
+
+def test_a_silent_units_request_is_cut_short_when_others_start_waiting() -> None:
+    link = FakeLink(set(range(10)), dead_from=1, waits_out_timeouts=True)
+    dev = device(link)
+    dev.health.silent = True  # it did not answer last tick; nobody waits yet
+    gateway: Any = dev.gateway
+
+    async def tick() -> tuple[Reading | None, float]:
+        started = time.monotonic()
+        reading = asyncio.create_task(read_job(job(regs(0)), dev, attempts=3))
+        await asyncio.sleep(0.1)
+        gateway.someone_waits()  # a neighbour's job arrives
+        return await reading, time.monotonic() - started
+
+    reading, took_s = asyncio.run(tick())
+    assert reading is not None
+    assert link.timeouts == [1.0]  # sent with the full timeout, as nobody waited then
+    assert 0.5 <= took_s < 0.9  # cut to half of it once someone did; and not retried
+    assert (reading.status.up, reading.status.error_code, reading.status.requests) == (
+        False,
+        "timeout",
+        1,
+    )
+    assert reading.status.error.endswith("no answer within 0.5 s (silent, and others wait)")
+    assert link.closed == 1  # a late answer must not be taken for the next request's
+    assert gateway.hooks == set()
