@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from cli.args import DEFAULT_PORT
 from emm.errors import ConfigError, DatabaseError, TransientDeviceError
@@ -26,10 +27,11 @@ from emm.planner import ReadLimits
 from emm.profiles import shipped_profile
 from emm.registers import Register
 from emm.settings import MigrateSettings, WorkerSettings
+from worker.budget import GatewayLoad
 from worker.device import Device
 from worker.health import Health, OfflinePolicy
 from worker.holes import Holes
-from worker.modbus import DeviceLink
+from worker.modbus import DeviceLink, GatewayLinks
 from worker.reader import read_job
 
 # As many tries per request as a worker makes by default (EMM_READ_ATTEMPTS).
@@ -114,15 +116,38 @@ class _RecordingLink(DeviceLink):
     """The worker's link to a device, keeping each answered word by (function code, address)
     for `--raw`."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        super().__init__(host, port, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.words: dict[tuple[int, int], int] = {}
 
-    async def read(self, function_code: int, address: int, count: int, unit_id: int) -> list[int]:
-        words = await super().read(function_code, address, count, unit_id)
+    async def read(
+        self,
+        function_code: int,
+        address: int,
+        count: int,
+        unit_id: int,
+        *,
+        timeout_s: float | None = None,
+    ) -> list[int]:
+        words = await super().read(function_code, address, count, unit_id, timeout_s=timeout_s)
         for offset, word in enumerate(words):
             self.words[(function_code, address + offset)] = word
         return words
+
+
+class _RecordingGateway(GatewayLinks):
+    """The worker's connections to the device's gateway, each one a `_RecordingLink`."""
+
+    link_type = _RecordingLink
+
+    def words(self) -> dict[tuple[int, int], int]:
+        """Every word the device answered, by (function code, address)."""
+        return {
+            key: word
+            for link in self.links
+            if isinstance(link, _RecordingLink)
+            for key, word in link.words.items()
+        }
 
 
 @dataclass
@@ -137,17 +162,18 @@ async def read_device(
     host: str, port: int, unit_id: int, type_: str, plan: Plan, timeout_s: float
 ) -> Result:
     """Read `plan` from the device once, as a worker reads a job of it (the one adapter to the
-    worker's API: `read_job` on a `Device` of a `DeviceLink`, `Health` and `Holes`).
+    worker's API: `read_job` on a `Device` of its `GatewayLinks`, `Health`, `Holes` and load).
 
     Raises TransientDeviceError when no TCP connection opens within `timeout_s`.
     """
     await _connectable(host, port, timeout_s)
-    link = _RecordingLink(host, port, timeout_s)
+    gateway = _RecordingGateway(host, port, timeout_s=timeout_s, connect_timeout_s=timeout_s)
     device = Device(
         (host, port, unit_id),
-        link,
+        gateway,
         Health(OfflinePolicy(offline_after_ticks=1, backoff_max_s=0)),
         Holes(),
+        GatewayLoad(host, port),
     )
     now_ms = int(time.time() * 1000)
     job = Job(
@@ -159,8 +185,10 @@ async def read_device(
     try:
         reading = await read_job(job, device, attempts=ATTEMPTS)
     finally:
-        link.close()
-    return Result(reading, link.words)
+        gateway.close()
+    if reading is None:  # cannot happen with one job and a budget of BUDGET_S; say so if it does
+        raise TransientDeviceError(f"{host}:{port}: no connection within {BUDGET_S:g} s")
+    return Result(reading, gateway.words())
 
 
 def run(args: argparse.Namespace) -> int:

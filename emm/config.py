@@ -1,34 +1,37 @@
 """The configuration as loaded from PostgreSQL: meters ready to be read, each with its type's
-registers and read limits, validated from the rows the load queries return (pure: no database
-access; `postgres.config` runs the queries).
+registers, its read limits and its gateway's settings, validated from the rows the load queries
+return (pure: no database access; `postgres.config` runs the queries).
 
 A bad register row, meter or type row is reported by an error naming its table and id, and
-skipped; the rest is kept.
+skipped; the rest is kept. A meter whose host:port has no `gateways` row (or a bad one) gets the
+default gateway settings; a gateway's `max_read_registers` lowers its meters' read limit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from emm.errors import ConfigError
 from emm.limits import MAX_REGISTERS_PER_TYPE
-from emm.messages import Meter
+from emm.messages import DEFAULT_GATEWAY, Gateway, Meter
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
 from emm.registers import Order, Register
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, host_problem, tag_problem
 
-# One loaded row: its kind ('meter', 'register' or 'type') and its columns by name.
+# One loaded row: its kind ('meter', 'register', 'type' or 'gateway') and its columns by name.
 Row = tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class MeterConfig:
-    """A meter ready to be read: the device, its registers and the limits of its type."""
+    """A meter ready to be read: the device, its registers, the limits it is read within (its
+    type's, lowered by its gateway's `max_read_registers`) and its gateway's settings."""
 
     meter: Meter
     registers: tuple[Register, ...]
     limits: ReadLimits
+    gateway: Gateway = DEFAULT_GATEWAY
 
 
 @dataclass
@@ -43,6 +46,7 @@ def build_config(rows: list[Row]) -> LoadedConfig:
     """Validate the loaded rows into meters (pure: no database access)."""
     out = LoadedConfig()
     registers_by_type, limits_by_type = _types(rows, out.errors)
+    gateways = _gateways(rows, out.errors)
     meters = [data for kind, data in rows if kind == "meter"]
     # one tuple per type, shared by its meters: jobs serialise a type's registers once
     shared = {type_: tuple(regs) for type_, regs in registers_by_type.items()}
@@ -61,7 +65,12 @@ def build_config(rows: list[Row]) -> LoadedConfig:
             )
             continue
         limits = limits_by_type.get(meter.type, ReadLimits())
-        out.meters.append(MeterConfig(meter, shared[meter.type], limits))
+        gateway = gateways.get((meter.host, meter.port), DEFAULT_GATEWAY)
+        if gateway.max_read_registers is not None:
+            limits = replace(
+                limits, max_registers=min(limits.max_registers, gateway.max_read_registers)
+            )
+        out.meters.append(MeterConfig(meter, shared[meter.type], limits, gateway))
     return out
 
 
@@ -75,6 +84,23 @@ def _check_text(meter: Meter) -> None:
     for column, problem in checks:
         if problem is not None:
             raise ConfigError(f"{column} {problem}")
+
+
+def _gateways(rows: list[Row], errors: list[str]) -> dict[tuple[str, int], Gateway]:
+    """The gateways' settings by (host, port) from loaded rows; a bad row goes to `errors` and
+    its meters get the defaults."""
+    gateways: dict[tuple[str, int], Gateway] = {}
+    for kind, data in rows:
+        if kind != "gateway":
+            continue
+        try:
+            gateways[(data["host"], data["port"])] = Gateway.from_dict(data)
+        except (ConfigError, TypeError, ValueError) as exc:
+            errors.append(
+                f"gateways row {data.get('host')}:{data.get('port')} ignored (its meters get "
+                f"the defaults): {exc}"
+            )
+    return gateways
 
 
 def build_type(rows: list[Row], type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:

@@ -8,7 +8,10 @@ these where they enter, so nothing above that layer needs to know the libraries'
     ├── MessageError             a message body that cannot be decoded (carries the raw bytes)
     ├── DecodeError              registers that cannot be turned into a value (wrong length, ...)
     ├── DeviceError              a Modbus device did not give us the data
-    │   ├── TransientDeviceError     timeout, refused or reset connection, busy device: retry
+    │   ├── TransientDeviceError     refused or reset connection: retry
+    │   │   ├── NoAnswer                 the unit did not answer: a timeout, or its gateway's
+    │   │   │                            exception 10 or 11 (path unavailable, no response)
+    │   │   └── BusyAnswer               exception 5 or 6: the device answered "later"
     │   └── PermanentDeviceError     a Modbus exception answer that a retry will not change
     ├── BrokerError              RabbitMQ unreachable or the channel closed: reconnect
     ├── DatabaseError            PostgreSQL unreachable or a statement failed
@@ -43,9 +46,14 @@ class DecodeError(EmmError):
 
 
 class DeviceError(EmmError):
-    """A device read that failed; `code` is a short machine-readable reason for `meter_status`."""
+    """A device read that failed; `code` is a short machine-readable reason for `meter_status`.
+
+    `answered` says whether the device itself answered (with a Modbus exception): such a device
+    is up, whatever the answer said.
+    """
 
     code = "device_error"
+    answered = False
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -59,8 +67,33 @@ class TransientDeviceError(DeviceError):
     code = "unreachable"
 
 
+class NoAnswer(TransientDeviceError):
+    """The unit did not answer: no reply in time, or its gateway said so (exception 10 or 11,
+    `exception_code`; 0 for a timeout)."""
+
+    code = "timeout"
+
+    def __init__(self, message: str, *, exception_code: int = 0) -> None:
+        super().__init__(
+            message, code=f"modbus_exception_{exception_code}" if exception_code else None
+        )
+        self.exception_code = exception_code
+
+
+class BusyAnswer(TransientDeviceError):
+    """The device answered that it cannot serve the request now (exception 5 or 6)."""
+
+    answered = True
+
+    def __init__(self, message: str, *, exception_code: int) -> None:
+        super().__init__(message, code=f"modbus_exception_{exception_code}")
+        self.exception_code = exception_code
+
+
 class PermanentDeviceError(DeviceError):
     """A Modbus exception answer that retrying within the tick will not change."""
+
+    answered = True
 
     def __init__(self, message: str, *, exception_code: int) -> None:
         super().__init__(message, code=f"modbus_exception_{exception_code}")

@@ -1,4 +1,5 @@
-"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` (worker -> writer).
+"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` and a
+`GatewayStatus` (worker -> writer, both on `emm.readings`; `decode_result` tells them apart).
 
 Both are msgspec Structs encoded as JSON with a schema version `v` and a `kind`. Decoding a
 body that is not a valid message raises MessageError with the raw bytes attached, so the caller can
@@ -10,6 +11,10 @@ first time it sees its id and then only reads the head of each job. Version 2 jo
 `requests` and `registers` at the top level, registers as rows) and version 1 jobs (registers as
 objects) are still read, their plans cached by a hash of their bytes (a worker may read only
 those while the scheduler is older than it).
+
+A version 3 job may also carry its meter's `gateway` settings (`Gateway`); only the settings
+that differ from the defaults are written, and a job without the key has the defaults, so jobs
+of either kind are read by workers of either build.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from emm.errors import ConfigError, MessageError
 from emm.plan import Plan, PlanCache
@@ -30,6 +36,10 @@ from emm.registers import Register
 JOB_VERSION = 3
 JOB_VERSIONS_READ = (1, 2, 3)
 READING_VERSION = 1
+GATEWAY_STATUS_VERSION = 1
+
+Framing = Literal["tcp", "rtu-over-tcp"]
+FRAMINGS: tuple[Framing, ...] = ("tcp", "rtu-over-tcp")
 
 
 class Meter(msgspec.Struct, frozen=True):
@@ -70,6 +80,50 @@ class Meter(msgspec.Struct, frozen=True):
         )
 
 
+class Gateway(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How a gateway (a host:port) is treated: a `gateways` row, the defaults for a meter
+    without one. Ranges are those of the table's CHECK constraints."""
+
+    max_connections: int = 1
+    pause_between_requests_ms: int = 0
+    pause_after_connect_ms: int = 0
+    request_timeout_ms: int | None = None  # None: the worker's EMM_READ_TIMEOUT_S
+    max_read_registers: int | None = None  # None: the meter type's
+    framing: Framing = "tcp"
+
+    def __post_init__(self) -> None:
+        for name, low, high in _GATEWAY_RANGES:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{name} {value} is outside {low}..{high}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing {self.framing!r} is not one of {', '.join(FRAMINGS)}")
+        # msgspec leaves out a default by identity: a framing read from a row must be ours
+        force_setattr(self, "framing", FRAMINGS[FRAMINGS.index(self.framing)])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gateway:
+        """The settings of a `gateways` row (as the load query shapes it); a NULL is the
+        default."""
+        given = {name: data[name] for name in cls.__struct_fields__ if data.get(name) is not None}
+        return cls(**given)
+
+    def timeout_s(self, default_s: float) -> float:
+        """The seconds to wait for one answer: this gateway's own, else `default_s`."""
+        return default_s if self.request_timeout_ms is None else self.request_timeout_ms / 1000
+
+
+# (field, lowest, highest): as the `gateways` table's CHECK constraints say
+_GATEWAY_RANGES = (
+    ("max_connections", 1, 16),
+    ("pause_between_requests_ms", 0, 10_000),
+    ("pause_after_connect_ms", 0, 10_000),
+    ("request_timeout_ms", 10, 60_000),
+    ("max_read_registers", 1, 125),
+)
+DEFAULT_GATEWAY = Gateway()
+
+
 class Job(msgspec.Struct, frozen=True):
     """Read one meter for one tick: everything the worker needs, nothing it must look up."""
 
@@ -77,6 +131,12 @@ class Job(msgspec.Struct, frozen=True):
     tick_ms: int
     deadline_ms: int
     plan: Plan
+    gateway: Gateway = DEFAULT_GATEWAY
+
+    @property
+    def period_ms(self) -> int:
+        """The tick's period: from the tick to the next."""
+        return self.deadline_ms - self.tick_ms
 
     @property
     def job_id(self) -> str:
@@ -93,6 +153,8 @@ class Job(msgspec.Struct, frozen=True):
                 self.deadline_ms,
                 self.plan.plan_id,
                 msgspec.Raw(self.plan.encoded),
+                # msgspec leaves out a default by identity; an equal one is the default too
+                gateway=DEFAULT_GATEWAY if self.gateway == DEFAULT_GATEWAY else self.gateway,
             )
         )
 
@@ -110,7 +172,9 @@ class Job(msgspec.Struct, frozen=True):
         if wire.kind != "job" or wire.v not in JOB_VERSIONS_READ:
             _explain("job", body, JOB_VERSIONS_READ, None)
         read_plan = _plan if wire.v == JOB_VERSION else _older_plan
-        return cls(wire.meter, wire.tick_ms, wire.deadline_ms, read_plan(wire, body, plans))
+        return cls(
+            wire.meter, wire.tick_ms, wire.deadline_ms, read_plan(wire, body, plans), wire.gateway
+        )
 
 
 class _JobWire(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -127,6 +191,8 @@ class _JobWire(msgspec.Struct, frozen=True, omit_defaults=True):
     # versions 1 and 2
     requests: msgspec.Raw = msgspec.Raw()
     registers: msgspec.Raw = msgspec.Raw()
+    # version 3, when the gateway's settings are not all defaults
+    gateway: Gateway = DEFAULT_GATEWAY
 
 
 # the plans of the types this process has seen jobs of (a worker's only plan cache)
@@ -255,6 +321,67 @@ class Reading(msgspec.Struct, frozen=True):
         _explain("reading", body, (READING_VERSION,), error)
 
 
+class GatewayStatus(msgspec.Struct, frozen=True):
+    """One gateway's load at one tick, as the worker that read it measured it; stored in
+    `gateway_status`.
+
+    `meters` were read through it, `requests` sent, `busy_ms` the time its connections were in
+    use (pauses included, added up over its `connections`, the most it allows), `late` the jobs
+    of its meters dropped as late (they reached the worker, or got the gateway, more than half
+    a tick after the tick).
+    """
+
+    host: str
+    port: int
+    tick_ms: int
+    period_ms: int
+    connections: int = 1
+    meters: int = 0
+    requests: int = 0
+    busy_ms: float = 0.0
+    late: int = 0
+
+    @property
+    def name(self) -> str:
+        """The `gateway` tag: host:port."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def utilisation(self) -> float:
+        """The share of the tick's period the gateway was busy (of `connections` periods, for
+        a gateway that allows several; above 1: it overran)."""
+        capacity_ms = self.period_ms * self.connections
+        return self.busy_ms / capacity_ms if capacity_ms > 0 else 0.0
+
+    def encode(self) -> bytes:
+        """The status as JSON, its version and kind first."""
+        return _GATEWAY_STATUS_HEAD + _ENCODER.encode(self)[1:]
+
+    @classmethod
+    def decode(cls, body: bytes) -> GatewayStatus:
+        """The status in `body`; MessageError (with `body`) when it is not one."""
+        error: Exception | None = None
+        try:
+            head = _HEAD_DECODER.decode(body)
+            if head.v == GATEWAY_STATUS_VERSION and head.kind == "gateway_status":
+                return _GATEWAY_STATUS_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            error = exc
+        _explain("gateway_status", body, (GATEWAY_STATUS_VERSION,), error)
+
+
+def decode_result(body: bytes) -> Reading | GatewayStatus:
+    """A message of `emm.readings`: a reading, or a gateway's status by its kind; MessageError
+    (with `body`) when it is neither."""
+    try:
+        kind = _HEAD_DECODER.decode(body).kind
+    except msgspec.DecodeError:
+        kind = None
+    if kind == "gateway_status":
+        return GatewayStatus.decode(body)
+    return Reading.decode(body)
+
+
 class _Head(msgspec.Struct, frozen=True):
     """The version and kind of a message (everything else in the body is skipped)."""
 
@@ -263,9 +390,11 @@ class _Head(msgspec.Struct, frozen=True):
 
 
 _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
+_GATEWAY_STATUS_HEAD = b'{"v":%d,"kind":"gateway_status",' % GATEWAY_STATUS_VERSION
 _ENCODER = msgspec.json.Encoder()
 _HEAD_DECODER = msgspec.json.Decoder(_Head)
 _READING_DECODER = msgspec.json.Decoder(Reading)
+_GATEWAY_STATUS_DECODER = msgspec.json.Decoder(GatewayStatus)
 _JOB_DECODER = msgspec.json.Decoder(_JobWire)
 _OLDER_REQUESTS_DECODER = msgspec.json.Decoder(list[tuple[int, int, int]])
 _OLDER_REGISTERS_DECODER = msgspec.json.Decoder(list[Any])

@@ -1,6 +1,6 @@
 """The queries that load the configuration: every enabled meter with its type's registers and
-limits for the scheduler's tick, and one type's registers for `emm read`. The rows are validated
-by `emm.config`.
+limits and its gateway's settings for the scheduler's tick, and one type's registers for
+`emm read`. The rows are validated by `emm.config`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ WHERE r.type IN (SELECT type FROM energy_meters WHERE enabled)
 UNION ALL
 SELECT 'type', {_TYPE_JSON}
 FROM meter_types t
+UNION ALL
+SELECT 'gateway', json_build_object(
+    'host', g.host, 'port', g.port, 'max_connections', g.max_connections,
+    'pause_between_requests_ms', g.pause_between_requests_ms,
+    'pause_after_connect_ms', g.pause_after_connect_ms,
+    'request_timeout_ms', g.request_timeout_ms, 'max_read_registers', g.max_read_registers,
+    'framing', g.framing)
+FROM gateways g
+WHERE (g.host, g.port) IN (SELECT host, port FROM energy_meters WHERE enabled)
 """
 
 _TYPE_SQL = f"""
@@ -43,7 +52,7 @@ SELECT 'type', {_TYPE_JSON} FROM meter_types t WHERE t.type = %(type)s
 
 
 def load_config(conn: Connection) -> LoadedConfig:
-    """Load every enabled meter with its type's registers in one round trip.
+    """Load every enabled meter with its type's registers and its gateway in one round trip.
 
     A bad register row or meter is reported in `errors` (naming its table and id) and skipped;
     the rest is returned.

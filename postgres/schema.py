@@ -95,6 +95,38 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "gateways: per host:port limits and pacing",
+        # Every column but the key may be left out: a meter whose host:port has no row, or a
+        # row's NULL, gets the default (`emm.messages.Gateway`, the README's "gateways" table).
+        """
+        CREATE TABLE IF NOT EXISTS gateways (
+            host text NOT NULL CONSTRAINT gateways_host_check CHECK (host <> ''),
+            port integer NOT NULL DEFAULT 502
+                CONSTRAINT gateways_port_check CHECK (port BETWEEN 1 AND 65535),
+            max_connections integer NOT NULL DEFAULT 1
+                CONSTRAINT gateways_max_connections_check
+                CHECK (max_connections BETWEEN 1 AND 16),
+            pause_between_requests_ms integer NOT NULL DEFAULT 0
+                CONSTRAINT gateways_pause_between_requests_ms_check
+                CHECK (pause_between_requests_ms BETWEEN 0 AND 10000),
+            pause_after_connect_ms integer NOT NULL DEFAULT 0
+                CONSTRAINT gateways_pause_after_connect_ms_check
+                CHECK (pause_after_connect_ms BETWEEN 0 AND 10000),
+            request_timeout_ms integer
+                CONSTRAINT gateways_request_timeout_ms_check
+                CHECK (request_timeout_ms BETWEEN 10 AND 60000),
+            max_read_registers integer
+                CONSTRAINT gateways_max_read_registers_check
+                CHECK (max_read_registers BETWEEN 1 AND 125),
+            framing text NOT NULL DEFAULT 'tcp'
+                CONSTRAINT gateways_framing_check CHECK (framing IN ('tcp', 'rtu-over-tcp')),
+            description text,
+            PRIMARY KEY (host, port)
+        );
+        """,
+    ),
 ]
 
 # Text that becomes a tag, a field name or a logged host (`emm.text`, `emm.registers`): no

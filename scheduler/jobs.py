@@ -11,10 +11,12 @@ from emm.planner import ReadLimits
 def build_jobs(config: LoadedConfig, tick_ms: int, period_ms: int) -> list[Job]:
     """One job per meter for the tick at `tick_ms`, valid until the next tick.
 
-    Meters of a type share one `Plan`, built here once per type (the configuration is loaded
-    anew for every tick). Jobs are ordered round-robin over the devices (host:port): meters
-    behind one gateway are read one after the other, so a worker's share of the queue should
-    hold many gateways at once rather than one gateway's meters in a row.
+    Meters of a type share one `Plan`, built here once per type and read limit (the
+    configuration is loaded anew for every tick; a gateway's `max_read_registers` lowers its
+    meters' limit); each job carries its gateway's settings. Jobs are ordered round-robin over
+    the devices (host:port): meters behind one gateway are read one after the other, so a
+    worker's share of the queue should hold many gateways at once rather than one gateway's
+    meters in a row.
     """
     by_link: dict[tuple[str, int], list[Job]] = {}
     # meters of a type share one registers tuple (`emm.config.build_config`) and its limits
@@ -25,7 +27,13 @@ def build_jobs(config: LoadedConfig, tick_ms: int, period_ms: int) -> list[Job]:
         if plan is None:
             plan = plans[key] = Plan.build(mc.registers, mc.limits)
         by_link.setdefault((mc.meter.host, mc.meter.port), []).append(
-            Job(meter=mc.meter, tick_ms=tick_ms, deadline_ms=tick_ms + period_ms, plan=plan)
+            Job(
+                meter=mc.meter,
+                tick_ms=tick_ms,
+                deadline_ms=tick_ms + period_ms,
+                plan=plan,
+                gateway=mc.gateway,
+            )
         )
     queues = list(by_link.values())
     return [

@@ -3,7 +3,8 @@
 The parts: the consumer (`worker.consumer`) takes jobs from `emm.jobs` and settles them; the
 devices (`worker.device`) carry each device's link, health and learned holes across ticks; the
 reader (`worker.reader`) reads one job; the outbox (`worker.outbox`) publishes the readings;
-the replay (`worker.replay`) reads on its own while RabbitMQ is away. `Worker` builds them, runs
+the replay (`worker.replay`) reads on its own while RabbitMQ is away; the budget
+(`worker.budget`) reports each gateway's load per tick. `Worker` builds them, runs
 the housekeeping every few seconds and shuts them down in order.
 
 Delivery guarantees (see the README's "Guarantees"):
@@ -11,8 +12,8 @@ Delivery guarantees (see the README's "Guarantees"):
   (broker down) waits in the outbox and is published when the broker is back.
 - A job delivered again (its ack was lost with the connection) is answered from the recent
   readings instead of reading the device a second time.
-- A job that reaches a worker more than half a tick after its tick is not read: the value would
-  not belong to the tick's timestamp.
+- A job that reaches a worker, or gets a connection to its gateway, more than half a tick after
+  its tick is not read: the value would not belong to the tick's timestamp.
 - While RabbitMQ is unreachable no jobs arrive, so the worker keeps reading, on the same ticks,
   the meters of the last tick it was given; those readings wait in the outbox too.
 """
@@ -77,6 +78,8 @@ class Worker:
         # make readings queue for the confirms of others while their jobs hold the prefetch.
         self.outbox.start(self.settings.concurrency)
         replayer = asyncio.create_task(self.replay.run(stop, self.consumer.read_later))
+        # each gateway's load per tick, to `gateway_status` (`worker.budget`)
+        budget = asyncio.create_task(self.devices.budget.run(stop, self.broker))
         try:
             while not stop.is_set():
                 try:
@@ -84,6 +87,7 @@ class Worker:
                 except TimeoutError:
                     self._housekeeping()
         finally:
+            budget.cancel()
             await self._shut_down(replayer)
 
     def _housekeeping(self) -> None:

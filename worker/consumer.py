@@ -2,7 +2,8 @@
 
 Each delivery runs as its own task, so `concurrency` jobs (the prefetch) are read at once. A job
 is acked only once RabbitMQ confirmed its reading (`worker.outbox`); a job that reaches the
-worker more than half a tick after its tick is acked unread; a malformed one is dead-lettered.
+worker, or gets a connection to its gateway, more than half a tick after its tick is acked
+unread; a malformed one is dead-lettered.
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ class Consumer:
                 await self._settle(delivery, None)
                 return
             out = await self.read(job)
+            if out is None:  # it waited for its gateway past half a tick
+                self._note_late(job, now_ms() - job.tick_ms)
+                await self._settle(delivery, None)
+                return
         # Ack only once the reading is confirmed (immediately, or when the broker is back).
         await out.confirmed.wait()
         await self._settle(delivery, None)
@@ -138,29 +143,32 @@ class Consumer:
         by `report_late` (an overloaded worker would otherwise log thousands of lines)."""
         if job.tick_ms not in self._late:
             log.warning(
-                "job %s reached this worker %.1f s after its tick; not read (the value would not "
-                "belong to the tick)",
+                "job %s was %.1f s past its tick when it reached this worker or its gateway; "
+                "not read (the value would not belong to the tick)",
                 job.job_id,
                 late_ms / 1000,
             )
             self._late[job.tick_ms] = 0
         self._late[job.tick_ms] += 1
         self.late += 1
+        self.devices.note_late(job)
 
     def report_late(self) -> None:
         """Sum up, one line per tick, the jobs that came too late since the last call."""
         for tick_ms, count in sorted(self._late.items()):
             if count > 1:
                 log.warning(
-                    "tick %s: %d jobs reached this worker more than half a tick after the tick; "
-                    "not read (more workers or a longer period would read them)",
+                    "tick %s: %d jobs reached this worker or their gateway more than half a "
+                    "tick after the tick; not read (more workers, gateway connections or a "
+                    "longer period would read them)",
                     iso(tick_ms),
                     count,
                 )
         self._late.clear()
 
-    async def read(self, job: Job) -> Outgoing:
-        """Read the meter of `job` (or note that it is offline) and queue the reading."""
+    async def read(self, job: Job) -> Outgoing | None:
+        """Read the meter of `job` (or note that it is offline) and queue the reading; None
+        when the job waited for its gateway past half a tick (not read)."""
         period_ms = job.deadline_ms - job.tick_ms
         device = self.devices.get(job.meter)
         health = device.health
@@ -170,7 +178,10 @@ class Consumer:
         else:
             known = device.holes.unreadable()
             was_offline = health.offline
-            reading = await read_job(job, device, attempts=self.read_attempts)
+            read = await read_job(job, device, attempts=self.read_attempts)
+            if read is None:
+                return None
+            reading = read
             health.record(
                 job.meter, job.tick_ms, period_ms, reading.status.up, reading.status.error_code
             )

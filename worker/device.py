@@ -1,9 +1,10 @@
 """The devices a worker reads: one `Device` per (host, port, unit id), made on first use.
 
 A device owns what the worker learns about it across ticks: its `Health` (failed ticks, offline
-backoff) and its `Holes` (the learned splits of requests it refuses in part). Its link belongs
-to its gateway: the connection is per host:port and shared by every unit id behind it, so the
-units of one gateway hold the same `DeviceLink` and their requests never overlap.
+backoff, whether it answered last) and its `Holes` (the learned splits of requests it refuses in
+part). Its connections belong to its gateway: they are per host:port and shared by every unit id
+behind it, so the units of one gateway hold the same `GatewayLinks` (and `GatewayLoad`, its
+measured load) and their requests stay within the gateway's connections.
 
 Meter ids do not name devices: two meters (two rows, or one row renamed) at the same address are
 the same device, with one health and one set of holes.
@@ -15,10 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emm.messages import Meter
+from emm.messages import Job, Meter
+from worker.budget import Budget, GatewayLoad
 from worker.health import Health, OfflinePolicy
 from worker.holes import HOLE_MEMORY_TTL_S, Holes
-from worker.modbus import DeviceLink, DevicePool
+from worker.modbus import DevicePool, GatewayLinks
 
 DeviceKey = tuple[str, int, int]
 
@@ -30,12 +32,13 @@ def device_key(meter: Meter) -> DeviceKey:
 
 @dataclass(eq=False, slots=True)
 class Device:
-    """One Modbus device: its gateway's link, its health and its learned holes."""
+    """One Modbus device: its gateway's connections and load, its health and learned holes."""
 
     key: DeviceKey
-    link: DeviceLink
+    gateway: GatewayLinks
     health: Health
     holes: Holes
+    load: GatewayLoad
 
     @property
     def unit_id(self) -> int:
@@ -43,34 +46,42 @@ class Device:
 
 
 class Devices:
-    """The devices of one worker process, by (host, port, unit id), with their gateways' links."""
+    """The devices of one worker process, by (host, port, unit id), with their gateways'
+    connections and loads."""
 
     def __init__(
         self,
         links: DevicePool,
         policy: OfflinePolicy,
         *,
+        budget: Budget | None = None,
         hole_ttl_s: float = HOLE_MEMORY_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.links = links
         self.policy = policy
+        self.budget = budget or Budget()
         self.hole_ttl_s = hole_ttl_s
         self.clock = clock
         self._devices: dict[DeviceKey, Device] = {}
 
     def get(self, meter: Meter) -> Device:
-        """The device `meter` is read from, made (with its gateway's link) on first use."""
+        """The device `meter` is read from, made (with its gateway's) on first use."""
         key = device_key(meter)
         device = self._devices.get(key)
         if device is None:
             device = self._devices[key] = Device(
                 key,
-                self.links.link(meter.host, meter.port),
+                self.links.gateway(meter.host, meter.port),
                 Health(self.policy),
                 Holes(self.hole_ttl_s, self.clock),
+                self.budget.gateway(meter.host, meter.port),
             )
         return device
+
+    def note_late(self, job: Job) -> None:
+        """Count `job`, dropped as late, in its gateway's load."""
+        self.budget.gateway(job.meter.host, job.meter.port).late(job)
 
     def close_idle(self) -> int:
         """Close the gateways' connections unused for a while; returns how many were closed."""

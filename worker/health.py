@@ -1,6 +1,11 @@
 """Offline devices: after a number of failed ticks a device is polled with capped exponential
 backoff instead of every tick, so a dead or sleeping device (an inverter at night) costs neither
-time nor log lines; the first answer brings it back at once.
+time nor log lines; the first answer brings it back at once. A tick fails when the device did
+not answer at all: no connection, timeouts, or its gateway's exception 10 or 11 (an exception
+answer from the device itself counts as an answer).
+
+Between ticks `silent` says whether the device's last request went unanswered: the reader
+gives such a device a short budget while other devices wait for its gateway.
 
 State is per worker process and per device (host, port, unit id): each `Device` has its `Health`.
 """
@@ -35,10 +40,12 @@ class Health:
         "next_try_ms",
         "offline_since_ms",
         "policy",
+        "silent",
     )
 
     def __init__(self, policy: OfflinePolicy) -> None:
         self.policy = policy
+        self.silent = False  # the last request got no answer (set by the reader)
         self._reset()
 
     def _reset(self) -> None:

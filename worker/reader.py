@@ -1,9 +1,16 @@
-"""Reading one job: planned requests over the device's link, retried within the tick, decoded.
+"""Reading one job: planned requests over a connection to its gateway, retried within the tick,
+decoded.
 
-The steps: each planned request is sent (retried while the tick leaves time, `_Requests`); one
-that crosses a hole in the device's map is split (`worker.holes`) and the split is remembered by
-the device; the words are decoded into the reading's values (`_Values`); and the outcome becomes
-the reading's status (`_status`).
+The steps: the job waits for a connection to its gateway (and is dropped as late if it got one
+more than half a tick after its tick); each planned request is sent (retried while the tick
+leaves time, `_Requests`); one that crosses a hole in the device's map is split
+(`worker.holes`) and the split is remembered by the device; the words are decoded into the
+reading's values (`_Values`); and the outcome becomes the reading's status (`_status`).
+
+One dead unit must not push the other units of its gateway past the tick: while other jobs wait
+for the gateway, a unit whose last request went unanswered gets one attempt per job, which waits
+a fraction of the timeout (`SILENT_TIMEOUT_SHARE`) once they wait, also when they start waiting
+while it is out. It keeps the full budget while nobody waits.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from tenacity import (
     AsyncRetrying,
@@ -18,30 +26,50 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
+    stop_any,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from emm.codec import RequestDecoder
-from emm.errors import DecodeError, DeviceError, PermanentDeviceError, TransientDeviceError
+from emm.errors import (
+    DecodeError,
+    DeviceError,
+    NoAnswer,
+    PermanentDeviceError,
+    TransientDeviceError,
+)
 from emm.messages import Job, Meter, Reading, Status
 from emm.modbus import ILLEGAL_DATA_ADDRESS
 from emm.planner import ReadRequest
 from emm.text import quote
 from worker.device import Device
 from worker.holes import request_for, split_halves
+from worker.modbus import DeviceLink
+from worker.ticks import now_ms
 
 log = logging.getLogger(__name__)
 
 # Leave this much of the tick for publishing the reading after the last read attempt.
 PUBLISH_MARGIN_S = 0.2
+# A silent unit's one attempt while others wait waits this share of the gateway's timeout. A
+# unit that stopped answering most likely still does not (powered off, unplugged, a wrong unit
+# id), and each full timeout it costs is taken from its neighbours' tick; a unit that is back
+# answers a small read well within half the timeout (an 80-register answer takes under 0.2 s at
+# 9600 baud), so it is still found again at once.
+SILENT_TIMEOUT_SHARE = 0.5
 
 
 class _Requests:
-    """Sends a job's requests over its device's link, retrying transient failures while the
-    tick leaves time; counts the requests sent and those the device answered."""
+    """Sends a job's requests over a connection to its gateway, retrying transient failures
+    while the tick leaves time; counts the requests sent and those the device answered, and
+    notes in the device's health whether its last request went unanswered."""
 
-    def __init__(self, device: Device, attempts: int, started: float, budget_s: float) -> None:
-        self.link = device.link
+    def __init__(
+        self, device: Device, link: DeviceLink, attempts: int, started: float, budget_s: float
+    ) -> None:
+        self.device = device
+        self.link = link
         self.unit_id = device.unit_id
         self.attempts = attempts
         self.started = started
@@ -49,18 +77,55 @@ class _Requests:
         self.sent = 0
         self.answered = 0
 
+    def _short(self) -> bool:
+        """Whether the device gets the short budget: silent, and others wait for the gateway."""
+        return self.device.health.silent and self.device.gateway.waiting > 0
+
     async def once(self, request: ReadRequest) -> list[int]:
         self.sent += 1
+        short_s = self.link.timeout_s * SILENT_TIMEOUT_SHARE
+        timeout_s = short_s if self._short() else self.link.timeout_s
         try:
-            words = await self.link.read(
-                request.function_code, request.address, request.count, self.unit_id
-            )
+            if self.device.health.silent and timeout_s > short_s:
+                words = await self._hurried(request, timeout_s, short_s)
+            else:
+                words = await self._read(request, timeout_s)
         except DeviceError as exc:
-            if exc.code.startswith("modbus_exception"):
-                self.answered += 1  # an exception answer: the device is up
+            if exc.answered:
+                self.answered += 1  # an exception answer from the device: it is up
+            self.device.health.silent = isinstance(exc, NoAnswer)
             raise
         self.answered += 1
+        self.device.health.silent = False
         return words
+
+    async def _read(self, request: ReadRequest, timeout_s: float) -> list[int]:
+        return await self.link.read(
+            request.function_code, request.address, request.count, self.unit_id, timeout_s=timeout_s
+        )
+
+    async def _hurried(self, request: ReadRequest, timeout_s: float, short_s: float) -> list[int]:
+        """A silent device's request sent while nobody waited: cut to `short_s` once another
+        job starts waiting for the gateway (the first job of a tick often starts alone)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(None) as budget:
+
+                def hurry() -> None:
+                    budget.reschedule(max(loop.time(), started + short_s))
+
+                with self.device.gateway.on_wait(hurry):
+                    return await self._read(request, timeout_s)
+        except TimeoutError:
+            # ours: the link's own timeout is a NoAnswer already. An answer may still come on
+            # this connection, so it starts afresh.
+            self.link.close()
+            raise NoAnswer(
+                f"{self.link.name} unit {self.unit_id}: FC{request.function_code} read of "
+                f"{request.count} at {request.address}: no answer within {short_s:g} s "
+                "(silent, and others wait)"
+            ) from None
 
     async def __call__(self, request: ReadRequest) -> list[int]:
         # The first attempt goes straight out; tenacity (whose setup costs more than the read
@@ -68,11 +133,15 @@ class _Requests:
         try:
             return await self.once(request)
         except TransientDeviceError:
-            if self.attempts <= 1:
+            if self.attempts <= 1 or self._short():
                 raise
         left_s = self.budget_s - (time.monotonic() - self.started)
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(max(left_s, 0.0)),
+            stop=stop_any(
+                stop_after_attempt(self.attempts - 1),
+                stop_after_delay(max(left_s, 0.0)),
+                _StopWhen(self._short),
+            ),
             wait=wait_exponential(multiplier=0.1, max=1.0),  # 0.05 s, doubling, from the first
             retry=retry_if_exception_type(TransientDeviceError),
             before=_first_wait,
@@ -81,6 +150,16 @@ class _Requests:
             with attempt:
                 return await self.once(request)
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+class _StopWhen(stop_base):
+    """Stop retrying once `condition()` holds."""
+
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        self.condition = condition
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.condition()
 
 
 async def _first_wait(state: RetryCallState) -> None:
@@ -109,19 +188,29 @@ class _Values:
         self.first_error = self.first_error or error
 
 
-async def read_job(job: Job, device: Device, *, attempts: int) -> Reading:
+async def read_job(job: Job, device: Device, *, attempts: int) -> Reading | None:
     """Read every planned request of `job`; failures end up in the reading, not as exceptions.
 
-    A device that cannot be reached stops the remaining requests of this job (they would fail
-    the same way); a request answered with a Modbus exception loses only its own registers.
+    None when the job got a connection to its gateway more than half a tick after its tick: it
+    is dropped as late, like a job that reached the worker that late. A device that cannot be
+    reached stops the remaining requests of this job (they would fail the same way); a request
+    answered with a Modbus exception loses only its own registers.
     """
     started = time.monotonic()
     budget_s = max(0.05, (job.deadline_ms / 1000 - time.time()) - PUBLISH_MARGIN_S)
-    requests = _Requests(device, attempts, started, budget_s)
     values = _Values()
     decoders = job.plan.decoders
-    async with device.link.lock:
-        await _read_all(job.meter, device, decoders, requests, values)
+    device.gateway.configure(job.gateway)
+    async with device.gateway.acquire() as link:
+        if now_ms() - job.tick_ms > job.period_ms / 2:
+            return None
+        requests = _Requests(device, link, attempts, started, budget_s)
+        device.load.begin(job)
+        held = time.monotonic()
+        try:
+            await _read_all(job.meter, device, decoders, requests, values)
+        finally:
+            device.load.end(job, requests.sent, time.monotonic() - held)
     return Reading(
         meter=job.meter,
         tick_ms=job.tick_ms,

@@ -1,5 +1,8 @@
 """The writer's loop: gather readings into batches, write them, ack only what InfluxDB took.
 
+`emm.readings` also carries the workers' gateway statuses; each becomes a `gateway_status`
+point, batched and acked like a reading.
+
 A batch is flushed when it reaches `batch_size` readings or `batch_bytes` bytes of line
 protocol, or `flush_interval_ms` after its first reading arrived. While InfluxDB is unavailable
 the batch is retried with capped exponential backoff and its messages stay unacked; RabbitMQ
@@ -37,11 +40,11 @@ from emm import retry
 from emm.errors import MessageError, SinkRejected, SinkUnavailable
 from emm.limits import MAX_READING_BYTES, check_size
 from emm.log import context
-from emm.messages import Reading
+from emm.messages import GatewayStatus, Reading, decode_result
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch
 from writer.influx import Sink, make_sink
-from writer.lines import Unwritable, reading_bytes
+from writer.lines import Unwritable, gateway_status_lines, reading_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,27 @@ class Item:
     """One reading held by the writer: its delivery, and its line protocol."""
 
     delivery: Delivery
-    reading: Reading
+    reading: Reading | GatewayStatus
     data: bytes
     settled: bool = False
 
     @property
     def size(self) -> int:
         return len(self.data) + 1  # and its newline
+
+
+def _what(message: Reading | GatewayStatus) -> str:
+    """How a log line or a dead-letter reason names a message of `emm.readings`."""
+    if isinstance(message, Reading):
+        return f"reading {message.reading_id}"
+    return f"gateway_status {message.name}@{message.tick_ms}"
+
+
+def _context(message: Reading | GatewayStatus) -> dict[str, object]:
+    if isinstance(message, Reading):
+        m = message.meter
+        return context(meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=message.tick_ms)
+    return context(gateway=message.name, tick_ms=message.tick_ms)
 
 
 def _iso(ts_ms: int) -> str:
@@ -89,14 +106,19 @@ class Writer:
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
             check_size("reading", delivery.body, MAX_READING_BYTES)
-            reading = Reading.decode(delivery.body)
+            reading = decode_result(delivery.body)
             far = self._tick_problem(reading.tick_ms)
             if far is not None:
-                raise MessageError(f"reading {reading.reading_id}: {far}", delivery.body)
+                raise MessageError(f"{_what(reading)}: {far}", delivery.body)
             try:
-                data = reading_bytes(reading, self.counters.check(reading))
-            except Unwritable as exc:
-                raise MessageError(f"reading cannot be written: {exc}", delivery.body) from None
+                if isinstance(reading, Reading):
+                    data = reading_bytes(reading, self.counters.check(reading))
+                else:
+                    data = "\n".join(gateway_status_lines(reading)).encode()
+            except (Unwritable, UnicodeEncodeError) as exc:
+                raise MessageError(
+                    f"{_what(reading)} cannot be written: {exc}", delivery.body
+                ) from None
         except Exception as exc:
             # A reading that can never be written, or a fault of ours: settled alone as
             # `emm.fate` says, never left unacked for good.
@@ -136,10 +158,7 @@ class Writer:
     async def _settle(self, item: Item, error: BaseException | None) -> None:
         if not item.settled:
             item.settled = True
-            m = item.reading.meter
-            about = context(
-                meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=item.reading.tick_ms
-            )
+            about = _context(item.reading)
             await self.broker.settle(READINGS, item.delivery, error, about)
 
     def _take_batch(self) -> list[Item]:
@@ -201,7 +220,7 @@ class Writer:
         """Append `written_ms tick_ms count` per tick of a batch InfluxDB just took."""
         assert self._stats is not None
         written_ms = int(time.time() * 1000)
-        ticks = Counter(item.reading.tick_ms for item in items)
+        ticks = Counter(item.reading.tick_ms for item in items if isinstance(item.reading, Reading))
         try:
             self._stats.write("".join(f"{written_ms} {t} {n}\n" for t, n in ticks.items()))
             self._stats.flush()

@@ -1,4 +1,4 @@
-"""InfluxDB line protocol for readings (pure).
+"""InfluxDB line protocol for readings and gateway statuses (pure).
 
 Every reading gives one `energy` point (one float field per register, when any value was read)
 and one `meter_status` point, both stamped with the tick time in milliseconds. Tags are sorted,
@@ -11,6 +11,8 @@ is escaped with a backslash, and nothing else is unescaped, so a backslash is wr
 an escape (at the end, or before a backslash, comma, equals sign or space), an over-long tag
 (`emm.text`), a field name a register may not have (`emm.registers.name_problem`), more fields
 than a type may have registers, text that is not valid Unicode.
+
+A gateway's status gives one `gateway_status` point, tagged `gateway` (host:port), at its tick.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 from emm.limits import MAX_REGISTERS_PER_TYPE
-from emm.messages import Meter, Reading
+from emm.messages import GatewayStatus, Meter, Reading
 from emm.registers import name_problem
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, tag_problem
 
 ENERGY = "energy"
 STATUS = "meter_status"
+GATEWAY_STATUS = "gateway_status"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _TAG_MAX_CHARS = {"type": TYPE_MAX_CHARS, "description": DESCRIPTION_MAX_CHARS}
@@ -106,3 +109,17 @@ def reading_bytes(reading: Reading, counter_resets: list[str] | None = None) -> 
     except UnicodeEncodeError as exc:
         bad = exc.object[exc.start : exc.end]
         raise Unwritable(f"reading holds text that is not valid Unicode ({bad!r})") from None
+
+
+def gateway_status_lines(status: GatewayStatus) -> list[str]:
+    """The line-protocol line (ms precision) of one gateway's status at one tick."""
+    fields = (
+        f"meters={status.meters}i,"
+        f"requests={status.requests}i,"
+        f"busy_ms={float(status.busy_ms)!r},"
+        f"utilisation={round(status.utilisation, 4)!r},"
+        f"late={status.late}i,"
+        f"connections={status.connections}i,"
+        f"period_ms={status.period_ms}i"
+    )
+    return [f"{GATEWAY_STATUS},gateway={_tag(status.name)} {fields} {status.tick_ms}"]

@@ -84,7 +84,7 @@ def test_readings_of_the_virtual_meter_reach_influxdb(
         timeout=60,
     )
     assert migrate.returncode == 0, migrate.stderr
-    assert "applied migration(s) 1" in migrate.stdout
+    assert "applied migration(s) 1, 2" in migrate.stdout
     # The v2 sink is shared by tests: a unique description keeps this test's points apart.
     with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
         cur.execute(

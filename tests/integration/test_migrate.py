@@ -12,11 +12,13 @@ import psycopg2.extras
 import pytest
 
 from devservices.processes import emm_command
+from emm.messages import Gateway, Job
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
 from postgres.config import load_config
 from postgres.connection import connect
 from postgres.schema import MIGRATIONS, migrate
+from scheduler.jobs import build_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -46,7 +48,7 @@ def snapshot(dsn: str) -> dict[str, object]:
         )
         constraints = cur.fetchall()
         rows = {}
-        for table in ("energy_meters", "registers", "meter_types"):
+        for table in ("energy_meters", "registers", "meter_types", "gateways"):
             cur.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
             rows[table] = cur.fetchall()
         cur.execute("SELECT version, description FROM schema_migrations ORDER BY 1")
@@ -141,6 +143,20 @@ def test_no_seed_leaves_the_meters_table_empty(pg_dsn: str) -> None:
             "function_code, word_order) VALUES ('t', 0, 'x', 3, 4, 0)",
             "registers_word_order_check",
         ),
+        *(
+            (f"INSERT INTO gateways (host, port, {column}) VALUES ('h', 502, {value})", constraint)
+            for column, value, constraint in (
+                ("max_connections", "0", "gateways_max_connections_check"),
+                ("max_connections", "17", "gateways_max_connections_check"),
+                ("pause_between_requests_ms", "-1", "gateways_pause_between_requests_ms_check"),
+                ("pause_after_connect_ms", "10001", "gateways_pause_after_connect_ms_check"),
+                ("request_timeout_ms", "5", "gateways_request_timeout_ms_check"),
+                ("max_read_registers", "126", "gateways_max_read_registers_check"),
+                ("framing", "'rtu'", "gateways_framing_check"),
+            )
+        ),
+        ("INSERT INTO gateways (host, port) VALUES ('h', 0)", "gateways_port_check"),
+        ("INSERT INTO gateways (host) VALUES ('')", "gateways_host_check"),
     ],
 )
 def test_impossible_rows_are_rejected_naming_the_column(
@@ -247,6 +263,56 @@ def test_profiles_import_replaces_the_type_and_rejects_a_bad_file(pg_dsn, tmp_pa
         cur.execute("SELECT measurement_name, source FROM registers WHERE type = 'mine'")
         assert cur.fetchall() == [("voltageL1", "manual p. 3")]
     conn.close()
+
+
+def test_gateway_rows_default_every_column_and_shape_their_meters_jobs(pg_dsn: str) -> None:
+    assert run_emm(pg_dsn, "migrate", "--no-seed").returncode == 0
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO gateways (host) VALUES ('192.0.2.1') RETURNING *")
+        assert cur.fetchone() == ("192.0.2.1", 502, 1, 0, 0, None, None, "tcp", None)
+        cur.execute(
+            """INSERT INTO gateways (host, port, max_connections, pause_between_requests_ms,
+                                     pause_after_connect_ms, request_timeout_ms,
+                                     max_read_registers, framing)
+               VALUES ('192.0.2.2', 4196, 2, 50, 500, 2500, 40, 'rtu-over-tcp')"""
+        )
+        for host, port in (("192.0.2.1", 502), ("192.0.2.2", 4196), ("192.0.2.3", 502)):
+            cur.execute(
+                "INSERT INTO energy_meters (host, port, slave_address, type) "
+                "VALUES (%s, %s, 1, 'sdm630')",
+                (host, port),
+            )
+    conn.close()
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with pytest.raises(psycopg2.errors.UniqueViolation) as info, conn.cursor() as cur:
+            cur.execute("INSERT INTO gateways (host, port) VALUES ('192.0.2.1', 502)")
+        assert 'violates unique constraint "gateways_pkey"' in str(info.value)
+    finally:
+        conn.close()
+    with connect(pg_dsn) as conn:
+        config = load_config(conn)
+    assert config.errors == []
+    by_host = {mc.meter.host: mc for mc in config.meters}
+    # a row of defaults and no row at all are the same
+    assert by_host["192.0.2.1"].gateway == by_host["192.0.2.3"].gateway == Gateway()
+    assert by_host["192.0.2.2"].gateway == Gateway(
+        max_connections=2,
+        pause_between_requests_ms=50,
+        pause_after_connect_ms=500,
+        request_timeout_ms=2500,
+        max_read_registers=40,
+        framing="rtu-over-tcp",
+    )
+    # the gateway's max_read_registers lowers the sdm630's 80: one plan per (type, limit)
+    assert by_host["192.0.2.3"].limits.max_registers == 80
+    assert by_host["192.0.2.2"].limits.max_registers == 40
+    jobs = {job.meter.host: job for job in build_jobs(config, 1_000, 10_000)}
+    assert jobs["192.0.2.1"].plan is jobs["192.0.2.3"].plan
+    assert max(r.count for r in jobs["192.0.2.2"].plan.requests) <= 40
+    assert len(jobs["192.0.2.2"].plan.requests) > len(jobs["192.0.2.3"].plan.requests)
+    assert Job.decode(jobs["192.0.2.2"].encode()).gateway == by_host["192.0.2.2"].gateway
+    assert b"gateway" not in jobs["192.0.2.1"].encode()
 
 
 def test_the_configuration_loads_in_one_round_trip(pg_dsn: str) -> None:

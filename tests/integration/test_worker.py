@@ -13,7 +13,7 @@ from msgspec.structs import replace
 from broker import JOBS, READINGS
 from devservices.net import free_port, free_port_run, port_open, wait_for
 from devservices.processes import Processes
-from emm.messages import Job, Meter, Reading
+from emm.messages import GatewayStatus, Job, Meter, Reading, decode_result
 from emm.plan import Plan
 from emm.planner import ReadLimits
 from emm.registers import DataType, Register
@@ -160,7 +160,12 @@ def test_a_job_past_its_tick_is_acked_without_reading(amqp_url: str, simulator: 
     publish(amqp_url, JOBS, [stale.encode()])
     settings = WorkerSettings(amqp_url=amqp_url)
     asyncio.run(run_worker(settings, amqp_url, expect=1, timeout_s=3))
-    assert drain(amqp_url, READINGS) == []
+    # no reading; only its gateway's status, which counts the job as dropped late
+    [got] = drain(amqp_url, READINGS)
+    assert decode_result(got.body) == GatewayStatus(
+        host="127.0.0.1", port=simulator, tick_ms=1_000, period_ms=1_000, late=1
+    )
+    assert got.properties.message_id == f"127.0.0.1:{simulator}@1000"
     assert depth(amqp_url, JOBS)[0] == 0
 
 

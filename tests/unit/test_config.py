@@ -9,7 +9,7 @@ import pytest
 
 from emm.config import build_config, register_from_row
 from emm.limits import MAX_REGISTERS_PER_TYPE
-from emm.messages import Meter
+from emm.messages import Gateway, Meter
 from emm.planner import ReadLimits
 from emm.registers import DataType, Order, Register
 
@@ -338,3 +338,51 @@ def test_ten_thousand_registers_load_in_linear_time_and_the_type_is_capped() -> 
         "more (type 'sdm') skipped: a type may have at most 2000 registers (the first by address "
         "are kept)"
     ]
+
+
+def gateway(host: str = "10.0.0.1", port: int = 502, **settings: Any) -> tuple[str, dict[str, Any]]:
+    # shaped like the load query's json_build_object for a gateways row
+    data: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "max_connections": 1,
+        "pause_between_requests_ms": 0,
+        "pause_after_connect_ms": 0,
+        "request_timeout_ms": None,
+        "max_read_registers": None,
+        "framing": "tcp",
+    }
+    data.update(settings)
+    return ("gateway", data)
+
+
+def test_gateways_settings_reach_their_meters_and_lower_the_read_limit() -> None:
+    config = build_config(
+        [
+            meter(1),
+            meter(2, port=503),
+            meter(3, host="10.0.0.2"),
+            register(1, 0, "v"),
+            meter_type("sdm", max_registers=80),
+            gateway(max_read_registers=40, pause_between_requests_ms=20),
+            gateway(port=503, max_read_registers=100, framing="rtu-over-tcp"),
+        ]
+    )
+    assert config.errors == []
+    by_id = {mc.meter.id: mc for mc in config.meters}
+    assert by_id[1].gateway == Gateway(max_read_registers=40, pause_between_requests_ms=20)
+    assert by_id[1].limits.max_registers == 40
+    # a gateway's limit above the type's does not raise it
+    assert by_id[2].gateway.framing == "rtu-over-tcp"
+    assert by_id[2].limits.max_registers == 80
+    assert by_id[3].gateway == Gateway()
+    assert by_id[3].limits.max_registers == 80
+
+
+def test_a_bad_gateway_row_is_reported_and_its_meters_get_the_defaults() -> None:
+    config = build_config([meter(1), register(1, 0, "v"), gateway(max_connections=0)])
+    assert config.errors == [
+        "gateways row 10.0.0.1:502 ignored (its meters get the defaults): "
+        "max_connections 0 is outside 1..16"
+    ]
+    assert [mc.gateway for mc in config.meters] == [Gateway()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from emm.codec import RequestDecoder
@@ -9,7 +11,7 @@ from emm.messages import Meter
 from emm.registers import DataType, Register
 from worker.device import Devices, device_key
 from worker.health import OfflinePolicy
-from worker.modbus import DevicePool
+from worker.modbus import DeviceLink, DevicePool
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -47,13 +49,15 @@ def test_one_device_per_address_whatever_the_meter_id() -> None:
     assert registry.get(meter(1, host="192.0.2.2")) is not first
 
 
-def test_the_units_behind_one_gateway_share_its_link() -> None:
+def test_the_units_behind_one_gateway_share_its_connections_and_load() -> None:
     registry = devices()
     unit1, unit2 = registry.get(meter(1, unit=1)), registry.get(meter(2, unit=2))
     assert unit1 is not unit2
-    assert unit1.link is unit2.link
-    assert unit1.link.name == "192.0.2.1:502"
-    assert registry.get(meter(3, port=503)).link is not unit1.link
+    assert unit1.gateway is unit2.gateway
+    assert unit1.load is unit2.load
+    assert unit1.gateway.name == "192.0.2.1:502"
+    assert registry.get(meter(3, port=503)).gateway is not unit1.gateway
+    assert registry.get(meter(3, port=503)).load is not unit1.load
 
 
 def test_health_is_per_device() -> None:
@@ -100,16 +104,23 @@ class FakeClient:
         self.closed = True
 
 
-def test_idle_connections_close_but_the_devices_keep_their_link() -> None:
+def test_idle_connections_close_but_the_devices_keep_their_gateway() -> None:
     registry = devices(idle_close_s=1.0)
     device = registry.get(meter(1))
-    link = device.link
+    gateway = device.gateway
+
+    async def one_link() -> DeviceLink:
+        async with gateway.acquire() as link:
+            return link
+
+    link = asyncio.run(one_link())
     client = FakeClient()
-    link._client = client
+    link._client = client  # type: ignore[assignment]
     assert registry.close_idle() == 0  # just used
     link.last_used -= 2.0
     assert registry.close_idle() == 1
     assert client.closed
     assert not link.is_open
     assert registry.close_idle() == 0  # nothing left open
-    assert registry.get(meter(1, unit=2)).link is link  # still the gateway's one link
+    assert registry.get(meter(1, unit=2)).gateway is gateway  # still the gateway's links
+    assert gateway.links == (link,)

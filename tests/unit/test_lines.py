@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emm.messages import Meter, Reading, Status
-from writer.lines import Unwritable, reading_bytes, reading_lines
+from emm.messages import GatewayStatus, Meter, Reading, Status
+from writer.lines import Unwritable, gateway_status_lines, reading_bytes, reading_lines
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -145,3 +145,21 @@ def test_error_code_string_escaping(error_code: str, field: str) -> None:
 def test_float_fields_use_repr(value: float, text: str) -> None:
     reading = Reading(Meter(1, "h", 502, 1, "t"), 5, {"v": value}, Status(up=True))
     assert reading_lines(reading)[0] == f"energy,meter_id=1,type=t v={text} 5"
+
+
+def test_gateway_status_is_one_point_tagged_with_its_gateway() -> None:
+    status = GatewayStatus(
+        host="10.0.0.5",
+        port=4196,
+        tick_ms=TS,
+        period_ms=2_000,
+        connections=1,
+        meters=4,
+        requests=16,
+        busy_ms=1_700.25,
+        late=2,
+    )
+    assert gateway_status_lines(status) == [
+        "gateway_status,gateway=10.0.0.5:4196 meters=4i,requests=16i,busy_ms=1700.25,"
+        f"utilisation=0.8501,late=2i,connections=1i,period_ms=2000i {TS}"
+    ]

@@ -10,9 +10,19 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from emm.errors import ConfigError, MessageError
-from emm.messages import JOB_VERSION, Job, Meter, Reading, Status
+from emm.messages import (
+    JOB_VERSION,
+    Gateway,
+    GatewayStatus,
+    Job,
+    Meter,
+    Reading,
+    Status,
+    decode_result,
+)
 from emm.plan import Plan, PlanCache
 from emm.planner import ReadLimits, ReadRequest
 from emm.registers import DataType, Order, Register
@@ -63,12 +73,23 @@ plans = st.builds(
     ),
 )
 
+gateways = st.builds(
+    Gateway,
+    max_connections=st.integers(1, 16),
+    pause_between_requests_ms=st.integers(0, 10_000),
+    pause_after_connect_ms=st.integers(0, 10_000),
+    request_timeout_ms=st.none() | st.integers(10, 60_000),
+    max_read_registers=st.none() | st.integers(1, 125),
+    framing=st.sampled_from(["tcp", "rtu-over-tcp"]),
+)
+
 jobs = st.builds(
     Job,
     meter=meters,
     tick_ms=st.integers(0, 2**42),
     deadline_ms=st.integers(0, 2**42),
     plan=plans,
+    gateway=gateways,
 )
 
 readings = st.builds(
@@ -522,3 +543,89 @@ def test_reading_defaults_for_optional_keys() -> None:
     assert reading.missing == ()
     assert reading.errors == {}
     assert reading.status == Status(up=True, error_code="", error="", latency_ms=0.0, requests=0)
+
+
+def test_a_job_carries_only_the_gateway_settings_that_are_not_defaults() -> None:
+    assert b"gateway" not in JOB.encode()  # the wire format above: defaults leave no trace
+    paced = replace(JOB, gateway=Gateway(pause_between_requests_ms=50, framing="rtu-over-tcp"))
+    body = paced.encode()
+    assert json.loads(body)["gateway"] == {
+        "pause_between_requests_ms": 50,
+        "framing": "rtu-over-tcp",
+    }
+    assert Job.decode(body, PlanCache()) == paced
+    # defaults spelled anew (as a row gives them) leave no trace either
+    row_defaults = Gateway.from_dict({"max_connections": 1, "framing": "".join(["t", "cp"])})
+    assert replace(JOB, gateway=row_defaults).encode() == JOB.encode()
+    # a job without the key (from a scheduler older than the gateways table) has the defaults
+    assert Job.decode(JOB.encode(), PlanCache()).gateway == Gateway()
+
+
+@pytest.mark.parametrize(
+    ("gateway", "reason"),
+    [
+        ({"max_connections": 0}, "max_connections 0 is outside 1..16"),
+        ({"request_timeout_ms": 5}, "request_timeout_ms 5 is outside 10..60000"),
+        ({"max_read_registers": 126}, "max_read_registers 126 is outside 1..125"),
+        ({"framing": "rtu"}, "Invalid enum value 'rtu' - at `$.gateway.framing`"),
+        ({"pause_after_connect_ms": "1"}, "Expected `int`"),
+    ],
+)
+def test_bad_gateway_settings_make_a_malformed_job(gateway: dict[str, Any], reason: str) -> None:
+    data = json.loads(JOB.encode())
+    data["gateway"] = gateway
+    body = json.dumps(data).encode()
+    with pytest.raises(MessageError) as info:
+        Job.decode(body, PlanCache())
+    assert info.value.reason.startswith("job is malformed: ")
+    assert reason in info.value.reason
+    assert info.value.raw == body
+
+
+def test_gateway_settings_from_a_row_take_null_as_the_default() -> None:
+    row = {"host": "h", "port": 502, "max_connections": 2, "request_timeout_ms": None}
+    assert Gateway.from_dict(row) == Gateway(max_connections=2)
+    assert Gateway().timeout_s(1.5) == 1.5
+    assert Gateway(request_timeout_ms=250).timeout_s(1.5) == 0.25
+
+
+GATEWAY_STATUS = GatewayStatus(
+    host="10.0.0.5",
+    port=502,
+    tick_ms=1_700_000_000_000,
+    period_ms=10_000,
+    meters=4,
+    requests=16,
+    busy_ms=812.5,
+    late=1,
+)
+
+
+def test_gateway_status_wire_format_and_round_trip() -> None:
+    body = GATEWAY_STATUS.encode()
+    assert body == (
+        b'{"v":1,"kind":"gateway_status","host":"10.0.0.5","port":502,'
+        b'"tick_ms":1700000000000,"period_ms":10000,"connections":1,"meters":4,'
+        b'"requests":16,"busy_ms":812.5,"late":1}'
+    )
+    assert GatewayStatus.decode(body) == GATEWAY_STATUS
+    assert decode_result(body) == GATEWAY_STATUS
+    assert decode_result(READING.encode()) == READING
+    assert GATEWAY_STATUS.name == "10.0.0.5:502"
+    assert GATEWAY_STATUS.utilisation == 0.08125
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"v":2,"kind":"gateway_status"}', "this build reads 1"),
+        (b'{"v":1,"kind":"gateway_status","host":"h"}', "lacks the key 'port'"),
+        (b'{"v":1,"kind":"nothing"}', "expected a reading, got kind 'nothing'"),
+        (b"not json", "reading is not valid JSON"),
+    ],
+)
+def test_bad_readings_queue_messages(body: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as info:
+        decode_result(body)
+    assert reason in info.value.reason
+    assert info.value.raw == body
