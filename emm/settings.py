@@ -181,6 +181,7 @@ class WriterSettings(_Service, _Amqp):
     influx_token: str = ""
     influx_org: str = ""
     influx_bucket: str = "energy"
+    read_cron: Cron = "* * * * *"  # the scheduler's: the writer counts the ticks a gap missed
     batch_size: int = Field(5000, ge=1, le=65535, validation_alias="EMM_WRITER_BATCH_SIZE")
     flush_interval_ms: int = Field(200, ge=1, validation_alias="EMM_WRITER_FLUSH_INTERVAL_MS")
     write_timeout_s: Seconds = Field(10.0, ge=0.1, validation_alias="EMM_INFLUX_TIMEOUT_S")

@@ -24,10 +24,12 @@ from broker import READINGS, Broker, Delivery
 from emm import retry
 from emm.errors import SinkRejected, SinkUnavailable
 from emm.messages import Reading
+from emm.schedule import CronSchedule
 from emm.settings import WriterSettings
-from writer.counters import CounterWatch
+from writer.counters import CounterWatch, tick_counter
 from writer.influx import Sink, make_sink
-from writer.lines import reading_lines
+from writer.influxql import restore_counters
+from writer.lines import delta_lines, reading_lines
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +52,19 @@ class Writer:
         self._outage_since: float | None = None
         self._stop = asyncio.Event()
         self.written = 0
-        self.counters = CounterWatch()
+        cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
+        self.counters = CounterWatch(tick_counter(cron.next_after))
+        self._restored: asyncio.Task[None] | None = None  # the counters' history, at start
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
 
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
             reading = Reading.decode(delivery.body)
-            lines = reading_lines(reading, self.counters.check(reading))
+            if self._restored is not None and not self._restored.done():
+                await asyncio.shield(self._restored)
+            seen = self.counters.observe(reading)
+            lines = reading_lines(reading, seen.resets) + delta_lines(reading.meter, seen.deltas)
         except Exception as exc:
             # A malformed reading, or a fault of ours: settled as `emm.fate` says, never left
             # unacked for good.
@@ -136,6 +143,7 @@ class Writer:
         if self.settings.stats_file:
             self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
         await self.broker.connect()
+        self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)
         log.info(
             "writer started: %s API, batches of %d readings or %d ms",
@@ -186,6 +194,8 @@ class Writer:
                     pass
         finally:
             relay.cancel()
+            if self._restored is not None:
+                self._restored.cancel()
             await self.broker.close()
             self.sink.close()
             if self._stats is not None:

@@ -1,7 +1,8 @@
 """InfluxDB line protocol for readings (pure).
 
 Every reading gives one `energy` point (one float field per register, when any value was read)
-and one `meter_status` point, both stamped with the tick time in milliseconds. Tags are sorted,
+and one `meter_status` point, both stamped with the tick time in milliseconds; a reading with
+energy counters also gives `energy_delta` points (`delta_lines`). Tags are sorted,
 so the same reading always gives the same bytes and a second write of it replaces the first.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 from emm.messages import Meter, Reading
+from writer.counters import Delta
 
 ENERGY = "energy"
 STATUS = "meter_status"
+DELTA = "energy_delta"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\\": "\\\\"})
 
@@ -65,3 +68,15 @@ def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> 
         status_fields += f",counter_resets={len(counter_resets)}i,counter_reset_fields={names}"
     lines.append(f"{STATUS},{tags} {status_fields} {ts}")
     return lines
+
+
+def delta_lines(meter: Meter, deltas: list[Delta]) -> list[str]:
+    """The `energy_delta` lines of a meter: per counter its increment since the previous
+    reading (same field name as in `energy`), and `gap_ticks`, the ticks missed before it."""
+    tags = _tags(meter)
+    return [
+        f"{DELTA},{tags} "
+        + ",".join([_field_key(name) + repr(value) for name, value in d.values.items()])
+        + f",gap_ticks={d.gap_ticks}i {d.tick_ms}"
+        for d in deltas
+    ]
