@@ -1,4 +1,4 @@
-"""The `emm` command line: the services, `migrate`, `read` and `profiles`."""
+"""The `emm` command line: the services, `migrate`, `read`, `profiles` and `report`."""
 
 from __future__ import annotations
 
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser("list", help="list the shipped profiles")
     imp = psub.add_parser("import", help="load a profile file into PostgreSQL (replaces its type)")
     imp.add_argument("file")
+
+    from cli.report import add_parser as add_report
+
+    add_report(sub)
     return parser
 
 
@@ -91,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import read
 
             code = read.run(args)
+        elif args.command == "report":
+            from cli import report
+
+            code = report.run(args)
         else:
             code = _service(args.command, extra)
     except EmmError as exc:

@@ -10,7 +10,11 @@ misses two hours; meter 103 (SDM120, one phase) is offline for its last three ti
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -342,3 +346,72 @@ def test_tags_are_selected_as_tags(path: Any) -> None:
         text = query.text
         if "WHERE" in text and "meter_id" in text.split("WHERE", 1)[1].split("GROUP BY")[0]:
             assert '"meter_id"::tag' in text, query.where
+
+
+def emm_report(fleet: Fleet, *args: str) -> str:
+    """The real `emm report` command against the fleet's database."""
+    env = {
+        **os.environ,
+        "EMM_INFLUX_URL": fleet.db.url,
+        "EMM_INFLUX_API": "v1",
+        "EMM_INFLUX_BUCKET": fleet.db.database,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "report", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_report_energy_is_the_dashboards(fleet: Fleet) -> None:
+    daily = emm_report(
+        fleet,
+        "energy",
+        "--meter",
+        "101",
+        "--from",
+        "2024-03-11",
+        "--to",
+        "2024-03-14",
+        "--every",
+        "day",
+        "--tz",
+        TZ,
+        "--csv",
+    )
+    rows = list(csv.DictReader(daily.splitlines()))
+    assert [r["period"] for r in rows] == ["2024-03-11", "2024-03-12", "2024-03-13"]
+    run = Runner(fleet, "meter")
+    days = run.run(run.where("Energy per day"), {"meter": "101", "tz": TZ}, (ms(START), ms(END)))
+    assert [float(r["importActiveEnergy"]) for r in rows] == [d["import"] for d in days]
+    assert [float(r["exportActiveEnergy"]) for r in rows] == [d["export"] for d in days]
+    assert float(rows[1]["importActiveEnergy"]) == pytest.approx(
+        fleet.energy(101, *DAY_MS), abs=0.05
+    )
+    monthly = emm_report(
+        fleet,
+        "energy",
+        "--meter",
+        "102",
+        "--from",
+        "2024-03-01",
+        "--to",
+        "2024-04-01",
+        "--every",
+        "month",
+        "--tz",
+        TZ,
+    )
+    lines = monthly.splitlines()
+    assert lines[1].split()[0] == "period"
+    [march] = lines[2:]
+    columns = dict(zip(lines[1].split(), march.split(), strict=True))
+    assert float(columns["importActiveEnergy"]) == pytest.approx(
+        fleet.energy(102, ms(START), ms(END)), abs=0.05
+    )
+    assert columns["missed_ticks"] == str(len(GAP))
