@@ -154,10 +154,14 @@ class _Postgres(_Settings):
     postgres_dsn: PostgresDsn = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-class SchedulerSettings(_Service, _Amqp, _Postgres):
-    """`emm scheduler`: where the meters are, where the jobs go, and when."""
+class _ReadCron(_Settings):
+    """When meters are read: `EMM_READ_CRON` (the writer counts the ticks a gap missed on it)."""
 
     read_cron: Cron = "* * * * *"
+
+
+class SchedulerSettings(_Service, _Amqp, _Postgres, _ReadCron):
+    """`emm scheduler`: where the meters are, where the jobs go, and when."""
 
 
 class WorkerSettings(_Service, _Amqp):
@@ -173,7 +177,7 @@ class WorkerSettings(_Service, _Amqp):
     outbox_max: int = Field(50_000, ge=1, validation_alias="EMM_WORKER_OUTBOX_MAX")
 
 
-class WriterSettings(_Service, _Amqp):
+class WriterSettings(_Service, _Amqp, _ReadCron):
     """`emm writer`: where to write and how to batch."""
 
     influx_url: WebUrl = "http://127.0.0.1:8086"
@@ -181,7 +185,6 @@ class WriterSettings(_Service, _Amqp):
     influx_token: str = ""
     influx_org: str = ""
     influx_bucket: str = "energy"
-    read_cron: Cron = "* * * * *"  # the scheduler's: the writer counts the ticks a gap missed
     batch_size: int = Field(5000, ge=1, le=65535, validation_alias="EMM_WRITER_BATCH_SIZE")
     flush_interval_ms: int = Field(200, ge=1, validation_alias="EMM_WRITER_FLUSH_INTERVAL_MS")
     write_timeout_s: Seconds = Field(10.0, ge=0.1, validation_alias="EMM_INFLUX_TIMEOUT_S")

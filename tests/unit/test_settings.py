@@ -83,6 +83,7 @@ def test_worker_defaults() -> None:
                 "influx_token": "",
                 "influx_org": "",
                 "influx_bucket": "energy",
+                "read_cron": "* * * * *",
                 "batch_size": 5000,
                 "flush_interval_ms": 200,
                 "write_timeout_s": 10.0,
