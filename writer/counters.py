@@ -135,12 +135,15 @@ class CounterWatch:
         known = history.values.get(tick)
         newest = history.ticks[-1] if history.ticks else None
         resets: list[str] = []
-        if newest is None or tick > newest:
-            resets = sorted(
-                n
-                for n, v in current.items()
-                if (p := history.before(tick, n)) is not None and v < p
-            )
+        if newest is not None and tick > newest:
+            last = history.values[newest]
+            for name, value in current.items():
+                previous = last.get(name)
+                if previous is None:
+                    previous = history.before(tick, name)
+                if previous is not None and value < previous:
+                    resets.append(name)
+            resets.sort()
         if known is None and len(history.ticks) >= HISTORY and tick < history.ticks[0]:
             log.warning(
                 "meter %d: reading of tick %d is older than the %d ticks kept; no delta for it",
@@ -176,14 +179,17 @@ class CounterWatch:
 
     def _delta(self, history: _History, tick: int) -> Delta | None:
         """The delta point of a remembered tick, None when no earlier value is known."""
+        index = bisect.bisect_left(history.ticks, tick)
+        last = history.values[history.ticks[index - 1]] if index else {}
         values = {}
         for name, value in history.values[tick].items():
-            previous = history.before(tick, name)
+            previous = last.get(name)
+            if previous is None:  # not read at the previous tick: the one before that
+                previous = history.before(tick, name)
             if previous is not None:
                 values[name] = increment(previous, value)
         if not values:
             return None
-        index = history.ticks.index(tick)
         gap = 0
         if index > 0 and self._ticks_between is not None:
             gap = self._ticks_between(history.ticks[index - 1], tick)
