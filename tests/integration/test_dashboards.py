@@ -38,7 +38,7 @@ from tests import grafana
 from writer.counters import CounterWatch, tick_counter
 from writer.lines import delta_lines, reading_lines
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 TZ = "Europe/Berlin"
 BERLIN = ZoneInfo(TZ)
