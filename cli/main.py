@@ -1,4 +1,4 @@
-"""The `emm` command line: the services, `migrate`, `read` and `profiles`."""
+"""The `emm` command line: the services, `migrate`, `read`, `profiles` and `report`."""
 
 from __future__ import annotations
 
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--force", action="store_true", help="replace the rows even though meters use the type"
     )
+
+    from cli.report import add_parser as add_report
+
+    add_report(sub)
     return parser
 
 
@@ -142,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import read
 
             code = read.run(args)
+        elif args.command == "report":
+            from cli import report
+
+            code = report.run(args)
         else:
             code = _service(args.command, extra)
     except EmmError as exc:

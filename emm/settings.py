@@ -156,10 +156,14 @@ class _Postgres(_Settings):
     postgres_dsn: PostgresDsn = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-class SchedulerSettings(_Service, _Amqp, _Postgres):
-    """`emm scheduler`: where the meters are, where the jobs go, and when."""
+class _ReadCron(_Settings):
+    """When meters are read: `EMM_READ_CRON` (the writer counts the ticks a gap missed on it)."""
 
     read_cron: Cron = "* * * * *"
+
+
+class SchedulerSettings(_Service, _Amqp, _Postgres, _ReadCron):
+    """`emm scheduler`: where the meters are, where the jobs go, and when."""
 
 
 class WorkerSettings(_Service, _Amqp):
@@ -175,7 +179,7 @@ class WorkerSettings(_Service, _Amqp):
     outbox_max: int = Field(50_000, ge=1, validation_alias="EMM_WORKER_OUTBOX_MAX")
 
 
-class WriterSettings(_Service, _Amqp):
+class WriterSettings(_Service, _Amqp, _ReadCron):
     """`emm writer`: where to write and how to batch."""
 
     influx_url: WebUrl = "http://127.0.0.1:8086"

@@ -41,10 +41,12 @@ from emm.errors import MessageError, SinkRejected, SinkUnavailable
 from emm.limits import MAX_READING_BYTES, check_size
 from emm.log import context
 from emm.messages import GatewayStatus, Reading, decode_result
+from emm.schedule import CronSchedule
 from emm.settings import WriterSettings
-from writer.counters import CounterWatch
+from writer.counters import CounterWatch, tick_counter
 from writer.influx import Sink, make_sink
-from writer.lines import Unwritable, gateway_status_lines, reading_bytes
+from writer.influxql import restore_counters
+from writer.lines import Unwritable, delta_lines, gateway_status_lines, reading_bytes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,9 @@ class Writer:
         self._outage_since: float | None = None
         self._stop = asyncio.Event()
         self.written = 0
-        self.counters = CounterWatch()
+        cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
+        self.counters = CounterWatch(tick_counter(cron.next_after))
+        self._restored: asyncio.Task[None] | None = None  # the counters' history, at start
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
 
@@ -112,7 +116,11 @@ class Writer:
                 raise MessageError(f"{_what(reading)}: {far}", delivery.body)
             try:
                 if isinstance(reading, Reading):
-                    data = reading_bytes(reading, self.counters.check(reading))
+                    if self._restored is not None and not self._restored.done():
+                        await asyncio.shield(self._restored)
+                    seen = self.counters.observe(reading)
+                    deltas = delta_lines(reading.meter, seen.deltas)
+                    data = reading_bytes(reading, seen.resets, deltas)
                 else:
                     data = "\n".join(gateway_status_lines(reading)).encode()
             except (Unwritable, UnicodeEncodeError) as exc:
@@ -273,6 +281,7 @@ class Writer:
         if self.settings.stats_file:
             self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
         await self.broker.connect()
+        self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)
         log.info(
             "writer started: %s API, batches of %d readings, %d bytes or %d ms",
@@ -325,6 +334,8 @@ class Writer:
                 log.exception("writing the readings held at stop failed")
         finally:
             relay.cancel()
+            if self._restored is not None:
+                self._restored.cancel()
             await self.broker.close()
             self.sink.close()
             if self._stats is not None:

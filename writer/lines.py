@@ -1,7 +1,8 @@
 """InfluxDB line protocol for readings and gateway statuses (pure).
 
 Every reading gives one `energy` point (one float field per register, when any value was read)
-and one `meter_status` point, both stamped with the tick time in milliseconds. Tags are sorted,
+and one `meter_status` point, both stamped with the tick time in milliseconds; a reading with
+energy counters also gives `energy_delta` points (`delta_lines`). Tags are sorted,
 so the same reading always gives the same bytes and a second write of it replaces the first.
 
 Escaping follows InfluxDB's parser: in tag values and field keys a comma, equals sign or space
@@ -17,16 +18,19 @@ A gateway's status gives one `gateway_status` point, tagged `gateway` (host:port
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import GatewayStatus, Meter, Reading
 from emm.registers import name_problem
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, tag_problem
+from writer.counters import Delta
 
 ENERGY = "energy"
 STATUS = "meter_status"
 GATEWAY_STATUS = "gateway_status"
+DELTA = "energy_delta"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _TAG_MAX_CHARS = {"type": TYPE_MAX_CHARS, "description": DESCRIPTION_MAX_CHARS}
@@ -101,9 +105,12 @@ def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> 
     return lines
 
 
-def reading_bytes(reading: Reading, counter_resets: list[str] | None = None) -> bytes:
-    """`reading_lines` as the UTF-8 bytes sent to InfluxDB (lines joined by newlines)."""
-    text = "\n".join(reading_lines(reading, counter_resets))
+def reading_bytes(
+    reading: Reading, counter_resets: list[str] | None = None, more: Sequence[str] = ()
+) -> bytes:
+    """`reading_lines`, then the lines `more` that go with them (its energy deltas), as the
+    UTF-8 bytes sent to InfluxDB (lines joined by newlines)."""
+    text = "\n".join([*reading_lines(reading, counter_resets), *more])
     try:
         return text.encode()
     except UnicodeEncodeError as exc:
@@ -123,3 +130,15 @@ def gateway_status_lines(status: GatewayStatus) -> list[str]:
         f"period_ms={status.period_ms}i"
     )
     return [f"{GATEWAY_STATUS},gateway={_tag(status.name)} {fields} {status.tick_ms}"]
+
+
+def delta_lines(meter: Meter, deltas: list[Delta]) -> list[str]:
+    """The `energy_delta` lines of a meter: per counter its increment since the previous
+    reading (same field name as in `energy`), and `gap_ticks`, the ticks missed before it."""
+    tags = _tags(meter)
+    return [
+        f"{DELTA},{tags} "
+        + ",".join([_field_key(name) + repr(value) for name, value in d.values.items()])
+        + f",gap_ticks={d.gap_ticks}i {d.tick_ms}"
+        for d in deltas
+    ]

@@ -84,6 +84,7 @@ def test_worker_defaults() -> None:
                 "influx_token": "",
                 "influx_org": "",
                 "influx_bucket": "energy",
+                "read_cron": "* * * * *",
                 "batch_size": 5000,
                 "batch_bytes": 8_000_000,
                 "flush_interval_ms": 200,
