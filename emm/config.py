@@ -3,7 +3,7 @@ registers and read limits, validated from the rows the load queries return (pure
 access; `postgres.config` runs the queries).
 
 A bad register row, meter or type row is reported by an error naming its table and id, and
-skipped; the rest is kept.
+skipped; the rest is kept. A meter's own `read_cron` is checked here too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from emm.errors import ConfigError
 from emm.messages import Meter
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
 from emm.registers import Order, Register
+from emm.schedule import CronSchedule
 
 # One loaded row: its kind ('meter', 'register' or 'type') and its columns by name.
 Row = tuple[str, dict[str, Any]]
@@ -22,11 +23,13 @@ Row = tuple[str, dict[str, Any]]
 
 @dataclass(frozen=True)
 class MeterConfig:
-    """A meter ready to be read: the device, its registers and the limits of its type."""
+    """A meter ready to be read: the device, its registers and the limits of its type, and
+    its own schedule (None: `EMM_READ_CRON`'s)."""
 
     meter: Meter
     registers: tuple[Register, ...]
     limits: ReadLimits
+    read_cron: CronSchedule | None = None
 
 
 @dataclass
@@ -44,9 +47,11 @@ def build_config(rows: list[Row]) -> LoadedConfig:
     meters = [data for kind, data in rows if kind == "meter"]
     # one tuple per type, shared by its meters: jobs serialise a type's registers once
     shared = {type_: tuple(regs) for type_, regs in registers_by_type.items()}
+    crons = _Crons()
     for data in sorted(meters, key=lambda d: d["id"]):
         try:
             meter = Meter.from_dict(data)
+            read_cron = crons.get(data.get("read_cron"))
         except (ConfigError, TypeError, ValueError) as exc:
             out.errors.append(f"energy_meters row id={data.get('id')} skipped: {exc}")
             continue
@@ -58,8 +63,30 @@ def build_config(rows: list[Row]) -> LoadedConfig:
             )
             continue
         limits = limits_by_type.get(meter.type, ReadLimits())
-        out.meters.append(MeterConfig(meter, shared[meter.type], limits))
+        out.meters.append(MeterConfig(meter, shared[meter.type], limits, read_cron))
     return out
+
+
+class _Crons:
+    """The meters' own crons of one load, each expression parsed once (most meters share a few)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, CronSchedule | str] = {}  # a schedule, or why there is none
+
+    def get(self, expression: str | None) -> CronSchedule | None:
+        """The schedule of `expression` (None: none of its own); ConfigError for a bad one."""
+        if expression is None:
+            return None
+        parsed = self._parsed.get(expression)
+        if parsed is None:
+            try:
+                parsed = CronSchedule(expression, setting="read_cron")
+            except ConfigError as exc:
+                parsed = str(exc)
+            self._parsed[expression] = parsed
+        if isinstance(parsed, str):
+            raise ConfigError(parsed)
+        return parsed
 
 
 def build_type(rows: list[Row], type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emm.registers import MAX_POLL_EVERY
 from postgres.connection import Connection
 
 VIRTUAL_TYPE = "virtual_modbustcp"
@@ -93,6 +94,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "poll classes of registers, a cron of a meter's own",
+        f"""
+        ALTER TABLE registers
+            ADD COLUMN poll_every integer NOT NULL DEFAULT 1
+                CONSTRAINT registers_poll_every_check
+                CHECK (poll_every BETWEEN 0 AND {MAX_POLL_EVERY});
+        ALTER TABLE energy_meters
+            ADD COLUMN read_cron text
+                CONSTRAINT energy_meters_read_cron_check CHECK (btrim(read_cron) <> '');
+        """,
+    ),
 ]
 
 
@@ -113,7 +127,7 @@ def migrate(conn: Connection, *, seed_host: str | None = None, seed_port: int = 
         )
         cur.execute("SELECT version FROM schema_migrations")
         done = {row[0] for row in cur.fetchall()}
-        for version, description, sql in MIGRATIONS:
+        for version, description, sql in sorted(MIGRATIONS):
             if version in done:
                 continue
             cur.execute(sql)
