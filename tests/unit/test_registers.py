@@ -439,8 +439,8 @@ def test_from_mapping_errors(data: object, message: str) -> None:
         ({"name": "v"}, "register row must be a list, got dict"),
         (
             ["v", 0],
-            "register row has 2 values, expected 3 to 9: name, address, function_code, unit, "
-            "data_type, order, scale, offset, missing",
+            "register row has 2 values, expected 3 to 10: name, address, function_code, unit, "
+            "data_type, order, scale, offset, missing, poll_every",
         ),
         (["v", 0, 5], "function_code 5 is not a read function code (1, 2, 3, 4)"),
     ],
