@@ -33,6 +33,14 @@ class TypePlans:
         self.limits = limits
         self.classes = frozenset(r.poll_every for r in registers)
         self._plans: dict[frozenset[int], Plan | None] = {}
+        # most types read everything on every tick: one plan, nothing to work out per meter
+        self._always = self.plan(self.classes) if self.classes == {1} else None
+
+    def for_tick(self, tick: MeterTick) -> Plan | None:
+        """The plan of the registers due at a meter's tick; None when none of them is due."""
+        if self._always is not None:
+            return self._always
+        return self.plan(due_classes(self.classes, tick.config.meter.id, tick.index, tick.daily))
 
     def plan(self, due: frozenset[int]) -> Plan | None:
         """The plan of the registers of the `due` classes; None when none of them is due."""
@@ -55,12 +63,13 @@ class PlanBook:
         by_key: dict[tuple[int, ReadLimits], TypePlans] = {}
         kept: dict[tuple[tuple[Register, ...], ReadLimits], TypePlans] = {}
         for mc in meters:
-            if _type_key(mc) in by_key:
+            type_key = _type_key(mc)
+            if type_key in by_key:
                 continue
             # compared by value once per type and tick: a reload gives equal, new tuples
             key = (mc.registers, mc.limits)
             plans = kept.get(key) or self._types.get(key) or TypePlans(*key)
-            by_key[_type_key(mc)] = kept[key] = plans
+            by_key[type_key] = kept[key] = plans
         self._types = kept
         return by_key
 
@@ -83,8 +92,7 @@ def build_jobs(
     types = book.types(meters)
     by_link: dict[tuple[str, int], list[Job]] = {}
     for mt in due:
-        plans = types[_type_key(mt.config)]
-        plan = plans.plan(due_classes(plans.classes, mt.config.meter.id, mt.index, mt.daily))
+        plan = types[_type_key(mt.config)].for_tick(mt)
         if plan is None:
             continue
         meter = mt.config.meter
