@@ -4,7 +4,8 @@ return (pure: no database access; `postgres.config` runs the queries).
 
 A bad register row, meter or type row is reported by an error naming its table and id, and
 skipped; the rest is kept. A meter whose host:port has no `gateways` row (or a bad one) gets the
-default gateway settings; a gateway's `max_read_registers` lowers its meters' read limit.
+default gateway settings; a gateway's `max_read_registers` lowers its meters' read limit. A
+meter's own `read_cron` is checked here too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import DEFAULT_GATEWAY, Gateway, Meter
 from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
 from emm.registers import Order, Register
+from emm.schedule import CronSchedule
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, host_problem, tag_problem
 
 # One loaded row: its kind ('meter', 'register', 'type' or 'gateway') and its columns by name.
@@ -26,12 +28,14 @@ Row = tuple[str, dict[str, Any]]
 @dataclass(frozen=True)
 class MeterConfig:
     """A meter ready to be read: the device, its registers, the limits it is read within (its
-    type's, lowered by its gateway's `max_read_registers`) and its gateway's settings."""
+    type's, lowered by its gateway's `max_read_registers`), its gateway's settings and its own
+    schedule (None: `EMM_READ_CRON`'s)."""
 
     meter: Meter
     registers: tuple[Register, ...]
     limits: ReadLimits
     gateway: Gateway = DEFAULT_GATEWAY
+    read_cron: CronSchedule | None = None
 
 
 @dataclass
@@ -50,10 +54,12 @@ def build_config(rows: list[Row]) -> LoadedConfig:
     meters = [data for kind, data in rows if kind == "meter"]
     # one tuple per type, shared by its meters: jobs serialise a type's registers once
     shared = {type_: tuple(regs) for type_, regs in registers_by_type.items()}
+    crons = _Crons()
     for data in sorted(meters, key=lambda d: d["id"]):
         try:
             meter = Meter.from_dict(data)
             _check_text(meter)
+            read_cron = crons.get(data.get("read_cron"))
         except (ConfigError, TypeError, ValueError) as exc:
             out.errors.append(f"energy_meters row id={data.get('id')} skipped: {exc}")
             continue
@@ -70,7 +76,9 @@ def build_config(rows: list[Row]) -> LoadedConfig:
             limits = replace(
                 limits, max_registers=min(limits.max_registers, gateway.max_read_registers)
             )
-        out.meters.append(MeterConfig(meter, shared[meter.type], limits, gateway))
+        out.meters.append(
+            MeterConfig(meter, shared[meter.type], limits, gateway=gateway, read_cron=read_cron)
+        )
     return out
 
 
@@ -101,6 +109,28 @@ def _gateways(rows: list[Row], errors: list[str]) -> dict[tuple[str, int], Gatew
                 f"the defaults): {exc}"
             )
     return gateways
+
+
+class _Crons:
+    """The meters' own crons of one load, each expression parsed once (most meters share a few)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, CronSchedule | str] = {}  # a schedule, or why there is none
+
+    def get(self, expression: str | None) -> CronSchedule | None:
+        """The schedule of `expression` (None: none of its own); ConfigError for a bad one."""
+        if expression is None:
+            return None
+        parsed = self._parsed.get(expression)
+        if parsed is None:
+            try:
+                parsed = CronSchedule(expression, setting="read_cron")
+            except ConfigError as exc:
+                parsed = str(exc)
+            self._parsed[expression] = parsed
+        if isinstance(parsed, str):
+            raise ConfigError(parsed)
+        return parsed
 
 
 def build_type(rows: list[Row], type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:

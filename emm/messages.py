@@ -6,7 +6,7 @@ body that is not a valid message raises MessageError with the raw bytes attached
 dead-letter exactly what it received.
 
 Jobs are version 3: the meter and tick, then the `plan_id` and the `plan` of the meter's type
-(`emm.plan`), the same bytes for every meter of a type. A worker parses and validates a plan the
+(`emm.plan`), shared by the meters of a type due alike. A worker parses and validates a plan the
 first time it sees its id and then only reads the head of each job. Version 2 jobs (the plan's
 `requests` and `registers` at the top level, registers as rows) and version 1 jobs (registers as
 objects) are still read, their plans cached by a hash of their bytes (a worker may read only

@@ -1,8 +1,10 @@
-"""A meter type's read plan: what to read and how to decode it, built once per type.
+"""A meter type's read plan: what to read and how to decode it, built once per type and set of
+due registers.
 
-The scheduler builds one `Plan` per meter type (from its registers and read limits) and every job
-of that type carries it. A plan is identified by `plan_id`, a hash of its canonical encoding, so a
-worker parses and validates each plan once and then finds it by id (`PlanCache`).
+The scheduler builds one `Plan` per meter type and set of due poll classes (from the registers
+due at a tick and the type's read limits; `scheduler.jobs`) and every job reading that set
+carries it. A plan is identified by `plan_id`, a hash of its canonical encoding, so a worker
+parses and validates each plan once and then finds it by id (`PlanCache`).
 """
 
 from __future__ import annotations

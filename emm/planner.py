@@ -4,6 +4,11 @@ Registers are grouped by function code and merged into contiguous requests, brid
 most `max_gap` unused registers and never exceeding the device's per-request limit. Within one
 function code the greedy sweep (extend the current request while the next register fits) gives
 the minimum number of requests for those rules, and the result depends only on the input set.
+
+Poll classes decide which registers a tick reads at all (`due_classes`): a register with
+`poll_every` N is due on every Nth tick of its meter, one with 0 once and then daily. A tick's
+requests are planned from its due registers only, so slow registers cost requests only on the
+ticks that read them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from emm.registers import BIT_FUNCTION_CODES, Register
 MAX_REGISTERS_PER_READ = 125  # Modbus PDU limit for function codes 3 and 4
 MAX_BITS_PER_READ = 2000  # Modbus PDU limit for function codes 1 and 2
 DEFAULT_MAX_GAP = 50
+DAY_MS = 86_400_000
+# Step between the daily moments of consecutive meter ids: the day times the golden ratio's
+# fraction (0.618...), which spreads any run of consecutive ids evenly over the day.
+_DAILY_STEP_MS = 53_398_137
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +111,34 @@ def assign(
         names = ", ".join(r.name for r in pending)
         raise ConfigError(f"no planned request covers the register(s) {names}")
     return pairs
+
+
+def due_classes(
+    classes: Iterable[int], meter_id: int, tick_index: int, daily: bool
+) -> frozenset[int]:
+    """The poll classes (`Register.poll_every` values) due at one tick of a meter.
+
+    Class N > 0 is due when `tick_index + meter_id` is a multiple of N: every Nth tick, and
+    meters in turn, so the slow registers of many meters are spread over N ticks instead of
+    all landing on one. Class 0 is due when `daily` is (see `daily_due`).
+    """
+    return frozenset(n for n in classes if (daily if n == 0 else (tick_index + meter_id) % n == 0))
+
+
+def tick_index(tick_ms: int, period_ms: int) -> int:
+    """A tick's number in its schedule, from its time alone: consecutive for a regular cron
+    (one whose ticks are `period_ms` apart), the same in every process and after a restart."""
+    return tick_ms // period_ms
+
+
+def daily_moment_ms(meter_id: int) -> int:
+    """The time of day (milliseconds after midnight UTC) at which a meter's daily registers
+    fall due, spread over the day by its id."""
+    return meter_id * _DAILY_STEP_MS % DAY_MS
+
+
+def daily_due(meter_id: int, previous_ms: int, tick_ms: int) -> bool:
+    """Whether the meter's daily moment lies in (previous_ms, tick_ms]: the tick that follows
+    it reads the daily registers, once a day whatever the cron."""
+    moment = daily_moment_ms(meter_id)
+    return (tick_ms - moment) // DAY_MS != (previous_ms - moment) // DAY_MS

@@ -162,6 +162,8 @@ COUNTER_UNITS = frozenset(
     {"wh", "kwh", "mwh", "gwh", "varh", "kvarh", "mvarh", "vah", "kvah", "mvah", "ah", "kah"}
 )
 BIT_FUNCTION_CODES = (1, 2)
+# poll_every: 0 is "once, then daily"; a larger class than this is a typo, not a plan
+MAX_POLL_EVERY = 10_000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}")  # whole name: `fullmatch`
 # Names a register may not take: InfluxDB's tags of every point (a field of the same name
 # shadows the tag in InfluxQL) and its time column (a field so named is dropped).
@@ -222,7 +224,9 @@ class Register:
     """One value of a device: where it is, how to decode it and what to call it.
 
     `missing` holds raw (unsigned) bit patterns meaning "not available"; None uses the
-    type's defaults (`DEFAULT_MISSING`).
+    type's defaults (`DEFAULT_MISSING`). `poll_every` is the register's poll class: read on
+    every Nth tick of its meter, or with 0 once when the scheduler first reads the meter and
+    then daily (identity and ratings: serial number, firmware, nominal values).
     """
 
     name: str
@@ -234,6 +238,7 @@ class Register:
     scale: float = 1.0
     offset: float = 0.0
     missing: frozenset[int] | None = None
+    poll_every: int = 1
     sentinels: frozenset[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -265,6 +270,15 @@ class Register:
             raise ConfigError(f"scale {self.scale!r} must be a finite number other than 0")
         if not math.isfinite(self.offset):
             raise ConfigError(f"offset {self.offset!r} must be a finite number")
+        if (
+            not isinstance(self.poll_every, int)
+            or isinstance(self.poll_every, bool)
+            or not 0 <= self.poll_every <= MAX_POLL_EVERY
+        ):
+            raise ConfigError(
+                f"poll_every {self.poll_every!r} must be a whole number of ticks, "
+                f"0..{MAX_POLL_EVERY} (0: once, then daily)"
+            )
         object.__setattr__(self, "sentinels", _sentinels(self))
 
     @property
@@ -291,6 +305,7 @@ class Register:
             self.scale,
             self.offset,
             None if self.missing is None else sorted(self.missing),
+            self.poll_every,
         ]
         while len(row) > 3 and row[-1] == _ROW_DEFAULTS[len(row) - 4]:
             row.pop()
@@ -315,14 +330,15 @@ class Register:
 
         name, address and function_code are required. data_type is a code, its text or a name
         ("float32", the default); order a name (ABCD, the default); missing as `parse_missing`
-        takes it. A null order, unit, scale, offset or missing is the default too. Other keys are
-        not read.
+        takes it; poll_every a number of ticks (1, the default). A null order, unit, scale,
+        offset, missing or poll_every is the default too. Other keys are not read.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"register must be a mapping, got {type(data).__name__}")
         try:
             data_type = DataType.parse(data.get("data_type", DataType.FLOAT32))
             unit, scale, offset = data.get("unit"), data.get("scale"), data.get("offset")
+            poll_every = data.get("poll_every")
             return cls(
                 name=data["name"],
                 address=data["address"],
@@ -333,6 +349,7 @@ class Register:
                 scale=1.0 if scale is None else float(scale),
                 offset=0.0 if offset is None else float(offset),
                 missing=parse_missing(data.get("missing"), data_type),
+                poll_every=1 if poll_every is None else poll_every,
             )
         except KeyError as exc:
             raise ConfigError(f"register is missing the key {exc.args[0]!r}") from None
@@ -351,6 +368,7 @@ REGISTER_KEYS = (
     "scale",
     "offset",
     "missing",
+    "poll_every",
 )
 # the values of a register row in a job, in order
 ROW_COLUMNS = (
@@ -363,8 +381,9 @@ ROW_COLUMNS = (
     "scale",
     "offset",
     "missing",
+    "poll_every",
 )
-_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None)
+_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None, 1)
 
 
 def _sentinels(register: Register) -> frozenset[float]:

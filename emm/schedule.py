@@ -52,6 +52,16 @@ class CronSchedule:
         it = croniter(self.expression, start, second_at_beginning=self.has_seconds)
         return round(it.get_next(float) * 1000)
 
+    def previous_before(self, ts_ms: int) -> int:
+        """The last tick strictly before `ts_ms` (milliseconds since the epoch)."""
+        start = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+        it = croniter(self.expression, start, second_at_beginning=self.has_seconds)
+        return round(it.get_prev(float) * 1000)
+
+    def fires_at(self, ts_ms: int) -> bool:
+        """Whether `ts_ms` is one of the schedule's ticks."""
+        return self.next_after(ts_ms - 1) == ts_ms
+
     def period_after(self, tick_ms: int) -> int:
         """Milliseconds from `tick_ms` to the tick after it: the life of that tick's jobs."""
         return self.next_after(tick_ms) - tick_ms

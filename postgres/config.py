@@ -15,7 +15,7 @@ _REGISTER_JSON = """json_build_object(
     'id', r.id, 'type', r.type, 'address', r.register_address, 'name', r.measurement_name,
     'unit', r.data_unit, 'data_type', r.data_type, 'function_code', r.function_code,
     'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
-    'offset', r.value_offset, 'missing', r.missing_values)"""
+    'offset', r.value_offset, 'missing', r.missing_values, 'poll_every', r.poll_every)"""
 _TYPE_JSON = """json_build_object(
     'type', t.type, 'max_registers', t.max_read_registers, 'max_bits', t.max_read_bits,
     'max_gap', t.max_gap_registers)"""
@@ -23,7 +23,7 @@ _TYPE_JSON = """json_build_object(
 _LOAD_SQL = f"""
 SELECT 'meter', json_build_object(
     'id', m.id, 'host', m.host, 'port', m.port, 'unit_id', m.slave_address,
-    'type', m.type, 'description', m.description)
+    'type', m.type, 'description', m.description, 'read_cron', m.read_cron)
 FROM energy_meters m
 WHERE m.enabled
 UNION ALL

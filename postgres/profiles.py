@@ -36,8 +36,8 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
             cur.execute(
                 """INSERT INTO registers (type, register_address, measurement_name, data_unit,
                        data_type, function_code, byte_order, word_order, scale, value_offset,
-                       missing_values, source)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                       missing_values, poll_every, source)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
                 (
                     profile.type,
                     reg.address,
@@ -50,6 +50,7 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
                     reg.scale,
                     reg.offset,
                     missing,
+                    reg.poll_every,
                     row.source or None,
                 ),
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emm.registers import RESERVED_NAMES
+from emm.registers import MAX_POLL_EVERY, RESERVED_NAMES
 from emm.text import DESCRIPTION_MAX_CHARS, HOST_MAX_CHARS, TYPE_MAX_CHARS
 from postgres.connection import Connection
 
@@ -127,6 +127,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "poll classes of registers, a cron of a meter's own",
+        f"""
+        ALTER TABLE registers
+            ADD COLUMN poll_every integer NOT NULL DEFAULT 1
+                CONSTRAINT registers_poll_every_check
+                CHECK (poll_every BETWEEN 0 AND {MAX_POLL_EVERY});
+        ALTER TABLE energy_meters
+            ADD COLUMN read_cron text
+                CONSTRAINT energy_meters_read_cron_check CHECK (btrim(read_cron) <> '');
+        """,
+    ),
 ]
 
 # Text that becomes a tag, a field name or a logged host (`emm.text`, `emm.registers`): no
@@ -188,7 +201,7 @@ def migrate(conn: Connection, *, seed_host: str | None = None, seed_port: int = 
         )
         cur.execute("SELECT version FROM schema_migrations")
         done = {row[0] for row in cur.fetchall()}
-        for version, description, sql in MIGRATIONS:
+        for version, description, sql in sorted(MIGRATIONS):
             if version in done:
                 continue
             cur.execute(sql)

@@ -14,8 +14,8 @@ from emm.errors import BrokerError
 from emm.messages import Job
 from emm.schedule import CronSchedule
 from emm.settings import SchedulerSettings
-from scheduler.jobs import build_jobs
 from scheduler.repo import ConfigRepo
+from scheduler.ticks import Ticks
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,17 @@ async def publish_jobs(
 async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:
     """Tick until `stop` is set (or forever)."""
     stop = stop or asyncio.Event()
-    schedule = CronSchedule(settings.read_cron)
+    ticks = Ticks(CronSchedule(settings.read_cron, setting="EMM_READ_CRON"))
     repo = ConfigRepo(settings.postgres_dsn)
     broker = Broker(settings.amqp_url, name="emm-scheduler")
     await broker.connect()
-    log.info("scheduler started: EMM_READ_CRON=%r", schedule.expression)
-    tick_ms = schedule.next_after(int(time.time() * 1000))
+    log.info("scheduler started: EMM_READ_CRON=%r", ticks.default.expression)
     try:
+        # the meters' own crons are known once the configuration is: the first tick may be theirs
+        config = await asyncio.to_thread(repo.load)
+        if config is not None:
+            ticks.update(config)
+        tick_ms = ticks.next_after(int(time.time() * 1000))
         while not stop.is_set():
             wait_s = tick_ms / 1000 - time.time()
             if wait_s > 0:
@@ -87,12 +91,12 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                     break
                 except TimeoutError:
                     pass
-            period_ms = schedule.period_after(tick_ms)
             started = time.monotonic()
             config = await asyncio.to_thread(repo.load)
             if config is not None:
-                jobs = build_jobs(config, tick_ms, period_ms)
-                published = await publish_jobs(broker, jobs, tick_ms + period_ms // 2)
+                tick = ticks.jobs(config, tick_ms)
+                jobs = tick.jobs
+                published = await publish_jobs(broker, jobs, tick.give_up_ms)
                 took_ms = (time.monotonic() - started) * 1000
                 if published == len(jobs):
                     log.info(
@@ -107,9 +111,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                         len(jobs),
                     )
             now_ms = int(time.time() * 1000)
-            next_ms = schedule.next_after(tick_ms)
+            next_ms = ticks.next_after(tick_ms)
             if next_ms <= now_ms:
-                skipped_to = schedule.next_after(now_ms)
+                skipped_to = ticks.next_after(now_ms)
                 log.warning("tick %s overran; skipping to %s", _iso(tick_ms), _iso(skipped_to))
                 next_ms = skipped_to
             tick_ms = next_ms

@@ -18,7 +18,7 @@ from emm.registers import DataType, Order
 from postgres.config import load_config
 from postgres.connection import connect
 from postgres.schema import MIGRATIONS, migrate
-from scheduler.jobs import build_jobs
+from scheduler.jobs import MeterTick, PlanBook, build_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -60,8 +60,8 @@ def snapshot(dsn: str) -> dict[str, object]:
 def test_migrate_creates_the_schema_seeds_the_virtual_meter_and_is_idempotent(pg_dsn: str) -> None:
     first = run_emm(pg_dsn, "migrate", "--seed-host", "simhost", "--seed-port", "1502")
     assert first.returncode == 0, first.stderr
-    versions = ", ".join(str(version) for version, _what, _sql in MIGRATIONS)
-    assert first.stdout.splitlines()[0] == f"applied migration(s) {versions}"
+    every = ", ".join(str(version) for version, _, _ in sorted(MIGRATIONS))
+    assert first.stdout.splitlines()[0] == f"applied migration(s) {every}"
     before = snapshot(pg_dsn)
 
     second = run_emm(pg_dsn, "migrate", "--seed-host", "other", "--seed-port", "9")
@@ -157,6 +157,26 @@ def test_no_seed_leaves_the_meters_table_empty(pg_dsn: str) -> None:
         ),
         ("INSERT INTO gateways (host, port) VALUES ('h', 0)", "gateways_port_check"),
         ("INSERT INTO gateways (host) VALUES ('')", "gateways_host_check"),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code, poll_every) VALUES ('t', 0, 'x', 3, 4, -1)",
+            "registers_poll_every_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code, poll_every) VALUES ('t', 0, 'x', 3, 4, 10001)",
+            "registers_poll_every_check",
+        ),
+        (
+            "INSERT INTO energy_meters (host, port, slave_address, type, read_cron) "
+            "VALUES ('h', 502, 1, 't', '')",
+            "energy_meters_read_cron_check",
+        ),
+        (
+            "INSERT INTO energy_meters (host, port, slave_address, type, read_cron) "
+            "VALUES ('h', 502, 1, 't', '  ')",
+            "energy_meters_read_cron_check",
+        ),
     ],
 )
 def test_impossible_rows_are_rejected_naming_the_column(
@@ -307,7 +327,8 @@ def test_gateway_rows_default_every_column_and_shape_their_meters_jobs(pg_dsn: s
     # the gateway's max_read_registers lowers the sdm630's 80: one plan per (type, limit)
     assert by_host["192.0.2.3"].limits.max_registers == 80
     assert by_host["192.0.2.2"].limits.max_registers == 40
-    jobs = {job.meter.host: job for job in build_jobs(config, 1_000, 10_000)}
+    due = [MeterTick(mc, 11_000, 0, True) for mc in config.meters]
+    jobs = {job.meter.host: job for job in build_jobs(config.meters, due, 1_000, PlanBook())}
     assert jobs["192.0.2.1"].plan is jobs["192.0.2.3"].plan
     assert max(r.count for r in jobs["192.0.2.2"].plan.requests) <= 40
     assert len(jobs["192.0.2.2"].plan.requests) > len(jobs["192.0.2.3"].plan.requests)
@@ -406,3 +427,52 @@ def test_a_backslash_in_a_description_is_accepted_as_written(pg_dsn: str) -> Non
         cur.execute("SELECT description FROM energy_meters WHERE host = 'h'")
         assert cur.fetchall() == [("C:\\meters\\hall A",)]
     conn.close()
+
+
+def test_poll_classes_and_meter_crons_come_to_an_existing_database(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a database of the first schema, with a meter and a register
+    monkeypatch.setattr("postgres.schema.MIGRATIONS", [m for m in MIGRATIONS if m[0] == 1])
+    with connect(pg_dsn) as conn:
+        assert migrate(conn, seed_host="127.0.0.1") == [1]
+    monkeypatch.undo()
+    with connect(pg_dsn) as conn:
+        assert 3 in migrate(conn)
+        assert migrate(conn) == []
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT poll_every FROM registers")
+        assert cur.fetchall() == [(1,)]
+        cur.execute("SELECT read_cron FROM energy_meters")
+        assert cur.fetchall() == [(None,)]
+        cur.execute(
+            """SELECT conname FROM pg_constraint
+               WHERE conname IN ('registers_poll_every_check', 'energy_meters_read_cron_check')
+               ORDER BY 1"""
+        )
+        assert cur.fetchall() == [
+            ("energy_meters_read_cron_check",),
+            ("registers_poll_every_check",),
+        ]
+        cur.execute(
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code, poll_every) VALUES ('virtual_modbustcp', 9, 'serial', 5, 3, 0)"
+        )
+        cur.execute("UPDATE energy_meters SET read_cron = '*/5 * * * * *'")
+        cur.execute(
+            "INSERT INTO energy_meters (host, port, slave_address, type, read_cron) "
+            "VALUES ('127.0.0.1', 502, 2, 'virtual_modbustcp', 'every minute')"
+        )
+    conn.close()
+    with connect(pg_dsn) as conn:
+        config = load_config(conn)
+    (loaded,) = config.meters
+    assert loaded.read_cron is not None and loaded.read_cron.expression == "*/5 * * * * *"
+    assert [(r.name, r.poll_every) for r in loaded.registers] == [
+        ("test_measurement", 1),
+        ("serial", 0),
+    ]
+    assert config.errors == [
+        "energy_meters row id=2 skipped: read_cron='every minute': has 2 fields; expected 5 "
+        "(minute hour day month weekday) or 6 (a leading seconds field)"
+    ]

@@ -18,7 +18,7 @@ from emm.settings import SchedulerSettings
 from postgres.config import load_config
 from postgres.connection import connect
 from scheduler.app import publish_jobs, run
-from scheduler.jobs import build_jobs
+from scheduler.jobs import MeterTick, PlanBook, build_jobs
 from scheduler.repo import ConfigRepo
 from tests.integration.amqp_util import drain
 
@@ -56,7 +56,8 @@ def test_jobs_are_persistent_expire_with_the_tick_and_carry_the_plan(
     with connect(pg_dsn) as conn:
         config = load_config(conn)
     tick_ms = int(time.time() * 1000) // 1000 * 1000
-    jobs = build_jobs(config, tick_ms, 60_000)
+    due = [MeterTick(mc, tick_ms + 60_000, 0, True) for mc in config.meters]
+    jobs = build_jobs(config.meters, due, tick_ms, PlanBook())
 
     async def go() -> int:
         broker = Broker(amqp_url)
@@ -148,8 +149,8 @@ def test_ticks_pick_up_new_meters_and_report_bad_rows(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     bad_row = [w for w in warnings if "registers row id=" in w and "brokenBit" in w]
     bad_meter = [w for w in warnings if "energy_meters row id=2 skipped" in w]
-    assert len(bad_row) == len(ticks)  # once per tick
-    assert len(bad_meter) == len(ticks)
+    assert len(bad_row) == len(ticks) + 1  # once at start (for the meters' crons), once per tick
+    assert len(bad_meter) == len(ticks) + 1
     assert "bool does not fit function_code 3" in bad_row[0]
     assert "type 'no_such_type' has no usable registers" in bad_meter[0]
 

@@ -203,6 +203,16 @@ def test_same_name_on_two_types_is_fine() -> None:
             "energy_meters row id=3 skipped: type contains the control character '\\x1b'",
         ),
         (
+            [meter(3, read_cron="*/7 * *")],
+            "energy_meters row id=3 skipped: read_cron='*/7 * *': has 3 fields; expected 5 "
+            "(minute hour day month weekday) or 6 (a leading seconds field)",
+        ),
+        (
+            [meter(3, read_cron="0 0 31 2 *")],
+            "energy_meters row id=3 skipped: read_cron='0 0 31 2 *': never fires (no tick "
+            "within 5 years)",
+        ),
+        (
             [meter(3, port=None)],
             "energy_meters row id=3 skipped: int() argument must be a "
             "string, a bytes-like object or a real number, not 'NoneType'",
@@ -386,3 +396,34 @@ def test_a_bad_gateway_row_is_reported_and_its_meters_get_the_defaults() -> None
         "max_connections 0 is outside 1..16"
     ]
     assert [mc.gateway for mc in config.meters] == [Gateway()]
+
+
+def test_a_meter_may_carry_its_own_cron_parsed_once_per_load() -> None:
+    config = build_config(
+        [
+            register(10, 0, "a"),
+            meter(1),
+            meter(2, read_cron="*/5 * * * * *"),
+            meter(3, read_cron="*/5  * * * * *"),
+            meter(4, read_cron="bad"),
+            meter(5, read_cron="bad"),
+        ]
+    )
+    crons = {mc.meter.id: mc.read_cron for mc in config.meters}
+    assert crons[1] is None
+    assert crons[2] is not None and crons[2].expression == "*/5 * * * * *"
+    assert crons[3] is not crons[2] and crons[3] is not None  # spelled otherwise: parsed again
+    assert sorted(crons) == [1, 2, 3]
+    assert [e for e in config.errors if "read_cron='bad'" in e] == [
+        f"energy_meters row id={i} skipped: read_cron='bad': has 1 fields; expected 5 "
+        "(minute hour day month weekday) or 6 (a leading seconds field)"
+        for i in (4, 5)
+    ]
+
+
+def test_poll_every_comes_from_the_row() -> None:
+    config = build_config([meter(1), register(10, 0, "a"), register(11, 2, "serial", poll_every=0)])
+    assert [(r.name, r.poll_every) for r in config.meters[0].registers] == [
+        ("a", 1),
+        ("serial", 0),
+    ]

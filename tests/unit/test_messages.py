@@ -423,8 +423,8 @@ GOOD_REGISTER = {"name": "v", "address": 0, "function_code": 3, "data_type": "in
         ),
         (
             _plan(registers=[["v", 0]]),
-            "job is malformed: register row has 2 values, expected 3 to 9: name, address, "
-            "function_code, unit, data_type, order, scale, offset, missing",
+            "job is malformed: register row has 2 values, expected 3 to 10: name, address, "
+            "function_code, unit, data_type, order, scale, offset, missing, poll_every",
         ),
         (
             _plan(registers=[["v", 0, 3, "", "int16", "ABCD", 0]]),

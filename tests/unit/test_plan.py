@@ -15,7 +15,7 @@ from emm.plan import Plan
 from emm.planner import ReadLimits, ReadRequest, assign, plan
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Register
-from scheduler.jobs import build_jobs
+from scheduler.jobs import MeterTick, PlanBook, build_jobs
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,7 +122,8 @@ def test_jobs_of_one_type_share_one_plan_built_once(monkeypatch: pytest.MonkeyPa
         ]
         + [MeterConfig(Meter(9, "10.0.0.9", 502, 1, "relay"), other, ReadLimits())]
     )
-    jobs = build_jobs(config, 60_000, 60_000)
+    due = [MeterTick(mc, 120_000, 1, False) for mc in config.meters]
+    jobs = build_jobs(config.meters, due, 60_000, PlanBook())
     assert len(built) == 2
     by_meter = {job.meter.id: job for job in jobs}
     assert by_meter[1].plan is by_meter[2].plan is by_meter[3].plan is built[0]

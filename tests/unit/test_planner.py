@@ -1,15 +1,29 @@
-"""emm.planner: the fewest read requests within a device's limits; pairing them with registers."""
+"""emm.planner: the fewest read requests within a device's limits; pairing them with registers;
+which poll classes are due at a tick."""
 
 from __future__ import annotations
 
+import itertools
 import random
+from bisect import bisect_left
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emm.errors import ConfigError
-from emm.planner import ReadLimits, ReadRequest, assign, plan
+from emm.planner import (
+    DAY_MS,
+    ReadLimits,
+    ReadRequest,
+    assign,
+    daily_due,
+    daily_moment_ms,
+    due_classes,
+    plan,
+    tick_index,
+)
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Register
 
@@ -376,3 +390,122 @@ def test_reference_minimum_itself(
     registers = [word_reg(a, w) for a, w in specs]
     assert reference_minimum(registers, cap, max_gap) == expected
     assert len(plan(registers, ReadLimits(max_registers=cap, max_gap=max_gap))) == expected
+
+
+# --- poll classes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("classes", "meter_id", "index", "daily", "due"),
+    [
+        ({1}, 7, 0, False, {1}),
+        ({1, 0}, 7, 5, False, {1}),
+        ({1, 0}, 7, 5, True, {1, 0}),
+        ({1, 3}, 0, 9, False, {1, 3}),  # 9 + 0 is a multiple of 3
+        ({1, 3}, 1, 9, False, {1}),
+        ({1, 3}, 2, 10, False, {1, 3}),  # the offset: 10 + 2
+        ({2, 3}, 1, 5, False, {2, 3}),  # no class 1: a tick may read only slow registers
+        ({2, 3}, 1, 6, False, set()),  # ... or nothing at all
+        ({1, 2, 4, 0}, 4, 4, True, {0, 1, 2, 4}),
+    ],
+)
+def test_due_classes(
+    classes: set[int], meter_id: int, index: int, daily: bool, due: set[int]
+) -> None:
+    assert due_classes(classes, meter_id, index, daily) == frozenset(due)
+
+
+@pytest.mark.parametrize("every", [2, 3, 7, 60])
+def test_each_meter_reads_a_slow_class_once_every_n_ticks_and_meters_take_turns(every: int) -> None:
+    ticks = range(1000, 1000 + 5 * every)
+    for meter_id in range(3 * every):
+        due_at = [t for t in ticks if every in due_classes({every}, meter_id, t, False)]
+        assert len(due_at) == 5
+        assert all(b - a == every for a, b in itertools.pairwise(due_at))
+    # at any one tick one meter in N reads the class: the load is spread, not bunched
+    for tick in ticks:
+        assert sum(every in due_classes({every}, m, tick, False) for m in range(every * 10)) == 10
+
+
+@pytest.mark.parametrize(
+    ("tick_ms", "period_ms", "index"),
+    [
+        (0, 1000, 0),
+        (60_000, 10_000, 6),
+        (60_000 + 9_999, 10_000, 6),
+        (1_700_000_000_000, 60_000, 28_333_333),
+    ],
+)
+def test_tick_index_comes_from_the_time_alone(tick_ms: int, period_ms: int, index: int) -> None:
+    assert tick_index(tick_ms, period_ms) == index
+
+
+@pytest.mark.parametrize("period_ms", [7_000, 60_000, 900_000, 3_600_000])
+@pytest.mark.parametrize("meter_id", [0, 1, 2, 17, 100_000])
+def test_daily_registers_fall_due_once_a_day_at_the_meters_moment(
+    period_ms: int, meter_id: int
+) -> None:
+    start = 1_700_000_000_000 // period_ms * period_ms
+    ticks = range(start, start + 3 * DAY_MS, period_ms)
+    due = [t for t in ticks[1:] if daily_due(meter_id, t - period_ms, t)]
+    # the reference: the meter's moment on each day, and the first tick at or after it
+    midnight = start - start % DAY_MS
+    moments = [midnight + k * DAY_MS + daily_moment_ms(meter_id) for k in range(4)]
+    expected = [ticks[bisect_left(ticks, m)] for m in moments if ticks[0] < m <= ticks[-1]]
+    assert due == expected
+    assert len(due) >= 2
+
+
+def test_daily_moments_spread_over_the_day() -> None:
+    moments = sorted(daily_moment_ms(i) for i in range(1, 1001))
+    assert len(set(moments)) == 1000
+    gaps = [b - a for a, b in itertools.pairwise([*moments, moments[0] + DAY_MS])]
+    assert max(gaps) < 3 * DAY_MS / 1000  # evenly: no gap over three times the average
+
+
+# power every tick, energy every 4th tick, identity (another function code) once, then daily
+POWER = [word_reg(a, 2, fc=4) for a in (0, 2, 4)]
+ENERGY = [replace(word_reg(a, 2, fc=4), poll_every=4) for a in (200, 202)]
+IDENTITY = [replace(word_reg(a, 2, fc=3), poll_every=0) for a in (0xFC00, 0xFC02)]
+
+
+@pytest.mark.parametrize(
+    ("index", "daily", "expected"),
+    [
+        (1, False, [(4, 0, 6)]),
+        (4, False, [(4, 0, 6), (4, 200, 4)]),
+        (3, True, [(3, 0xFC00, 4), (4, 0, 6)]),
+        (8, True, [(3, 0xFC00, 4), (4, 0, 6), (4, 200, 4)]),
+    ],
+)
+def test_a_tick_plans_only_its_due_registers(
+    index: int, daily: bool, expected: list[tuple[int, int, int]]
+) -> None:
+    registers = [*POWER, *ENERGY, *IDENTITY]
+    due = due_classes({r.poll_every for r in registers}, 0, index, daily)
+    assert spans(plan([r for r in registers if r.poll_every in due])) == expected
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 24), st.sampled_from([1, 2, 4]), st.sampled_from([0, 1, 2, 3])),
+        min_size=1,
+        max_size=7,
+        unique_by=lambda spec: spec[0],
+    ),
+    st.integers(0, 11),
+    st.booleans(),
+    st.integers(4, 12),
+    st.integers(0, 4),
+)
+def test_each_ticks_plan_uses_the_minimum_number_of_requests(
+    specs: list[tuple[int, int, int]], index: int, daily: bool, cap: int, max_gap: int
+) -> None:
+    registers = [replace(word_reg(a, w), poll_every=n) for a, w, n in specs]
+    due = due_classes({r.poll_every for r in registers}, 5, index, daily)
+    due_registers = [r for r in registers if r.poll_every in due]
+    requests = plan(due_registers, ReadLimits(max_registers=cap, max_gap=max_gap))
+    expected = reference_minimum(due_registers, cap, max_gap) if due_registers else 0
+    assert len(requests) == expected
+    assert sum(len(c) for _, c in assign(requests, due_registers)) == len(due_registers)

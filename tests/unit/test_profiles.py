@@ -112,6 +112,12 @@ def test_good_test_profile_loads(tmp_path: Path) -> None:
     ]
     assert profile.registers[1].missing == frozenset({0xFFFFFFFF})
     assert [row.source for row in profile.rows] == ["test table 1", ""]
+    assert [r.poll_every for r in profile.registers] == [1, 1]
+
+
+def test_poll_every_is_a_row_key(tmp_path: Path) -> None:
+    profile = load_profile(write(tmp_path, HEADER + GOOD_ROW + "poll_every = 0\n"))
+    assert [r.poll_every for r in profile.registers] == [1, 0]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +157,14 @@ def test_good_test_profile_loads(tmp_path: Path) -> None:
             "digits, _ . - (at most 100 characters)",
         ),
         (GOOD_ROW + 'missing = "0xFFFF"\n', "'missing' must be a list such as [\"0xFFFF\"]"),
+        (
+            GOOD_ROW + "poll_every = -1\n",
+            "poll_every -1 must be a whole number of ticks, 0..10000 (0: once, then daily)",
+        ),
+        (
+            GOOD_ROW + "poll_every = 2.5\n",
+            "poll_every 2.5 must be a whole number of ticks, 0..10000 (0: once, then daily)",
+        ),
         (
             GOOD_ROW + 'missing = ["0x1FFFFFFFF"]\n',
             "missing value 0x1FFFFFFFF does not fit a float32 (0..0xffffffff)",

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from emm.errors import ConfigError
 from emm.registers import (
     DEFAULT_MISSING,
+    MAX_POLL_EVERY,
     REGISTER_KEYS,
     DataType,
     Order,
@@ -279,6 +280,7 @@ def registers(draw: st.DrawFn) -> Register:
         scale=draw(st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x != 0)),
         offset=draw(st.floats(allow_nan=False, allow_infinity=False)),
         missing=draw(st.none() | st.frozensets(st.integers(0, (1 << bits) - 1), max_size=3)),
+        poll_every=draw(st.integers(0, MAX_POLL_EVERY)),
     )
 
 
@@ -301,6 +303,7 @@ def test_register_mapping_round_trip(register: Register) -> None:
         "scale": register.scale,
         "offset": register.offset,
         "missing": None if register.missing is None else sorted(register.missing),
+        "poll_every": register.poll_every,
     }
     assert set(data) == set(REGISTER_KEYS)
     assert Register.from_mapping(data) == register
@@ -312,6 +315,39 @@ def test_to_row_leaves_out_trailing_defaults() -> None:
     assert Register(
         "p", 0, 4, DataType.UINT16, Order.BADC, "W", 0.5, 1.0, frozenset({9, 1})
     ).to_row() == ["p", 0, 4, "W", "uint16", "BADC", 0.5, 1.0, [1, 9]]
+    # a poll class other than every tick is the one column a row written before it lacks
+    assert Register("s", 0, 3, DataType.UINT32, poll_every=0).to_row() == [
+        "s",
+        0,
+        3,
+        "",
+        "uint32",
+        "ABCD",
+        1.0,
+        0.0,
+        None,
+        0,
+    ]
+    assert Register.from_row(["v", 4, 3]).poll_every == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, 1), (1, 1), (0, 0), (15, 15), (MAX_POLL_EVERY, MAX_POLL_EVERY)]
+)
+def test_poll_every_defaults_to_every_tick(value: int | None, expected: int) -> None:
+    data = {"name": "v", "address": 0, "function_code": 4, "poll_every": value}
+    assert Register.from_mapping(data).poll_every == expected
+
+
+@pytest.mark.parametrize("value", [-1, MAX_POLL_EVERY + 1, 2.0, "2", True])
+def test_poll_every_must_be_a_whole_number_of_ticks(value: object) -> None:
+    data = {"name": "v", "address": 0, "function_code": 4, "poll_every": value}
+    with pytest.raises(ConfigError) as info:
+        Register.from_mapping(data)
+    assert str(info.value) == (
+        f"poll_every {value!r} must be a whole number of ticks, 0..{MAX_POLL_EVERY} "
+        "(0: once, then daily)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -410,8 +446,8 @@ def test_from_mapping_errors(data: object, message: str) -> None:
         ({"name": "v"}, "register row must be a list, got dict"),
         (
             ["v", 0],
-            "register row has 2 values, expected 3 to 9: name, address, function_code, unit, "
-            "data_type, order, scale, offset, missing",
+            "register row has 2 values, expected 3 to 10: name, address, function_code, unit, "
+            "data_type, order, scale, offset, missing, poll_every",
         ),
         (["v", 0, 5], "function_code 5 is not a read function code (1, 2, 3, 4)"),
     ],

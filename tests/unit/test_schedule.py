@@ -53,6 +53,25 @@ def test_period_after(expression: str, tick_ms: int, period_ms: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("expression", "ts_ms", "previous_ms", "fires"),
+    [
+        ("*/10 * * * * *", T0, T0 - 10_000, True),
+        ("*/10 * * * * *", T0 + 4_000, T0, False),
+        ("*/10 * * * * *", T0 + 1, T0, False),
+        ("*/5 * * * *", T0 + 60_000, T0 - 200_000, False),  # 22:14:20, after 22:10:00
+        ("0,15 * * * * *", T0 + 55_000, T0 + 40_000, True),  # 22:14:15, after 22:14:00
+        ("0,15 * * * * *", T0 + 40_000, T0 - 5_000, True),  # 22:14:00, after 22:13:15
+    ],
+)
+def test_previous_before_and_fires_at(
+    expression: str, ts_ms: int, previous_ms: int, fires: bool
+) -> None:
+    schedule = CronSchedule(expression)
+    assert schedule.previous_before(ts_ms) == previous_ms
+    assert schedule.fires_at(ts_ms) is fires
+
+
+@pytest.mark.parametrize(
     ("expression", "has_seconds", "normalised"),
     [
         ("*/5 * * * *", False, "*/5 * * * *"),
