@@ -16,7 +16,8 @@ from typing import Any
 from emm.errors import ConfigError
 from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import DEFAULT_GATEWAY, Gateway, Meter
-from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
+from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
+from emm.planner import DEFAULT_MAX_GAP, ReadLimits
 from emm.registers import Order, Register
 from emm.schedule import CronSchedule
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, host_problem, tag_problem

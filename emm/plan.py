@@ -19,9 +19,15 @@ import msgspec
 
 from emm.codec import RequestDecoder
 from emm.errors import ConfigError
-from emm.planner import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits, ReadRequest, assign
+from emm.modbus import (
+    BIT_FUNCTION_CODES,
+    MAX_BITS_PER_READ,
+    MAX_REGISTERS_PER_READ,
+    READ_FUNCTION_CODES,
+)
+from emm.planner import ReadLimits, ReadRequest, assign
 from emm.planner import plan as plan_requests
-from emm.registers import BIT_FUNCTION_CODES, READ_FUNCTION_CODES, Register
+from emm.registers import Register
 
 PLAN_CACHE_SIZE = 256
 

@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from emm.errors import ConfigError
-from emm.registers import BIT_FUNCTION_CODES, Register
+from emm.modbus import BIT_FUNCTION_CODES, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
+from emm.registers import Register
 
-MAX_REGISTERS_PER_READ = 125  # Modbus PDU limit for function codes 3 and 4
-MAX_BITS_PER_READ = 2000  # Modbus PDU limit for function codes 1 and 2
 DEFAULT_MAX_GAP = 50
 DAY_MS = 86_400_000
 # Step between the daily moments of consecutive meter ids: the day times the golden ratio's

@@ -18,7 +18,8 @@ from typing import Any
 
 from emm.errors import ConfigError
 from emm.limits import MAX_REGISTERS_PER_TYPE
-from emm.planner import DEFAULT_MAX_GAP, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, ReadLimits
+from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
+from emm.planner import DEFAULT_MAX_GAP, ReadLimits
 from emm.registers import REGISTER_KEYS, Register
 
 _TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`

@@ -15,6 +15,7 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 from emm.errors import ConfigError
+from emm.modbus import BIT_FUNCTION_CODES, READ_FUNCTION_CODES
 
 
 class DataType(IntEnum):
@@ -156,12 +157,10 @@ DEFAULT_MISSING: dict[DataType, frozenset[int]] = {
     DataType.BOOL: frozenset(),
 }
 
-READ_FUNCTION_CODES = (1, 2, 3, 4)
 # Units of cumulative counters: a decrease means the meter restarted counting.
 COUNTER_UNITS = frozenset(
     {"wh", "kwh", "mwh", "gwh", "varh", "kvarh", "mvarh", "vah", "kvah", "mvah", "ah", "kah"}
 )
-BIT_FUNCTION_CODES = (1, 2)
 # poll_every: 0 is "once, then daily"; a larger class than this is a typo, not a plan
 MAX_POLL_EVERY = 10_000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}")  # whole name: `fullmatch`

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from emm.errors import ConfigError
-from emm.registers import READ_FUNCTION_CODES
+from emm.modbus import READ_FUNCTION_CODES
 
 KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole")
 EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 8, 10, 11})

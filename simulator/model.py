@@ -27,9 +27,10 @@ from functools import lru_cache
 
 from emm.codec import decode, encode
 from emm.errors import ConfigError
+from emm.modbus import BIT_FUNCTION_CODES, ILLEGAL_DATA_ADDRESS
 from emm.planner import DEFAULT_MAX_GAP
 from emm.profiles import Profile, load_profile, shipped_profile, shipped_profiles
-from emm.registers import BIT_FUNCTION_CODES, DataType, Register
+from emm.registers import DataType, Register
 from simulator.faults import Window
 from simulator.physics import (
     COMMISSIONED_S,
@@ -42,8 +43,6 @@ from simulator.physics import (
 
 VIRTUAL_TYPE = "virtual_modbustcp"
 VIRTUAL_REGISTERS = (Register("test_measurement", 0, 3, DataType.INT16, unit="test_u"),)
-
-ILLEGAL_DATA_ADDRESS = 2
 
 
 def step_index(t_s: float, step_s: float) -> int:

@@ -18,19 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from functools import partial
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    stop_any,
-    wait_exponential,
-)
-from tenacity.stop import stop_base
-
+from emm import retry
 from emm.codec import RequestDecoder
 from emm.errors import (
     DecodeError,
@@ -128,45 +118,14 @@ class _Requests:
             ) from None
 
     async def __call__(self, request: ReadRequest) -> list[int]:
-        # The first attempt goes straight out; tenacity (whose setup costs more than the read
-        # itself on a fast link) only takes over once it failed.
-        try:
-            return await self.once(request)
-        except TransientDeviceError:
-            if self.attempts <= 1 or self._short():
-                raise
-        left_s = self.budget_s - (time.monotonic() - self.started)
-        async for attempt in AsyncRetrying(
-            stop=stop_any(
-                stop_after_attempt(self.attempts - 1),
-                stop_after_delay(max(left_s, 0.0)),
-                _StopWhen(self._short),
-            ),
-            wait=wait_exponential(multiplier=0.1, max=1.0),  # 0.05 s, doubling, from the first
-            retry=retry_if_exception_type(TransientDeviceError),
-            before=_first_wait,
-            reraise=True,
-        ):
-            with attempt:
-                return await self.once(request)
-        raise AssertionError("unreachable: tenacity reraises the last error")
-
-
-class _StopWhen(stop_base):
-    """Stop retrying once `condition()` holds."""
-
-    def __init__(self, condition: Callable[[], bool]) -> None:
-        self.condition = condition
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.condition()
-
-
-async def _first_wait(state: RetryCallState) -> None:
-    """Before tenacity's first attempt (the second in all): the wait it would have made after
-    the first, had that one been its own."""
-    if state.attempt_number == 1:
-        await asyncio.sleep(wait_exponential(multiplier=0.05, max=1.0)(state))
+        """`once`, retried within the job's budget as `emm.retry.DEVICE_READ` says; a silent
+        device whose gateway others wait for gets no second try."""
+        return await retry.DEVICE_READ.call(
+            partial(self.once, request),
+            attempts=self.attempts,
+            until=self.started + self.budget_s,
+            stop=lambda _state: self._short(),
+        )
 
 
 class _Values:
