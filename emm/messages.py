@@ -1,4 +1,5 @@
-"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` (worker -> writer).
+"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` (worker -> writer),
+and a `TickMarker` (scheduler -> whichever worker owns a shard of the jobs).
 
 Both are msgspec Structs encoded as JSON with a schema version `v` and a `kind`. Decoding a
 body that is not a valid message raises MessageError with the raw bytes attached, so the caller can
@@ -30,6 +31,7 @@ from emm.registers import Register
 JOB_VERSION = 3
 JOB_VERSIONS_READ = (1, 2, 3)
 READING_VERSION = 1
+MARKER_VERSION = 1
 
 
 class Meter(msgspec.Struct, frozen=True):
@@ -255,6 +257,39 @@ class Reading(msgspec.Struct, frozen=True):
         _explain("reading", body, (READING_VERSION,), error)
 
 
+class TickMarker(msgspec.Struct, frozen=True, tag_field="kind", tag="marker"):
+    """Sent to every shard queue of the jobs at every tick, before the tick's jobs: whichever
+    worker it reaches owns that shard, even when the shard holds no gateway. It says how many
+    of the tick's jobs the shard has and how many shards have any, so the owner can tell its
+    share of the busy shards."""
+
+    v: int
+    tick_ms: int
+    jobs: int  # this shard's jobs at this tick
+    busy_shards: int  # shards with at least one job at this tick
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @staticmethod
+    def matches(body: bytes) -> bool:
+        """Whether `body` is a marker (cheap: what `encode` writes first)."""
+        return body.startswith(_MARKER_HEAD)
+
+    @classmethod
+    def decode(cls, body: bytes) -> TickMarker:
+        """The marker in `body`; MessageError (with `body`) when it is not one."""
+        try:
+            marker = _MARKER_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise MessageError(f"marker is malformed: {exc}", body) from None
+        if marker.v != MARKER_VERSION:
+            raise MessageError(
+                f"marker has schema version {marker.v!r}, this build reads {MARKER_VERSION}", body
+            )
+        return marker
+
+
 class _Head(msgspec.Struct, frozen=True):
     """The version and kind of a message (everything else in the body is skipped)."""
 
@@ -264,6 +299,8 @@ class _Head(msgspec.Struct, frozen=True):
 
 _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
 _ENCODER = msgspec.json.Encoder()
+_MARKER_HEAD = b'{"kind":"marker","v":%d,' % MARKER_VERSION
+_MARKER_DECODER = msgspec.json.Decoder(TickMarker)
 _HEAD_DECODER = msgspec.json.Decoder(_Head)
 _READING_DECODER = msgspec.json.Decoder(Reading)
 _JOB_DECODER = msgspec.json.Decoder(_JobWire)
