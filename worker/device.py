@@ -21,6 +21,7 @@ from worker.holes import HOLE_MEMORY_TTL_S, Holes
 from worker.modbus import DeviceLink, DevicePool
 
 DeviceKey = tuple[str, int, int]
+Gateway = tuple[str, int]
 
 
 def device_key(meter: Meter) -> DeviceKey:
@@ -71,6 +72,13 @@ class Devices:
                 Holes(self.hole_ttl_s, self.clock),
             )
         return device
+
+    def drop(self, gateways: Callable[[Gateway], bool]) -> None:
+        """Forget the devices behind the gateways `gateways` picks (health, holes) and close
+        those gateways' connections: another worker reads them now, and learns them afresh."""
+        dropped = [key for key in self._devices if gateways((key[0], key[1]))]
+        for key in dropped:
+            self._devices.pop(key).link.close()
 
     def close_idle(self) -> int:
         """Close the gateways' connections unused for a while; returns how many were closed."""
