@@ -14,8 +14,8 @@ waiting consumers to a worker with room, within the tick.
 Release (`Shards._release`), in this order so that the next owner never overlaps: hold the
 shard's new deliveries; let its jobs in flight finish (read, confirmed, acked); close its
 gateways' connections and forget their devices; cancel the consumer (RabbitMQ activates the next
-in line at once); requeue the held deliveries (they go to the new owner); consume again (at the
-back of the line).
+in line at once); consume again (at the back of the line); requeue the held deliveries (they go
+to the new owner) and send it a marker, so it knows at once rather than at the next tick.
 
 Reconnection: a worker that lost RabbitMQ reads its meters on its own (`worker.replay`) until it
 is back. Once back it consumes the shards it owned before at once and the others only
@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from broker import SHARDS, Broker, Delivery, ack, job_queue, nack, shard_of
+from broker import JOBS, SHARDS, Broker, Delivery, ack, job_queue, nack, shard_of
 from emm import retry
 from emm.errors import BrokerError, MessageError
-from emm.messages import TickMarker
+from emm.messages import MARKER_VERSION, TickMarker
 from worker.consumer import Consumer
 from worker.device import Devices, Gateway
 from worker.replay import Replay
@@ -56,6 +56,8 @@ RECLAIM_S = retry.BROKER_RECONNECT.max_s + 3.0
 # After closing a released shard's connections, before the next owner may open its own: time
 # for the gateway to see them closed (a loaded gateway, or simulator, handles the close later).
 CLOSE_PAUSE_S = 0.05
+# How long the marker a released shard is handed over with may wait for its new owner.
+HANDOVER_MARKER_TTL_S = 60.0
 # Consumer counts looked at per check: any owned shard's count is W; a few cover a worker
 # that is releasing or re-consuming one of them just then.
 COUNTED = 3
@@ -273,7 +275,7 @@ class Shards:
     async def _acquire(self, shard: Shard) -> None:
         """A shard was just delivered to us: keep it, or pass it on at once when it would take
         this worker past its fair share."""
-        await self._count_workers([shard.index])
+        await self._count_workers([shard.index, *self.owned()])
         if shard.state is not State.DECIDING:
             return  # the connection went meanwhile
         shard.state = State.OWNED
@@ -282,7 +284,11 @@ class Shards:
         shard.busy = marker is None or marker.jobs > 0
         if marker is not None and marker.tick_ms >= self._tick_ms:
             self.busy_total = marker.busy_shards
-        if shard.index in to_release(self.owned(), self._busy(), self.busy_total, self.workers):
+        release = to_release(self.owned(), self._busy(), self.busy_total, self.workers)
+        for k in release:
+            if k != shard.index and self.shards[k].state is State.OWNED:
+                self._spawn(self._release(self.shards[k]))
+        if shard.index in release:
             await self._release(shard)
             return
         log.info("now owns shard %d (%d owned)", shard.index, len(self.owned()))
@@ -332,14 +338,16 @@ class Shards:
             self._forget(shard.has)
             await asyncio.sleep(CLOSE_PAUSE_S)
             await self.broker.cancel(shard.queue)
+            held, shard.held = shard.held, []  # none come after the cancel's answer
+            busy, shard.busy = shard.busy, False
             shard.consumed = False
             shard.generation += 1
             shard.state = State.WAITING
-            shard.busy = False
-            held, shard.held = shard.held, []
+            # back in line before anything else, so that the next owner counts this worker
+            await self._consume(shard)
             for delivery in held:
                 await nack(delivery, requeue=True)
-            await self._consume(shard)
+            await self._announce(shard, busy)
         except BrokerError as exc:
             log.debug("shard %d not handed over: %s", shard.index, exc)
             return  # the connection went: it is handed over by RabbitMQ
@@ -350,6 +358,16 @@ class Shards:
             len(self.owned()),
             self.workers,
             self.busy_total,
+        )
+
+    async def _announce(self, shard: Shard, busy: bool) -> None:
+        """Send the shard's new owner a marker, so that it knows it owns the shard (and passes it
+        on if it has its share) now rather than at the next tick."""
+        if self.busy_total is None:
+            return  # nothing to tell; the next tick's marker will
+        marker = TickMarker(MARKER_VERSION, self._tick_ms, int(busy), self.busy_total)
+        await self.broker.publish(
+            shard.queue, marker.encode(), exchange=JOBS, expiration_s=HANDOVER_MARKER_TTL_S
         )
 
     async def close(self) -> None:
