@@ -154,7 +154,7 @@ def test_ticks_pick_up_new_meters_and_report_bad_rows(
         of_tick = [m for m in markers if m.tick_ms == t]
         assert len(of_tick) == SHARDS
         assert sum(m.jobs for m in of_tick) == len(per_tick[t])
-        assert {m.busy_shards for m in of_tick} == {len({m for m in of_tick if m.jobs})}
+        assert {m.busy_shards for m in of_tick} == {len([m for m in of_tick if m.jobs])}
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     bad_row = [w for w in warnings if "registers row id=" in w and "brokenBit" in w]

@@ -35,7 +35,15 @@ def shares(workers: list[Worker]) -> list[tuple[int, int]]:
 def assert_balanced(workers: list[Worker]) -> None:
     owned = [set(w.shards.owned()) for w in workers]
     every = set().union(*owned)
-    assert every == set(range(SHARDS)), f"not owned: {set(range(SHARDS)) - every}"
+    missing = set(range(SHARDS)) - every
+    states = {
+        k: [
+            (w.shards.shards[k].state.value, w.shards.shards[k].consumed, w.shards.workers)
+            for w in workers
+        ]
+        for k in missing
+    }
+    assert not missing, f"not owned: {states}"
     assert sum(len(o) for o in owned) == SHARDS, "a shard owned twice"
     n = len(workers)
     for total, busy in shares(workers):

@@ -160,12 +160,15 @@ def test_the_command_writes_its_stats_file_and_logs_the_peaks(
     args += ["--max-connections", "1", "--stats-file", str(stats_file)]
     proc = processes.start("simulator", args, {"EMM_LOG_LEVEL": "INFO"})
     wait_for(lambda: port_open("127.0.0.1", port), 15)
+    time.sleep(0.5)  # the probe's connection closed on both sides
 
     async def two() -> None:
         first = await connect(port)
         second = await connect(port)
         assert await asyncio.wait_for(second[0].read(100), 2) == b""
-        first[1].close()
+        for _reader, writer in (first, second):
+            writer.close()
+            await writer.wait_closed()
 
     asyncio.run(two())
     deadline = time.monotonic() + 5

@@ -62,6 +62,8 @@ async def run_worker(settings: WorkerSettings, amqp_url: str, expect: int, timeo
     stop = asyncio.Event()
     worker = Worker(settings)
     task = asyncio.create_task(worker.run(stop))
+    while not worker.broker.connected:  # the queues are declared
+        await asyncio.sleep(0.05)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         await asyncio.sleep(0.2)
@@ -207,6 +209,8 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
         stop = asyncio.Event()
         worker = Worker(settings)
         task = asyncio.create_task(worker.run(stop))
+        while not worker.broker.connected:
+            await asyncio.sleep(0.05)
         for n, body in ((1, first.encode()), (2, second.encode())):
             await asyncio.to_thread(publish, amqp_url, shard_queue(meter), [body])
             for _ in range(100):
@@ -286,7 +290,8 @@ def test_slow_devices_are_read_concurrently_and_workers_share_the_gateways(
     async def go() -> None:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-        await asyncio.sleep(0.5)  # both consuming
+        while not all(w.broker.connected for w in workers):  # both consuming
+            await asyncio.sleep(0.05)
         # a tick's markers: the worker that came first hands half the busy shards over
         scheduler = Broker(amqp_url)
         await scheduler.connect(retry_forever=False)
