@@ -65,9 +65,9 @@ class Broker:
                 await declare_topology(connection)
                 channel = await connection.channel(publisher_confirms=True)
                 if self.prefetch:
-                    # global: one limit for all the channel's consumers (a worker consumes
-                    # every shard queue), not one per consumer
-                    await channel.set_qos(prefetch_count=self.prefetch, global_=True)
+                    # per consumer: a worker's limit is per shard queue it owns (RabbitMQ's
+                    # global, per-channel limit is much slower to enforce)
+                    await channel.set_qos(prefetch_count=self.prefetch)
                 self._connection, self._channel = connection, channel
                 self._exchanges, self._tags = {}, {}
                 for queue, handler in self._consumers.items():

@@ -43,8 +43,8 @@ SHUTDOWN_OUTBOX_S = 5.0  # and then the readings still in the outbox to reach Ra
 
 
 class Worker:
-    """One worker process: consumes the shards of the jobs; `concurrency` jobs (the prefetch)
-    at once."""
+    """One worker process: consumes the shards of the jobs; `concurrency` jobs (the prefetch) of
+    each shard it owns at once."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
