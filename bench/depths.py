@@ -1,4 +1,6 @@
-"""Queue depths over a run: ready messages in the job and reading queues, sampled in a thread."""
+"""Queue depths over a run: ready messages in the job and reading queues, sampled in a thread.
+
+The jobs are the sum over their shard queues (`emm.jobs.<k>`)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,11 @@ import contextlib
 import threading
 import time
 
-QUEUES = ("emm.jobs", "emm.readings")
+from broker.topology import JOB_QUEUES, READINGS
 
 
 class DepthSampler:
-    """Ready messages in emm.jobs and emm.readings, every `interval_s`, in a thread."""
+    """Ready messages in the job queues and emm.readings, every `interval_s`, in a thread."""
 
     def __init__(self, amqp_url: str, interval_s: float = 0.5) -> None:
         self.amqp_url = amqp_url
@@ -31,11 +33,12 @@ class DepthSampler:
                 if conn is None or conn.is_closed:
                     conn = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
                     channel = conn.channel()
-                depths = []
-                for queue in QUEUES:
-                    ok = channel.queue_declare(queue, passive=True)
-                    depths.append(int(ok.method.message_count))
-                self.samples.append((time.time(), depths[0], depths[1]))
+                jobs = sum(
+                    int(channel.queue_declare(q, passive=True).method.message_count)
+                    for q in JOB_QUEUES
+                )
+                readings = channel.queue_declare(READINGS, passive=True).method.message_count
+                self.samples.append((time.time(), jobs, int(readings)))
                 conn.sleep(self.interval_s)
             except Exception:  # the queues may not exist yet, or the broker blinked
                 with contextlib.suppress(Exception):

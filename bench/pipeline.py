@@ -68,6 +68,24 @@ def window(
     return ticks, window_end, (window_end - first) / 1000
 
 
+def _gateway_connections(cfg: argparse.Namespace, path: Path) -> dict[str, Any] | None:
+    """With --max-connections: the connections the simulator refused and the most open at once
+    per port, over the pipeline's run (before the baselines, whose clients ignore the limit)."""
+    if not cfg.max_connections:
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    peaks = stats.get("peak_connections", {})
+    return {
+        "max_connections": cfg.max_connections,
+        "refused": stats.get("refused"),
+        "peak_per_port": max(peaks.values(), default=0),
+        "peak_connections": peaks,
+    }
+
+
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Start the stack, measure the window, run the baselines; the report."""
     schedule = CronSchedule(cfg.cron)
@@ -111,6 +129,13 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             stack.stop_pipeline()
 
             stats = read_stats(stack.stats_file)
+            gateways = _gateway_connections(cfg, stack.simulator_stats)
+            if gateways is not None:
+                say(
+                    f"gateways: {gateways['refused']} connection(s) refused, at most "
+                    f"{gateways['peak_per_port']} open at once on a port "
+                    f"(--max-connections {cfg.max_connections})"
+                )
             latencies, per_tick_written, last_written = latency_from_stats(stats, ticks, cfg.meters)
             counts = stack.sink.count(first, window_end, energy_field)
             say("pipeline stopped; counting done")
@@ -156,6 +181,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                 window_wall_s=mark_end_wall - first / 1000,
             )
             result["profiles"] = profiles
+            if gateways is not None:
+                result["gateway_connections"] = gateways
             if cfg.probe_worker:
                 with contextlib.suppress(OSError, ValueError):
                     result["worker_probe"] = json.loads(stack.probe_file.read_text())
@@ -199,6 +226,14 @@ def _parser() -> argparse.ArgumentParser:
         "--port-per-meter", action="store_true", help="each meter on its own port (no gateway)"
     )
     parser.add_argument("--step-s", type=float, default=1.0, help="EMM_SIMULATOR_STEP_S")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each simulator port (gateway) accepts N connections at once (0: any); the "
+        "connections refused and the most open at once per port are reported",
+    )
     parser.add_argument(
         "--interleave-gateways",
         action="store_true",

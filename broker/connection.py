@@ -15,7 +15,7 @@ import aio_pika.abc
 from tenacity import stop_after_attempt, stop_never
 
 from broker.exceptions import LIBRARY_ERRORS, map_exceptions
-from broker.topology import declare_topology
+from broker.topology import dead_letter_queue, declare_topology
 from broker.transport import make_connection
 from emm import retry
 from emm.errors import BrokerError
@@ -25,6 +25,7 @@ from emm.log import error_code
 log = logging.getLogger(__name__)
 
 Delivery = aio_pika.abc.AbstractIncomingMessage
+Handler = Callable[[Delivery], Awaitable[None]]
 
 
 class Broker:
@@ -32,9 +33,9 @@ class Broker:
 
     Reconnection is ours rather than aio-pika's robust connection: every close we did not ask
     for (a killed broker, a clean broker shutdown, a channel error) leads to a fresh connection,
-    the queues declared again and every consumer restarted, waiting as `retry.BROKER_RECONNECT`
-    says in between. While disconnected `publish` fails at once with BrokerError, so callers
-    decide to retry.
+    the queues declared again, every resumed consumer restarted and the connect callbacks run,
+    waiting as `retry.BROKER_RECONNECT` says in between. While disconnected `publish` fails at
+    once with BrokerError, so callers decide to retry.
     """
 
     def __init__(self, url: str, *, prefetch: int = 0, name: str = "emm") -> None:
@@ -43,11 +44,18 @@ class Broker:
         self.name = name
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
-        self._consumers: list[tuple[str, Callable[[Delivery], Awaitable[None]]]] = []
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+        # queue -> handler, consumed again after every reconnection
+        self._consumers: dict[str, Handler] = {}
+        self._tags: dict[str, str] = {}  # queue -> consumer tag on the current channel
         self._connected = asyncio.Event()
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # Run after every (re)connection, before it counts as connected; may consume.
+        self.connect_callbacks: list[Callable[[], Awaitable[None]]] = []
+        # Run when the connection is lost (not when closed on purpose).
+        self.disconnect_callbacks: list[Callable[[], None]] = []
 
     async def _open(self) -> None:
         connection = make_connection(self.url, self.name)
@@ -58,14 +66,19 @@ class Broker:
                 await declare_topology(connection)
                 channel = await connection.channel(publisher_confirms=True)
                 if self.prefetch:
+                    # per consumer: a worker's limit is per shard queue it owns (RabbitMQ's
+                    # global, per-channel limit is much slower to enforce)
                     await channel.set_qos(prefetch_count=self.prefetch)
-                for queue, handler in self._consumers:
-                    q = await channel.get_queue(queue, ensure=False)
-                    await q.consume(handler, no_ack=False)
+                self._connection, self._channel = connection, channel
+                self._exchanges, self._tags = {}, {}
+                for queue, handler in self._consumers.items():
+                    await self._consume(queue, handler)
+            for callback in self.connect_callbacks:
+                await callback()
         except BaseException:
+            self._connection = self._channel = None
             await _close(connection)
             raise
-        self._connection, self._channel = connection, channel
         connection.close_callbacks.add(self._on_close)
         channel.close_callbacks.add(self._on_close)
         self._connected.set()
@@ -75,6 +88,8 @@ class Broker:
             return
         self._connected.clear()
         log.warning("lost the connection to RabbitMQ (%r); reconnecting", exc)
+        for callback in self.disconnect_callbacks:
+            callback()
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -120,20 +135,22 @@ class Broker:
 
     @property
     def channel(self) -> aio_pika.abc.AbstractChannel:
-        if self._channel is None or not self._connected.is_set():
+        if self._channel is None or self._channel.is_closed:
             raise BrokerError("not connected to RabbitMQ")
         return self._channel
 
     async def publish(
         self,
-        queue: str,
+        routing_key: str,
         body: bytes,
         *,
+        exchange: str = "",
         expiration_s: float | None = None,
         headers: dict[str, Any] | None = None,
         message_id: str | None = None,
     ) -> None:
-        """Publish a persistent message and return once the broker confirmed it."""
+        """Publish a persistent message and return once the broker confirmed it; to the queue
+        `routing_key` by default, or through `exchange`. A message no queue takes is refused."""
         message = aio_pika.Message(
             body,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -143,17 +160,48 @@ class Broker:
             message_id=message_id,
         )
         channel = self.channel
-        with map_exceptions(f"publish to {queue} not confirmed"):
-            await channel.default_exchange.publish(message, routing_key=queue, timeout=30)
+        with map_exceptions(f"publish to {exchange or routing_key} not confirmed"):
+            target = self._exchanges.get(exchange)
+            if target is None:
+                target = channel.default_exchange
+                if exchange:
+                    target = await channel.get_exchange(exchange, ensure=False)
+                self._exchanges[exchange] = target
+            await target.publish(message, routing_key=routing_key, timeout=30)
 
-    async def consume(self, queue: str, handler: Callable[[Delivery], Awaitable[None]]) -> None:
-        """Deliver each message of `queue` to `handler` (which must settle it), also after
-        every reconnection."""
-        self._consumers.append((queue, handler))
-        channel = self.channel
+    async def consume(self, queue: str, handler: Handler, *, resume: bool = True) -> None:
+        """Deliver each message of `queue` to `handler` (which must settle it); also after
+        every reconnection unless `resume` is false (the caller then consumes again itself,
+        from a connect callback)."""
+        if resume:
+            self._consumers[queue] = handler
+        _ = self.channel  # fails at once when not connected
         with map_exceptions(f"cannot consume {queue}"):
+            await self._consume(queue, handler)
+
+    async def _consume(self, queue: str, handler: Handler) -> None:
+        assert self._channel is not None
+        q = await self._channel.get_queue(queue, ensure=False)
+        self._tags[queue] = await q.consume(handler, no_ack=False)
+
+    async def cancel(self, queue: str) -> None:
+        """Stop consuming `queue` (RabbitMQ then gives its single active consumer's place to
+        the next in line); deliveries not yet settled may still be acked or nacked."""
+        self._consumers.pop(queue, None)
+        tag = self._tags.pop(queue, None)
+        if tag is None:
+            return
+        channel = self.channel
+        with map_exceptions(f"cannot cancel the consumer of {queue}"):
             q = await channel.get_queue(queue, ensure=False)
-            await q.consume(handler, no_ack=False)
+            await q.cancel(tag)
+
+    async def consumer_count(self, queue: str) -> int:
+        """How many consumers `queue` has (with single active consumer: active and waiting)."""
+        channel = self.channel
+        with map_exceptions(f"cannot look at {queue}"):
+            declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.consumer_count or 0
 
     async def settle(
         self,
@@ -176,7 +224,7 @@ class Broker:
                 "%s: message %s dead-lettered to %s: %s",
                 queue,
                 delivery.message_id or f"#{delivery.delivery_tag} (no id)",
-                f"{queue}.dead",
+                dead_letter_queue(queue),
                 reason(error),
                 exc_info=error if is_bug(error) else None,
                 extra={**(about or {}), "error_code": error_code(error)},

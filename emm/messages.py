@@ -1,5 +1,6 @@
-"""Messages between the services: a `Job` (scheduler -> worker), a `Reading` and a
-`GatewayStatus` (worker -> writer, both on `emm.readings`; `decode_result` tells them apart).
+"""Messages between the services: a `Job` (scheduler -> worker), a `TickMarker` (scheduler ->
+whichever worker owns a shard of the jobs), a `Reading` and a `GatewayStatus` (worker -> writer,
+both on `emm.readings`; `decode_result` tells them apart).
 
 Both are msgspec Structs encoded as JSON with a schema version `v` and a `kind`. Decoding a
 body that is not a valid message raises MessageError with the raw bytes attached, so the caller can
@@ -37,6 +38,7 @@ JOB_VERSION = 3
 JOB_VERSIONS_READ = (1, 2, 3)
 READING_VERSION = 1
 GATEWAY_STATUS_VERSION = 1
+MARKER_VERSION = 1
 
 Framing = Literal["tcp", "rtu-over-tcp"]
 FRAMINGS: tuple[Framing, ...] = ("tcp", "rtu-over-tcp")
@@ -382,6 +384,39 @@ def decode_result(body: bytes) -> Reading | GatewayStatus:
     return Reading.decode(body)
 
 
+class TickMarker(msgspec.Struct, frozen=True, tag_field="kind", tag="marker"):
+    """Sent to every shard queue of the jobs at every tick, before the tick's jobs: whichever
+    worker it reaches owns that shard, even when the shard holds no gateway. It says how many
+    of the tick's jobs the shard has and how many shards have any, so the owner can tell its
+    share of the busy shards."""
+
+    v: int
+    tick_ms: int
+    jobs: int  # this shard's jobs at this tick
+    busy_shards: int  # shards with at least one job at this tick
+
+    def encode(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @staticmethod
+    def matches(body: bytes) -> bool:
+        """Whether `body` is a marker (cheap: what `encode` writes first)."""
+        return body.startswith(_MARKER_HEAD)
+
+    @classmethod
+    def decode(cls, body: bytes) -> TickMarker:
+        """The marker in `body`; MessageError (with `body`) when it is not one."""
+        try:
+            marker = _MARKER_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise MessageError(f"marker is malformed: {exc}", body) from None
+        if marker.v != MARKER_VERSION:
+            raise MessageError(
+                f"marker has schema version {marker.v!r}, this build reads {MARKER_VERSION}", body
+            )
+        return marker
+
+
 class _Head(msgspec.Struct, frozen=True):
     """The version and kind of a message (everything else in the body is skipped)."""
 
@@ -392,6 +427,8 @@ class _Head(msgspec.Struct, frozen=True):
 _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
 _GATEWAY_STATUS_HEAD = b'{"v":%d,"kind":"gateway_status",' % GATEWAY_STATUS_VERSION
 _ENCODER = msgspec.json.Encoder()
+_MARKER_HEAD = b'{"kind":"marker","v":%d,' % MARKER_VERSION
+_MARKER_DECODER = msgspec.json.Decoder(TickMarker)
 _HEAD_DECODER = msgspec.json.Decoder(_Head)
 _READING_DECODER = msgspec.json.Decoder(Reading)
 _GATEWAY_STATUS_DECODER = msgspec.json.Decoder(GatewayStatus)

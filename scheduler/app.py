@@ -1,4 +1,9 @@
-"""The scheduler's loop: wait for the tick, load the configuration, publish one job per meter."""
+"""The scheduler's loop: wait for the tick, load the configuration, publish one job per meter.
+
+Each job goes to the shard queue of its gateway (`broker.shard_of`), so one worker at a time
+reads a gateway; each shard also gets a `TickMarker` just before the tick's jobs, which tells
+the worker that owns it so (see `worker.shards`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from broker import JOBS, Broker
+from broker import JOBS, SHARDS, Broker, job_queue, shard_of
 from emm import retry
 from emm.errors import BrokerError
-from emm.messages import Job
+from emm.messages import MARKER_VERSION, Job, TickMarker
 from emm.schedule import CronSchedule
 from emm.settings import SchedulerSettings
 from scheduler.repo import ConfigRepo
@@ -40,13 +45,16 @@ async def publish_jobs(
     give_up_s = give_up_ms / 1000
 
     async def one(job: Job) -> bool:
+        routing_key = job_queue(shard_of(job.meter.host, job.meter.port))
+
         async def attempt() -> bool:
             now_ms = clock() * 1000
             if now_ms >= give_up_ms:
                 return False
             await broker.publish(
-                JOBS,
+                routing_key,
                 job.encode(),
+                exchange=JOBS,
                 expiration_s=(job.deadline_ms - now_ms) / 1000,
                 message_id=job.job_id,
             )
@@ -67,6 +75,40 @@ async def publish_jobs(
 
     results = await asyncio.gather(*(one(job) for job in jobs))
     return sum(results)
+
+
+def shard_jobs(jobs: list[Job]) -> list[int]:
+    """How many of `jobs` each shard gets, by shard."""
+    counts = [0] * SHARDS
+    for job in jobs:
+        counts[shard_of(job.meter.host, job.meter.port)] += 1
+    return counts
+
+
+async def publish_markers(
+    broker: Broker,
+    tick_ms: int,
+    period_ms: int,
+    jobs: list[Job],
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Publish the tick's marker to every shard (once: a marker lost to an outage only delays
+    rebalancing by a tick); returns how many were confirmed. Each lives until the next tick."""
+    counts = shard_jobs(jobs)
+    busy = sum(1 for n in counts if n)
+    expiration_s = max(0.001, (tick_ms + period_ms) / 1000 - clock())
+
+    async def one(shard: int) -> bool:
+        marker = TickMarker(MARKER_VERSION, tick_ms, counts[shard], busy)
+        try:
+            await broker.publish(
+                job_queue(shard), marker.encode(), exchange=JOBS, expiration_s=expiration_s
+            )
+        except BrokerError:
+            return False
+        return True
+
+    return sum(await asyncio.gather(*(one(k) for k in range(SHARDS))))
 
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:
@@ -96,6 +138,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             if config is not None:
                 tick = ticks.jobs(config, tick_ms)
                 jobs = tick.jobs
+                period_ms = ticks.next_after(tick_ms) - tick_ms
+                await publish_markers(broker, tick_ms, period_ms, jobs)
                 published = await publish_jobs(broker, jobs, tick.give_up_ms)
                 took_ms = (time.monotonic() - started) * 1000
                 if published == len(jobs):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from emm.errors import ConfigError, EmmError
 from emm.log import setup_logging
 from emm.service import run_until_signalled
 from emm.settings import SimulatorSettings
-from simulator.app import SimulatorOptions, run
+from simulator.app import STATS_EVERY_S, SimulatorOptions, run
 from simulator.faults import Fault, Scenario, load_scenario, parse_fault, parse_meters
 from simulator.fleet import MAX_UNITS_PER_PORT
 from simulator.model import VIRTUAL_TYPE, resolve_profile
@@ -51,6 +52,27 @@ def _parser() -> argparse.ArgumentParser:
         default=MAX_UNITS_PER_PORT,
         metavar="N",
         help=f"meters per port in gateway mode (default {MAX_UNITS_PER_PORT})",
+    )
+    meters.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="accept at most N connections per port at once, as a gateway does: one more is "
+        "closed at once and counted (default 0: any number)",
+    )
+    meters.add_argument(
+        "--framing",
+        choices=("tcp", "rtu"),
+        default="tcp",
+        help="tcp: Modbus TCP (MBAP); rtu: Modbus RTU frames over TCP, as a transparent "
+        "RS485 gateway passes them (default tcp)",
+    )
+    meters.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        help="write the counters (reads, connections refused, most connections open at once "
+        f"per port) to FILE as JSON every {STATS_EVERY_S:g} s and at shutdown",
     )
     meters.add_argument("--host", help="address to listen on (EMM_SIMULATOR_HOST)")
     meters.add_argument("--port", type=int, help="(first) port (EMM_SIMULATOR_PORT); 0: any free")
@@ -182,7 +204,12 @@ def build(argv: list[str] | None) -> tuple[SimulatorSettings, SimulatorOptions]:
         scenario=scenario + _flag_faults(args),
         write_config=args.write_config,
         advertise_host=args.advertise_host,
+        max_connections=args.max_connections,
+        framing=args.framing,
+        stats_file=Path(args.stats_file) if args.stats_file else None,
     )
+    if args.max_connections < 0:
+        raise ConfigError(f"--max-connections {args.max_connections}: must be 0 or more")
     return settings, options
 
 

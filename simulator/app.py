@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from emm.errors import ConfigError
 from emm.profiles import Profile
@@ -15,9 +19,11 @@ from simulator.faults import FaultPlan, Scenario
 from simulator.fleet import MAX_UNITS_PER_PORT, Placement, check_ports, place, port_count
 from simulator.model import MeterSpec, make_meter, virtual_profile
 from simulator.repo import MeterRow, write_config
-from simulator.server import Device, ModbusTcpServer, SimulatedContext, Stats
+from simulator.server import Device, Framing, ModbusTcpServer, SimulatedContext, Stats
 
 log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,9 @@ class SimulatorOptions:
     scenario: Scenario = field(default_factory=Scenario)
     write_config: bool = False
     advertise_host: str = "127.0.0.1"
+    max_connections: int = 0  # per port; 0: any number
+    framing: Framing = "tcp"
+    stats_file: Path | None = None  # the stats as JSON, rewritten every STATS_EVERY_S
 
     @property
     def type(self) -> str:
@@ -85,7 +94,13 @@ class Simulator:
         for slot in range(port_count(self.placements)):
             devices, plans = by_slot[slot]
             context = SimulatedContext(devices, self.clock, plans, self.stats)
-            server = ModbusTcpServer(context, self.settings.host, base + slot if base else 0)
+            server = ModbusTcpServer(
+                context,
+                self.settings.host,
+                base + slot if base else 0,
+                max_connections=self.options.max_connections,
+                framing=self.options.framing,
+            )
             try:
                 await server.start()
             except OSError as exc:
@@ -111,6 +126,18 @@ class Simulator:
             await server.shutdown()
         self.servers.clear()
 
+    def write_stats(self, path: Path) -> None:
+        """Write the stats to `path` as JSON, replacing it in one step (readers never see half)."""
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(self.stats.as_dict()))
+        os.replace(partial, path)
+
+
+async def _write_stats(simulator: Simulator, path: Path) -> None:
+    while True:
+        simulator.write_stats(path)
+        await asyncio.sleep(STATS_EVERY_S)
+
 
 async def run(
     settings: SimulatorSettings,
@@ -122,6 +149,9 @@ async def run(
     options = options or SimulatorOptions()
     simulator = Simulator(settings, options)
     await simulator.start()
+    stats_writer = None
+    if options.stats_file is not None:
+        stats_writer = asyncio.create_task(_write_stats(simulator, options.stats_file))
     try:
         ports = sorted({server.port for server in simulator.servers})
         where = (
@@ -136,6 +166,12 @@ async def run(
             settings.step_s,
             f", {len(options.scenario.faults)} fault(s)" if options.scenario.faults else "",
         )
+        if options.max_connections or options.framing != "tcp":
+            log.info(
+                "each port accepts %s connection(s), framing %s",
+                options.max_connections or "any number of",
+                options.framing,
+            )
         if options.write_config:
             profile = options.profile or virtual_profile()
             dsn = MigrateSettings.from_env().postgres_dsn
@@ -151,6 +187,10 @@ async def run(
             )
         await stop.wait()
     finally:
+        if stats_writer is not None:
+            stats_writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stats_writer
         await simulator.stop()
         s = simulator.stats
         log.info(
@@ -161,3 +201,11 @@ async def run(
             s.resets,
             dict(s.exceptions),
         )
+        log.info(
+            "connections: %d accepted, %d refused; most open at once per port: %s",
+            s.connections,
+            s.refused,
+            json.dumps({str(port): peak for port, peak in sorted(s.peaks.items())}),
+        )
+        if options.stats_file is not None:
+            simulator.write_stats(options.stats_file)

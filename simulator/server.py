@@ -1,4 +1,6 @@
-"""The Modbus TCP server: a small asyncio server (MBAP framing) answering from the virtual meters.
+"""The Modbus TCP server: a small asyncio server (MBAP framing, or RTU frames over TCP) answering
+from the virtual meters, accepting at most `max_connections` connections per port as a gateway
+does.
 
 It is our own rather than pymodbus's because faults need the connection itself: a reset must
 abort the TCP connection and a rebooting meter must refuse new ones, and pymodbus's datastore
@@ -14,6 +16,12 @@ What is answered:
 - faults (`simulator.faults`) come before the read: a rebooting meter is refused (or, behind a
   port shared with meters that are up, answers exception 11), then timeouts, resets and
   exceptions, then holes (exception 2); latency delays whatever the answer is.
+
+Connections: with `max_connections` N, a connection beyond the N open ones is closed at once and
+counted in `Stats.refused`; `Stats.peaks` holds the most connections open at once, per port.
+Framing `rtu`: each request and answer is an RTU frame (unit id, PDU, CRC-16 as pymodbus's RTU
+framer computes it) on the TCP stream, as an RS485 gateway in transparent mode passes them on;
+a frame with a wrong CRC is not answered, one that cannot be a request resets the connection.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
+
+from pymodbus.framer import FramerRTU
 
 from emm.modbus import (
     GATEWAY_PATH_UNAVAILABLE,
@@ -43,6 +53,7 @@ from simulator.faults import RESET, TIMEOUT, FaultPlan
 log = logging.getLogger(__name__)
 
 ANY_UNIT = -1
+Framing = Literal["tcp", "rtu"]
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length of what follows, unit id
 _READ = struct.Struct(">BHH")  # function code, address, count
@@ -65,7 +76,22 @@ class Stats:
     dropped: int = 0
     resets: int = 0
     connections: int = 0
+    refused: int = 0  # connections beyond a port's max_connections, closed at once
     exceptions: Counter[int] = field(default_factory=Counter)
+    peaks: dict[int, int] = field(default_factory=dict)  # port -> most connections open at once
+    refused_by_port: Counter[int] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        """For the stats file (JSON)."""
+        return {
+            "reads": self.reads,
+            "writes_refused": self.writes_refused,
+            "connections": self.connections,
+            "refused": self.refused,
+            "peak_connections": {str(port): peak for port, peak in sorted(self.peaks.items())},
+            "refused_by_port": {str(p): n for p, n in sorted(self.refused_by_port.items())},
+            "exceptions": {str(code): n for code, n in sorted(self.exceptions.items())},
+        }
 
 
 def _exception(fc: int, code: int) -> bytes:
@@ -167,7 +193,8 @@ class SimulatedContext:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: splits the stream into MBAP frames and answers each."""
+    """One client connection: splits the stream into frames and answers each (the framing is
+    a subclass's)."""
 
     def __init__(self, server: ModbusTcpServer) -> None:
         self.server = server
@@ -178,40 +205,32 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's are not subclasses of asyncio.Transport)
         self.transport = cast(asyncio.Transport, transport)
-        self.server.connections.add(self)
-        self.context.stats.connections += 1
+        server, stats = self.server, self.context.stats
+        if server.max_connections and len(server.connections) >= server.max_connections:
+            stats.refused += 1
+            stats.refused_by_port[server.port] += 1
+            log.warning(
+                "port %d: connection refused, %d open already (--max-connections %d)",
+                server.port,
+                len(server.connections),
+                server.max_connections,
+            )
+            self.transport.close()
+            self.transport = None
+            return
+        server.connections.add(self)
+        stats.connections += 1
+        stats.peaks[server.port] = max(stats.peaks.get(server.port, 0), len(server.connections))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data if self.buffer else data
-        position = 0
-        size = len(buffer)
-        while size - position >= 8:
-            tid, protocol, length, unit = _MBAP.unpack_from(buffer, position)
-            if protocol != 0 or not 2 <= length <= 254:
-                # Not Modbus TCP (or out of step with the stream): nothing sensible to answer.
-                self.reset()
-                return
-            end = position + 6 + length
-            if end > size:
-                break
-            pdu = buffer[position + 7 : end]
-            position = end
-            reply, delay = self.context.handle(unit, pdu)
-            if not isinstance(reply, bytes):
-                if reply == RESET:
-                    self.reset()
-                    return
-                continue  # TIMEOUT: never answered
-            frame = _MBAP.pack(tid, 0, len(reply) + 1, unit) + reply
-            if delay > 0:
-                self._send_at(frame, time.monotonic() + delay)
-            else:
-                self._send(frame)
-        self.buffer = buffer[position:]
+    def _answer(self, frame: bytes, delay: float) -> None:
+        if delay > 0:
+            self._send_at(frame, time.monotonic() + delay)
+        else:
+            self._send(frame)
 
     def _send_at(self, frame: bytes, due: float) -> None:
         """Send `frame` once `due` (monotonic) has passed: never before. uvloop's timers have
@@ -238,20 +257,105 @@ class _Connection(asyncio.Protocol):
         transport.abort()
 
 
+class _MbapConnection(_Connection):
+    """Modbus TCP: MBAP-headed frames."""
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        position = 0
+        size = len(buffer)
+        while size - position >= 8:
+            tid, protocol, length, unit = _MBAP.unpack_from(buffer, position)
+            if protocol != 0 or not 2 <= length <= 254:
+                # Not Modbus TCP (or out of step with the stream): nothing sensible to answer.
+                self.reset()
+                return
+            end = position + 6 + length
+            if end > size:
+                break
+            pdu = buffer[position + 7 : end]
+            position = end
+            reply, delay = self.context.handle(unit, pdu)
+            if not isinstance(reply, bytes):
+                if reply == RESET:
+                    self.reset()
+                    return
+                continue  # TIMEOUT: never answered
+            self._answer(_MBAP.pack(tid, 0, len(reply) + 1, unit) + reply, delay)
+        self.buffer = buffer[position:]
+
+
+class _RtuConnection(_Connection):
+    """RTU frames over TCP: unit id, PDU, CRC."""
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        position = 0
+        size = len(buffer)
+        while size - position >= _RTU_MIN:
+            length = _rtu_request_length(buffer, position)
+            if length is None:
+                self.reset()  # no request we know: out of step with the stream
+                return
+            end = position + length
+            if end > size:
+                break
+            frame = buffer[position : end - 2]
+            crc = int.from_bytes(buffer[end - 2 : end], "big")
+            position = end
+            if not FramerRTU.check_CRC(frame, crc):
+                continue  # a serial device ignores a garbled frame
+            unit, pdu = frame[0], frame[1:]
+            reply, delay = self.context.handle(unit, pdu)
+            if not isinstance(reply, bytes):
+                if reply == RESET:
+                    self.reset()
+                    return
+                continue
+            answer = bytes((unit,)) + reply
+            self._answer(answer + FramerRTU.compute_CRC(answer).to_bytes(2, "big"), delay)
+        self.buffer = buffer[position:]
+
+
+_RTU_MIN = 8  # the shortest request: unit, function code, four bytes, CRC
+_RTU_FIXED = {1: 8, 2: 8, 3: 8, 4: 8, 5: 8, 6: 8}  # reads and single writes
+
+
+def _rtu_request_length(buffer: bytes, position: int) -> int | None:
+    """The length of the RTU request at `position` (at least 8 bytes there), None if its
+    function code is not one a request can have here."""
+    fc = buffer[position + 1]
+    if fc in _RTU_FIXED:
+        return _RTU_FIXED[fc]
+    if fc in (15, 16):  # multiple writes: unit, fc, address, quantity, byte count, data, CRC
+        return 9 + buffer[position + 6]
+    return None
+
+
 class ModbusTcpServer:
     """Serves one SimulatedContext on host:port; port 0 picks a free port (see `port`).
 
     While the context says the port is refusing (its meters reboot), the listening socket is
     closed and open connections are reset; it listens again when the reboot is over.
+    `max_connections` 0 accepts any number of connections.
     """
 
     def __init__(
-        self, context: SimulatedContext, host: str, port: int, *, poll_s: float = 0.05
+        self,
+        context: SimulatedContext,
+        host: str,
+        port: int,
+        *,
+        poll_s: float = 0.05,
+        max_connections: int = 0,
+        framing: Framing = "tcp",
     ) -> None:
         self.context = context
         self.host = host
         self.port = port
         self.poll_s = poll_s
+        self.max_connections = max_connections
+        self.framing = framing
         self.connections: set[_Connection] = set()
         self._listener: asyncio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -275,8 +379,9 @@ class ModbusTcpServer:
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
+        protocol = _MbapConnection if self.framing == "tcp" else _RtuConnection
         self._listener = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=512
+            lambda: protocol(self), self.host, self.port, reuse_address=True, backlog=512
         )
         if self.port == 0:
             self.port = self._listener.sockets[0].getsockname()[1]
@@ -325,6 +430,13 @@ class ModbusTcpServer:
         self._closed.set()
 
 
-def make_server(context: SimulatedContext, host: str, port: int) -> ModbusTcpServer:
+def make_server(
+    context: SimulatedContext,
+    host: str,
+    port: int,
+    *,
+    max_connections: int = 0,
+    framing: Framing = "tcp",
+) -> ModbusTcpServer:
     """A server for `context` on host:port (start it with `await start()` or `serve_forever()`)."""
-    return ModbusTcpServer(context, host, port)
+    return ModbusTcpServer(context, host, port, max_connections=max_connections, framing=framing)

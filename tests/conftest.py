@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.topology import QUEUES
 from devservices import containers, influx, postgres, rabbitmq
 from devservices.net import port_open
 from devservices.processes import Processes
@@ -70,7 +71,7 @@ def amqp_server() -> Iterator[str]:
 @pytest.fixture
 def amqp_url(amqp_server: str) -> str:
     """The AMQP URL with the project's queues deleted, so each test starts empty."""
-    queues = ("emm.jobs", "emm.readings", "emm.jobs.dead", "emm.readings.dead")
+    queues = ("emm.jobs", *QUEUES, "emm.jobs.dead", "emm.readings.dead")
     rabbitmq.delete_queues(amqp_server, queues)
     return amqp_server
 

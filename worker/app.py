@@ -1,6 +1,7 @@
 """The worker's wiring: many jobs in flight on one event loop, each acked after its reading.
 
-The parts: the consumer (`worker.consumer`) takes jobs from `emm.jobs` and settles them; the
+The parts: the shards (`worker.shards`) decide which shard queues of the jobs this worker owns
+and hand the rest over; the consumer (`worker.consumer`) reads their jobs and settles them; the
 devices (`worker.device`) carry each device's link, health and learned holes across ticks; the
 reader (`worker.reader`) reads one job; the outbox (`worker.outbox`) publishes the readings;
 the replay (`worker.replay`) reads on its own while RabbitMQ is away; the budget
@@ -16,6 +17,8 @@ Delivery guarantees (see the README's "Guarantees"):
   its tick is not read: the value would not belong to the tick's timestamp.
 - While RabbitMQ is unreachable no jobs arrive, so the worker keeps reading, on the same ticks,
   the meters of the last tick it was given; those readings wait in the outbox too.
+- A gateway is read by the one worker that owns its shard; a shard changes hands only once its
+  old owner has closed its connections to the shard's gateways (see `worker.shards`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from broker import JOBS, Broker
+from broker import Broker
 from emm.settings import WorkerSettings
 from worker.consumer import Consumer
 from worker.device import Devices
@@ -31,6 +34,7 @@ from worker.health import OfflinePolicy
 from worker.modbus import DevicePool
 from worker.outbox import Outbox
 from worker.replay import Replay
+from worker.shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,8 @@ SHUTDOWN_OUTBOX_S = 5.0  # and then the readings still in the outbox to reach Ra
 
 
 class Worker:
-    """One worker process: consumes `emm.jobs`; `concurrency` jobs (the prefetch) at once."""
+    """One worker process: consumes the shards of the jobs; `concurrency` jobs (the prefetch) of
+    each shard it owns at once."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -61,12 +66,14 @@ class Worker:
             self.replay,
             read_attempts=settings.read_attempts,
         )
+        self.shards = Shards(self.broker, self.consumer, self.devices, self.replay)
+        self.broker.connect_callbacks.append(self.shards.on_connect)
+        self.broker.disconnect_callbacks.append(self.shards.on_disconnect)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume jobs until `stop` is set, then shut down in order."""
         stop = stop or asyncio.Event()
         await self.broker.connect()
-        await self.broker.consume(JOBS, self.consumer.on_delivery)
         log.info(
             "worker started: %d jobs in flight at most, read timeout %.2f s, %d attempts",
             self.settings.concurrency,
@@ -97,13 +104,16 @@ class Worker:
 
     async def _shut_down(self, replayer: asyncio.Task[None]) -> None:
         """Stop replaying, let the jobs in flight finish and their readings reach RabbitMQ,
-        then close the connections."""
+        then close the connections: the devices' first, so that the workers that own their
+        shards next (once RabbitMQ has the AMQP connection closed) never find them open."""
         self.consumer.report_late()
         replayer.cancel()
+        await self.shards.close()
         await self.consumer.wait(SHUTDOWN_READS_S)
+        self.consumer.cancel_reads(lambda _gateway: True)
+        self.devices.close()
         await self.outbox.stop(SHUTDOWN_OUTBOX_S)
         await self.broker.close()
-        self.devices.close()
 
 
 async def run(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:

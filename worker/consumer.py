@@ -1,25 +1,26 @@
-"""The consumer of `emm.jobs`: decode, late?, already read?, read, wait for the confirm, settle.
+"""The consumer of the jobs: decode, late?, already read?, read, wait for the confirm, settle.
 
 Each delivery runs as its own task, so `concurrency` jobs (the prefetch) are read at once. A job
 is acked only once RabbitMQ confirmed its reading (`worker.outbox`); a job that reaches the
 worker, or gets a connection to its gateway, more than half a tick after its tick is acked
-unread; a malformed one is dead-lettered.
+unread; a malformed one is dead-lettered. Which shard queues' jobs reach it is
+`worker.shards`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from broker import JOBS, Broker, Delivery
+from broker import Broker, Delivery
 from emm.errors import MessageError
 from emm.limits import MAX_JOB_BYTES, check_size
 from emm.log import context
 from emm.messages import Job, Reading, Status
 from emm.text import quote
-from worker.device import Devices
+from worker.device import Devices, GatewayAddress
 from worker.outbox import Outbox, Outgoing
 from worker.reader import read_job
 from worker.replay import Replay
@@ -55,7 +56,8 @@ def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozen
 
 
 class Consumer:
-    """Handles the deliveries of `emm.jobs`, and reads the jobs the replay gives it."""
+    """Handles the job deliveries of the shards it is given, and reads the jobs the replay
+    gives it."""
 
     def __init__(
         self,
@@ -76,11 +78,13 @@ class Consumer:
         self.late = 0  # jobs acked unread because they came more than half a tick late
         self._late: dict[int, int] = {}  # tick -> late jobs since the last report
         self._tasks: set[asyncio.Task[object]] = set()
+        self._reading: dict[asyncio.Task[Any], GatewayAddress] = {}  # tasks reading now, and where
 
-    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
@@ -92,29 +96,37 @@ class Consumer:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
 
-    async def on_delivery(self, delivery: Delivery) -> None:
-        # Return at once so the consumer keeps receiving; the job runs as its own task.
-        self._spawn(self._handle_safely(delivery))
+    def start(self, queue: str, delivery: Delivery) -> asyncio.Task[object]:
+        """Handle `delivery` of `queue` in a task of its own, which ends once it is settled."""
+        return self._spawn(self._handle_safely(queue, delivery))
 
     def read_later(self, job: Job) -> None:
         """Read `job` in a task of its own (a job the replay made, with no delivery to settle)."""
         self._spawn(self.read(job))
 
-    async def _handle_safely(self, delivery: Delivery) -> None:
+    def cancel_reads(self, gateways: Callable[[GatewayAddress], bool]) -> int:
+        """Stop the reads in progress from the gateways `gateways` picks (another worker owns
+        them now, and reads their jobs); returns how many were stopped."""
+        stopped = [task for task, gateway in self._reading.items() if gateways(gateway)]
+        for task in stopped:
+            task.cancel()
+        return len(stopped)
+
+    async def _handle_safely(self, queue: str, delivery: Delivery) -> None:
         """`handle`, with a fault of our own settled like any other error (dead-lettered, see
         `emm.fate`) instead of leaving the job unacked (stuck in the prefetch)."""
         try:
-            await self.handle(delivery)
+            await self.handle(queue, delivery)
         except Exception as exc:
-            await self._settle(delivery, exc)
+            await self._settle(queue, delivery, exc)
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle(self, queue: str, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
         try:
             check_size("job", delivery.body, MAX_JOB_BYTES)
             job = Job.decode(delivery.body)
         except MessageError as exc:
-            await self._settle(delivery, exc)
+            await self._settle(queue, delivery, exc)
             return
         if delivery.redelivered:
             self.redelivered += 1
@@ -126,16 +138,16 @@ class Consumer:
             period_ms = job.deadline_ms - job.tick_ms
             if late_ms > period_ms / 2:
                 self._note_late(job, late_ms)
-                await self._settle(delivery, None)
+                await self._settle(queue, delivery, None)
                 return
             out = await self.read(job)
             if out is None:  # it waited for its gateway past half a tick
                 self._note_late(job, now_ms() - job.tick_ms)
-                await self._settle(delivery, None)
+                await self._settle(queue, delivery, None)
                 return
         # Ack only once the reading is confirmed (immediately, or when the broker is back).
         await out.confirmed.wait()
-        await self._settle(delivery, None)
+        await self._settle(queue, delivery, None)
         self.handled += 1
 
     def _note_late(self, job: Job, late_ms: int) -> None:
@@ -178,7 +190,13 @@ class Consumer:
         else:
             known = device.holes.unreadable()
             was_offline = health.offline
-            read = await read_job(job, device, attempts=self.read_attempts)
+            task = asyncio.current_task()
+            assert task is not None
+            self._reading[task] = (job.meter.host, job.meter.port)
+            try:
+                read = await read_job(job, device, attempts=self.read_attempts)
+            finally:
+                del self._reading[task]
             if read is None:
                 return None
             reading = read
@@ -189,5 +207,5 @@ class Consumer:
                 report(job, reading, known)
         return self.outbox.put(job, reading)
 
-    async def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
-        await self.broker.settle(JOBS, delivery, error)
+    async def _settle(self, queue: str, delivery: Delivery, error: BaseException | None) -> None:
+        await self.broker.settle(queue, delivery, error)

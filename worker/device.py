@@ -23,6 +23,7 @@ from worker.holes import HOLE_MEMORY_TTL_S, Holes
 from worker.modbus import DevicePool, GatewayLinks
 
 DeviceKey = tuple[str, int, int]
+GatewayAddress = tuple[str, int]
 
 
 def device_key(meter: Meter) -> DeviceKey:
@@ -82,6 +83,13 @@ class Devices:
     def note_late(self, job: Job) -> None:
         """Count `job`, dropped as late, in its gateway's load."""
         self.budget.gateway(job.meter.host, job.meter.port).late(job)
+
+    def drop(self, gateways: Callable[[GatewayAddress], bool]) -> None:
+        """Forget the devices behind the gateways `gateways` picks (health, holes) and close
+        those gateways' connections: another worker reads them now, and learns them afresh."""
+        dropped = [key for key in self._devices if gateways((key[0], key[1]))]
+        for key in dropped:
+            self._devices.pop(key).gateway.close()
 
     def close_idle(self) -> int:
         """Close the gateways' connections unused for a while; returns how many were closed."""

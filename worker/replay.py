@@ -1,6 +1,8 @@
 """The replay: while RabbitMQ is unreachable no jobs arrive, so the worker keeps reading, on the
 same ticks, the meters of the last tick it was given; those readings wait in the outbox until
-RabbitMQ is back.
+RabbitMQ is back. It was given them because it owns their gateways' shards (`worker.shards`),
+and it forgets a gateway's meters when it hands its shard over, so it never reads a gateway
+another worker owns; it stops starting reads as soon as RabbitMQ is back.
 
 It remembers the jobs of the newest tick (and of the tick before, whose jobs may be stuck in the
 broker when the connection went while they were being delivered), and on each tick RabbitMQ is
@@ -49,6 +51,14 @@ class Replay:
             self._latest_jobs = {}
         if job.tick_ms == self._latest_tick_ms:
             self._latest_jobs[job.meter.id] = job
+
+    def forget(self, gateways: Callable[[tuple[str, int]], bool]) -> None:
+        """Read the meters behind the gateways `gateways` picks no more (another worker owns
+        them now)."""
+        for jobs in (self._latest_jobs, self._previous_jobs):
+            gone = [i for i, job in jobs.items() if gateways((job.meter.host, job.meter.port))]
+            for meter_id in gone:
+                del jobs[meter_id]
 
     def jobs(self) -> dict[int, Job]:
         """The meters this worker reads while RabbitMQ is away, by meter id.

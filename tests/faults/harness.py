@@ -57,7 +57,12 @@ class Pipeline:
         }
 
     def start_simulator(self) -> None:
-        ports = self.meters if "--port-per-meter" in self.simulator_args else 1
+        ports = 1
+        if "--port-per-meter" in self.simulator_args:
+            ports = self.meters
+        elif "--units-per-port" in self.simulator_args:
+            per_port = int(self.simulator_args[self.simulator_args.index("--units-per-port") + 1])
+            ports = -(-self.meters // per_port)
         self.sim_port = self.sim_port or free_port_run(ports)
         args = [
             "simulator",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from broker import JOBS, READINGS
+from broker import JOB_QUEUES, READINGS, dead_letter_queue, job_queue
 from devservices.influx import PrivateInfluxDB
 from devservices.processes import Processes
 from devservices.rabbitmq import PrivateRabbitMQ
@@ -51,7 +51,7 @@ def reason(log: str, queue: str, message_id: str) -> str:
     lines = [
         line
         for line in log.splitlines()
-        if f"{queue}: message {message_id} dead-lettered to {queue}.dead: " in line
+        if f"{queue}: message {message_id} dead-lettered to {dead_letter_queue(queue)}: " in line
     ]
     assert len(lines) == 1, lines
     return lines[0]
@@ -90,7 +90,7 @@ def test_poison_is_dead_lettered_and_delays_nothing(
     bad_job = b'{"v": 1, "kind": "job", "meter": {"id": 1}'
     bad_reading = b'{"v": 1, "kind": "reading", "tick_ms": "soon"}'
     injected_at = now_ms()
-    publish(rabbit.url, JOBS, bad_job, "bad-job")
+    publish(rabbit.url, job_queue(0), bad_job, "bad-job")
     publish(rabbit.url, READINGS, bad_reading, "bad-reading")
     publish(rabbit.url, READINGS, rejected, "rejected-reading")
 
@@ -100,7 +100,7 @@ def test_poison_is_dead_lettered_and_delays_nothing(
     assert verdict.lost == [], str(verdict)
     assert verdict.dup == [], str(verdict)
 
-    dead_jobs = drain(rabbit.url, f"{JOBS}.dead")
+    dead_jobs = drain(rabbit.url, dead_letter_queue(job_queue(0)))
     dead_readings = drain(rabbit.url, f"{READINGS}.dead")
     assert [body for body, _h in dead_jobs] == [bad_job]
     assert sorted(body for body, _h in dead_readings) == sorted([bad_reading, rejected])
@@ -108,9 +108,9 @@ def test_poison_is_dead_lettered_and_delays_nothing(
     for _body, headers in dead_jobs + dead_readings:
         assert headers["x-first-death-reason"] == "rejected"
         assert [death["reason"] for death in headers["x-death"]] == ["rejected"]
-    assert dead_jobs[0][1]["x-first-death-queue"] == JOBS
+    assert dead_jobs[0][1]["x-first-death-queue"] == job_queue(0)
     assert {h["x-first-death-queue"] for _b, h in dead_readings} == {READINGS}
-    job_reason = reason(pipeline.log("worker0"), JOBS, "bad-job")
+    job_reason = reason(pipeline.log("worker0"), job_queue(0), "bad-job")
     assert "job is not valid JSON" in job_reason
     assert "rejected the write (HTTP 400)" in reason(
         pipeline.log("writer"), READINGS, "rejected-reading"
@@ -160,4 +160,4 @@ def test_a_read_longer_than_the_heartbeat_keeps_connection_and_ack(
     worker_log = pipeline.log("worker0")
     assert "lost the connection" not in worker_log
     assert "delivered again" not in worker_log
-    assert rabbit.queue_depth(JOBS) == 0
+    assert sum(rabbit.queue_depth(queue) for queue in JOB_QUEUES) == 0

@@ -7,7 +7,16 @@ from typing import Any
 
 import pika
 
-from broker.topology import QUEUES, dead_letter_queue, dead_queue_arguments, work_queue_arguments
+from broker.topology import (
+    JOB_QUEUES,
+    QUEUES,
+    dead_letter_queue,
+    dead_queue_arguments,
+    job_queue,
+    shard_of,
+    work_queue_arguments,
+)
+from emm.messages import Meter
 
 
 @dataclass
@@ -48,19 +57,40 @@ def publish(
         conn.close()
 
 
-def drain(url: str, queue: str) -> list[Got]:
-    """Take (and ack) every message now in `queue`."""
+def shard_queue(meter: Meter) -> str:
+    """The queue the scheduler routes `meter`'s jobs to (its gateway's shard)."""
+    return job_queue(shard_of(meter.host, meter.port))
+
+
+def drain_jobs(url: str) -> list[Got]:
+    """Take (and ack) every message now in the shard queues of the jobs, shard by shard."""
+    return drain(url, *JOB_QUEUES)
+
+
+def jobs_ready(url: str) -> int:
+    """Jobs (and markers) waiting in all the shard queues."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        return sum(ch.queue_declare(q, passive=True).method.message_count for q in JOB_QUEUES)
+    finally:
+        conn.close()
+
+
+def drain(url: str, *queues: str) -> list[Got]:
+    """Take (and ack) every message now in `queues`, one queue after the other."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
     out: list[Got] = []
     try:
         ch = conn.channel()
-        declare(ch, queue)
-        while True:
-            method, props, body = ch.basic_get(queue)
-            if method is None:
-                break
-            out.append(Got(body, dict(props.headers or {}), props))
-            ch.basic_ack(method.delivery_tag)
+        for queue in queues:
+            declare(ch, queue)
+            while True:
+                method, props, body = ch.basic_get(queue)
+                if method is None:
+                    break
+                out.append(Got(body, dict(props.headers or {}), props))
+                ch.basic_ack(method.delivery_tag)
     finally:
         conn.close()
     return out

@@ -14,12 +14,14 @@ import time
 import pika
 import pytest
 
-from broker import JOBS, QUEUES, READINGS, Broker, Delivery, dead_letter_queue, topology
+from broker import JOBS, QUEUES, READINGS, Broker, Delivery, dead_letter_queue, job_queue, topology
 from devservices.processes import emm_command
 from emm.errors import BrokerError, ConfigError, MessageError, SinkRejected
 from tests.integration.amqp_util import depth, drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+SHARD = job_queue(7)  # a shard queue of the jobs
 
 
 def declare_old(url: str, queue: str, bodies: list[bytes]) -> None:
@@ -59,11 +61,13 @@ def test_rejected_messages_are_dead_lettered_and_expired_jobs_are_not(
         await broker.connect(retry_forever=False)
         try:
             # a job no worker started before its TTL ran out: expected, dropped
-            await broker.publish(JOBS, b"expires", expiration_s=0.05, message_id="late")
+            await broker.publish(SHARD, b"expires", expiration_s=0.05, message_id="late")
             await asyncio.sleep(0.5)
-            await broker.publish(JOBS, b"poison", expiration_s=60, message_id="job-1")
+            await broker.publish(
+                SHARD, b"poison", exchange=JOBS, expiration_s=60, message_id="job-1"
+            )
             await broker.publish(READINGS, b"rejected", message_id="reading-1")
-            await settle(broker, JOBS, [MessageError("job is not valid JSON", b"poison")])
+            await settle(broker, SHARD, [MessageError("job is not valid JSON", b"poison")])
             await settle(broker, READINGS, [SinkRejected("InfluxDB rejected the write")])
         finally:
             await broker.close()
@@ -71,19 +75,19 @@ def test_rejected_messages_are_dead_lettered_and_expired_jobs_are_not(
     with caplog.at_level(logging.ERROR):
         asyncio.run(scenario())
 
-    jobs = drain(amqp_url, dead_letter_queue(JOBS))
+    jobs = drain(amqp_url, dead_letter_queue(SHARD))
     readings = drain(amqp_url, dead_letter_queue(READINGS))
     assert [(d.body, d.properties.message_id) for d in jobs] == [(b"poison", "job-1")]
     assert [(d.body, d.properties.message_id) for d in readings] == [(b"rejected", "reading-1")]
-    for queue, dead in ((JOBS, jobs[0]), (READINGS, readings[0])):
+    for queue, dead in ((SHARD, jobs[0]), (READINGS, readings[0])):
         assert dead.headers["x-first-death-reason"] == "rejected"
         assert dead.headers["x-first-death-queue"] == queue
         assert [(d["reason"], d["queue"]) for d in dead.headers["x-death"]] == [("rejected", queue)]
         assert dead.properties.expiration is None  # RabbitMQ drops it: a dead letter stays
-    assert depth(amqp_url, JOBS)[0] == depth(amqp_url, READINGS)[0] == 0
+    assert depth(amqp_url, SHARD)[0] == depth(amqp_url, READINGS)[0] == 0
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert lines == [
-        "emm.jobs: message job-1 dead-lettered to emm.jobs.dead: job is not valid JSON",
+        "emm.jobs.7: message job-1 dead-lettered to emm.jobs.dead: job is not valid JSON",
         "emm.readings: message reading-1 dead-lettered to emm.readings.dead: "
         "InfluxDB rejected the write",
     ]
@@ -110,7 +114,7 @@ def test_requeued_and_acked_messages_do_not_reach_the_dead_letter_queue(amqp_url
 def test_an_empty_queue_of_an_older_version_is_declared_again(
     amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for queue in QUEUES:
+    for queue in (JOBS, READINGS):
         declare_old(amqp_url, queue, [])
 
     async def scenario() -> None:
@@ -122,22 +126,24 @@ def test_an_empty_queue_of_an_older_version_is_declared_again(
         asyncio.run(scenario())
     migrated = [r.getMessage() for r in caplog.records if "older version" in r.getMessage()]
     assert migrated == [
-        f"queue {queue} was declared by an older version: empty, so declared again"
-        for queue in QUEUES
+        "queue emm.jobs was declared by an older version: empty, so deleted (jobs now go to "
+        "emm.jobs.0..emm.jobs.63)",
+        "queue emm.readings was declared by an older version: empty, so declared again",
     ]
+    assert depth(amqp_url, READINGS)[0] == 0
     # Now declared with dead-lettering: a rejected message reaches the dead-letter queue.
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        ch.basic_publish("", JOBS, b"x", pika.BasicProperties(delivery_mode=2))
-        method, _props, _body = ch.basic_get(JOBS)
+        ch.basic_publish(JOBS, SHARD, b"x", pika.BasicProperties(delivery_mode=2))
+        method, _props, _body = ch.basic_get(SHARD)
         assert method is not None
         ch.basic_nack(method.delivery_tag, requeue=False)
     finally:
         conn.close()
     time.sleep(0.2)
-    assert [d.body for d in drain(amqp_url, dead_letter_queue(JOBS))] == [b"x"]
+    assert [d.body for d in drain(amqp_url, dead_letter_queue(SHARD))] == [b"x"]
 
 
 def test_a_queue_of_an_older_version_holding_messages_stops_the_service(amqp_url: str) -> None:
@@ -154,8 +160,8 @@ def test_a_queue_of_an_older_version_holding_messages_stops_the_service(amqp_url
         asyncio.run(scenario())
     message = str(raised.value)
     assert message.startswith(
-        "queue emm.jobs was declared by an older version without dead-lettering or limits "
-        "and holds 2 messages"
+        "queue emm.jobs was declared by an older version (jobs now go to the queues "
+        "emm.jobs.0..emm.jobs.63 by gateway) and holds 2 messages"
     )
     assert "stop the scheduler" in message
     assert "rabbitmqctl" in message
@@ -182,17 +188,17 @@ def test_a_fault_of_ours_dead_letters_with_its_traceback(
         broker = Broker(amqp_url)
         await broker.connect(retry_forever=False)
         try:
-            await broker.publish(JOBS, b"{}", expiration_s=60, message_id="job-2")
-            await settle(broker, JOBS, [KeyError("plan")])
+            await broker.publish(SHARD, b"{}", expiration_s=60, message_id="job-2")
+            await settle(broker, SHARD, [KeyError("plan")])
         finally:
             await broker.close()
 
     with caplog.at_level(logging.ERROR):
         asyncio.run(scenario())
-    assert [d.body for d in drain(amqp_url, dead_letter_queue(JOBS))] == [b"{}"]
+    assert [d.body for d in drain(amqp_url, dead_letter_queue(SHARD))] == [b"{}"]
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.getMessage() == (
-        "emm.jobs: message job-2 dead-lettered to emm.jobs.dead: internal error: KeyError('plan')"
+        "emm.jobs.7: message job-2 dead-lettered to emm.jobs.dead: internal error: KeyError('plan')"
     )
     assert record.exc_info is not None and record.exc_info[0] is KeyError
 

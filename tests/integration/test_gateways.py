@@ -16,7 +16,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from broker import JOBS, READINGS
+from broker import READINGS
 from devservices.net import free_port, port_open, wait_for
 from devservices.processes import Processes
 from devservices.readers import InfluxQL
@@ -26,7 +26,7 @@ from emm.profiles import shipped_profile
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings, WriterSettings
 from simulator.model import MeterSpec, expected
-from tests.integration.amqp_util import depth, drain, publish
+from tests.integration.amqp_util import depth, drain, jobs_ready, publish, shard_queue
 from tests.integration.tcp_tap import Tap
 from worker.app import Worker
 from writer.app import Writer
@@ -91,7 +91,9 @@ def readings_ready(amqp_url: str, n: int) -> Callable[[], Awaitable[bool]]:
 
 
 async def publish_jobs(amqp_url: str, jobs: list[Job]) -> None:
-    await asyncio.to_thread(publish, amqp_url, JOBS, [j.encode() for j in jobs])
+    # each to its gateway's shard queue, as the scheduler routes it
+    for job in jobs:
+        await asyncio.to_thread(publish, amqp_url, shard_queue(job.meter), [job.encode()])
 
 
 def readings(amqp_url: str) -> dict[int, Reading]:
@@ -286,7 +288,7 @@ def test_jobs_that_wait_past_half_a_tick_are_dropped_and_the_gateway_status_coun
     assert utilisation == pytest.approx(busy_ms / period_ms, abs=1e-4)
     assert worker.consumer.late == 2  # counted as jobs that came late are
     assert worker.consumer.handled == 1
-    assert depth(amqp_url, JOBS)[0] == 0  # the late ones acked unread
+    assert jobs_ready(amqp_url) == 0  # the late ones acked unread
     [reading] = influx_v1.query("SELECT up FROM meter_status")
     assert reading == {"time": tick_ms, "up": True}
     late_lines = [r.getMessage() for r in caplog.records if "past its tick" in r.getMessage()]

@@ -11,16 +11,16 @@ import time
 import psycopg2
 import pytest
 
-from broker import JOBS, Broker
+from broker import JOB_QUEUES, SHARDS, Broker
 from devservices.processes import emm_command
-from emm.messages import Job
+from emm.messages import Job, TickMarker
 from emm.settings import SchedulerSettings
 from postgres.config import load_config
 from postgres.connection import connect
 from scheduler.app import publish_jobs, run
 from scheduler.jobs import MeterTick, PlanBook, build_jobs
 from scheduler.repo import ConfigRepo
-from tests.integration.amqp_util import drain
+from tests.integration.amqp_util import drain_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -68,7 +68,7 @@ def test_jobs_are_persistent_expire_with_the_tick_and_carry_the_plan(
             await broker.close()
 
     assert asyncio.run(go()) == 3
-    got = drain(amqp_url, JOBS)
+    got = sorted(drain_jobs(amqp_url), key=lambda g: Job.decode(g.body).meter.id)
     assert len(got) == 3
     decoded = [Job.decode(g.body) for g in got]
     assert [j.meter.id for j in decoded] == [1, 2, 3]
@@ -106,6 +106,7 @@ def test_ticks_pick_up_new_meters_and_report_bad_rows(
     settings = SchedulerSettings(postgres_dsn=pg_dsn, amqp_url=amqp_url, read_cron="* * * * * *")
 
     bodies: list[bytes] = []
+    markers: list[TickMarker] = []
 
     async def go() -> None:
         # Jobs live one tick (1 s here), so collect them as they come.
@@ -113,10 +114,14 @@ def test_ticks_pick_up_new_meters_and_report_bad_rows(
         await collector.connect(retry_forever=False)
 
         async def collect(delivery) -> None:
-            bodies.append(delivery.body)
+            if TickMarker.matches(delivery.body):
+                markers.append(TickMarker.decode(delivery.body))
+            else:
+                bodies.append(delivery.body)
             await delivery.ack()
 
-        await collector.consume(JOBS, collect)
+        for queue in JOB_QUEUES:
+            await collector.consume(queue, collect)
         stop = asyncio.Event()
         task = asyncio.create_task(run(settings, stop))
         await asyncio.sleep(2.2)
@@ -145,6 +150,12 @@ def test_ticks_pick_up_new_meters_and_report_bad_rows(
     assert all(ids in ([1], [1, 3]) for ids in per_tick.values())
     for j in jobs:
         assert [r.name for r in j.plan.registers] == ["test_measurement"]
+    # every tick, a marker to every shard saying how many jobs it got
+    for t in ticks:
+        of_tick = [m for m in markers if m.tick_ms == t]
+        assert len(of_tick) == SHARDS
+        assert sum(m.jobs for m in of_tick) == len(per_tick[t])
+        assert {m.busy_shards for m in of_tick} == {len([m for m in of_tick if m.jobs])}
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     bad_row = [w for w in warnings if "registers row id=" in w and "brokenBit" in w]

@@ -10,7 +10,7 @@ import time
 import pytest
 from msgspec.structs import replace
 
-from broker import JOBS, READINGS
+from broker import READINGS, Broker, dead_letter_queue, job_queue
 from devservices.net import free_port, free_port_run, port_open, wait_for
 from devservices.processes import Processes
 from emm.messages import GatewayStatus, Job, Meter, Reading, decode_result
@@ -18,8 +18,9 @@ from emm.plan import Plan
 from emm.planner import ReadLimits
 from emm.registers import DataType, Register
 from emm.settings import WorkerSettings
+from scheduler.app import publish_markers
 from simulator.model import MeterSpec, expected
-from tests.integration.amqp_util import depth, drain, publish
+from tests.integration.amqp_util import depth, drain, jobs_ready, publish, shard_queue
 from worker.app import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -40,6 +41,13 @@ def current_tick_ms(read_within_s: float = 4.0) -> int:
     return round(time.time() / STEP_S) * STEP_S * 1000
 
 
+def publish_jobs(url: str, jobs: list[Job], message_ids: list[str] | None = None) -> None:
+    """Put `jobs` in their gateways' shard queues, as the scheduler routes them."""
+    ids = message_ids or [j.job_id for j in jobs]
+    for j, message_id in zip(jobs, ids, strict=True):
+        publish(url, shard_queue(j.meter), [j.encode()], [message_id])
+
+
 def job(meter: Meter, registers: tuple[Register, ...], tick_ms: int, gap: int = 50) -> Job:
     return Job(
         meter=meter,
@@ -54,6 +62,8 @@ async def run_worker(settings: WorkerSettings, amqp_url: str, expect: int, timeo
     stop = asyncio.Event()
     worker = Worker(settings)
     task = asyncio.create_task(worker.run(stop))
+    while not worker.broker.connected:  # the queues are declared
+        await asyncio.sleep(0.05)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         await asyncio.sleep(0.2)
@@ -92,12 +102,9 @@ def test_readings_failures_and_poison(
         job(holed, (VALUE, hole), tick_ms, gap=0),
     ]
     poison = b'{"v": 1, "kind": "job", "meter": "not a meter"}'
-    publish(
-        amqp_url,
-        JOBS,
-        [j.encode() for j in jobs] + [poison],
-        message_ids=[j.job_id for j in jobs] + ["poison-1"],
-    )
+    publish_jobs(amqp_url, jobs)
+    poisoned = job_queue(0)
+    publish(amqp_url, poisoned, [poison], message_ids=["poison-1"])
 
     settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=0.5, connect_timeout_s=0.5)
     with caplog.at_level(logging.WARNING):
@@ -130,11 +137,11 @@ def test_readings_failures_and_poison(
     }
 
     # Dead-lettered by RabbitMQ (nack without requeue), original body, the reason logged once.
-    dead_letters = drain(amqp_url, f"{JOBS}.dead")
+    dead_letters = drain(amqp_url, dead_letter_queue(poisoned))
     assert [d.body for d in dead_letters] == [poison]
     assert dead_letters[0].properties.message_id == "poison-1"
     assert dead_letters[0].headers["x-first-death-reason"] == "rejected"
-    assert dead_letters[0].headers["x-first-death-queue"] == JOBS
+    assert dead_letters[0].headers["x-first-death-queue"] == poisoned
     assert [d["reason"] for d in dead_letters[0].headers["x-death"]] == ["rejected"]
     reasons = [
         r.getMessage()
@@ -142,9 +149,9 @@ def test_readings_failures_and_poison(
         if r.levelno == logging.ERROR and "dead-lettered" in r.getMessage()
     ]
     assert len(reasons) == 1
-    assert reasons[0].startswith(f"{JOBS}: message poison-1 dead-lettered to {JOBS}.dead: ")
+    assert reasons[0].startswith(f"{poisoned}: message poison-1 dead-lettered to emm.jobs.dead: ")
     assert "job is malformed" in reasons[0]
-    assert depth(amqp_url, JOBS)[0] == 0  # every job acked, none requeued
+    assert jobs_ready(amqp_url) == 0  # every job acked, none requeued
 
     # One warning line per failing meter, naming the meter and its registers.
     lines = [r.getMessage() for r in caplog.records if r.name == "worker.consumer"]
@@ -157,7 +164,7 @@ def test_readings_failures_and_poison(
 def test_a_job_past_its_tick_is_acked_without_reading(amqp_url: str, simulator: int) -> None:
     meter = Meter(1, "127.0.0.1", simulator, 0, "virtual_modbustcp")
     stale = Job(meter, 1_000, 2_000, Plan.build((VALUE,)))
-    publish(amqp_url, JOBS, [stale.encode()])
+    publish_jobs(amqp_url, [stale])
     settings = WorkerSettings(amqp_url=amqp_url)
     asyncio.run(run_worker(settings, amqp_url, expect=1, timeout_s=3))
     # no reading; only its gateway's status, which counts the job as dropped late
@@ -166,7 +173,7 @@ def test_a_job_past_its_tick_is_acked_without_reading(amqp_url: str, simulator: 
         host="127.0.0.1", port=simulator, tick_ms=1_000, period_ms=1_000, late=1
     )
     assert got.properties.message_id == f"127.0.0.1:{simulator}@1000"
-    assert depth(amqp_url, JOBS)[0] == 0
+    assert jobs_ready(amqp_url) == 0
 
 
 def test_job_bodies_are_plain_json_a_person_can_read() -> None:
@@ -207,8 +214,10 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
         stop = asyncio.Event()
         worker = Worker(settings)
         task = asyncio.create_task(worker.run(stop))
+        while not worker.broker.connected:
+            await asyncio.sleep(0.05)
         for n, body in ((1, first.encode()), (2, second.encode())):
-            await asyncio.to_thread(publish, amqp_url, JOBS, [body])
+            await asyncio.to_thread(publish, amqp_url, shard_queue(meter), [body])
             for _ in range(100):
                 await asyncio.sleep(0.1)
                 if (await asyncio.to_thread(depth, amqp_url, READINGS))[0] >= n:
@@ -240,7 +249,7 @@ def test_a_merged_read_across_a_hole_is_split_once_and_remembered(
     assert len([m for m in lines if m.startswith("meter 5 (virtual_modbustcp")]) == 1
 
 
-def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
+def test_slow_devices_are_read_concurrently_and_workers_share_the_gateways(
     amqp_url: str, processes: Processes
 ) -> None:
     meters, latency_ms = 20, 300
@@ -286,9 +295,18 @@ def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
     async def go() -> None:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-        await asyncio.sleep(0.5)  # both consuming
+        while not all(w.broker.connected for w in workers):  # both consuming
+            await asyncio.sleep(0.05)
+        # a tick's markers: the worker that came first hands half the busy shards over
+        scheduler = Broker(amqp_url)
+        await scheduler.connect(retry_forever=False)
+        await publish_markers(scheduler, tick_ms, 30_000, jobs)
+        await scheduler.close()
+        await asyncio.sleep(1.5)
+        owned = [set(w.shards.owned()) for w in workers]
+        assert not owned[0] & owned[1]
         started = time.monotonic()
-        await asyncio.to_thread(publish, amqp_url, JOBS, [j.encode() for j in jobs])
+        await asyncio.to_thread(publish_jobs, amqp_url, jobs)
         while (await asyncio.to_thread(depth, amqp_url, READINGS))[0] < meters:
             await asyncio.sleep(0.05)
             assert time.monotonic() - started < 30
@@ -311,3 +329,9 @@ def test_slow_devices_are_read_concurrently_and_workers_share_the_queue(
     handled = [w.consumer.handled for w in workers]
     assert sorted(handled)[0] > 0, handled
     assert sum(handled) == meters
+    # each gateway read by one worker only
+    for w in workers:
+        gateways = {key[:2] for key in w.devices._devices}
+        for other in workers:
+            if other is not w:
+                assert not gateways & {key[:2] for key in other.devices._devices}

@@ -39,8 +39,8 @@ def test_a_worker_refuses_an_oversized_job_before_decoding_it() -> None:
     # Valid JSON would decode; its size alone gets it refused.
     body = b'{"v":3,"kind":"job","pad":"' + b"x" * MAX_JOB_BYTES + b'"}'
     delivery = SimpleNamespace(body=body, redelivered=False)
-    asyncio.run(consumer.handle(delivery))  # type: ignore[arg-type]
+    asyncio.run(consumer.handle("emm.jobs.7", delivery))  # type: ignore[arg-type]
     [(queue, got, error)] = broker.settled
-    assert (queue, got) == ("emm.jobs", delivery)
+    assert (queue, got) == ("emm.jobs.7", delivery)
     assert isinstance(error, MessageError)
     assert str(error) == f"job is {len(body)} bytes long, at most {MAX_JOB_BYTES} are allowed"
