@@ -26,7 +26,18 @@ def _parser() -> argparse.ArgumentParser:
             "options below override them."
         ),
     )
-    meters = parser.add_argument_group("meters")
+    _meter_arguments(parser.add_argument_group("meters"))
+    _fault_arguments(
+        parser.add_argument_group(
+            "faults", "each applies to --fault-meters (default every meter); see also --scenario"
+        )
+    )
+    _config_arguments(parser.add_argument_group("configuration"))
+    return parser
+
+
+def _meter_arguments(meters: argparse._ArgumentGroup) -> None:
+    """What is served, and where."""
     meters.add_argument(
         "--profile",
         default=VIRTUAL_TYPE,
@@ -77,9 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     meters.add_argument("--host", help="address to listen on (EMM_SIMULATOR_HOST)")
     meters.add_argument("--port", type=int, help="(first) port (EMM_SIMULATOR_PORT); 0: any free")
 
-    faults = parser.add_argument_group(
-        "faults", "each applies to --fault-meters (default every meter); see also --scenario"
-    )
+
+def _fault_arguments(faults: argparse._ArgumentGroup) -> None:
+    """Faults given as flags (a scenario file gives them per meter)."""
     faults.add_argument("--scenario", metavar="FILE", help="faults from a TOML or JSON file")
     faults.add_argument("--fault-meters", metavar="SPEC", help='meter indexes, e.g. "0-9,12"')
     faults.add_argument(
@@ -127,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         help="addresses that answer exception 2",
     )
 
-    config = parser.add_argument_group("configuration")
+
+def _config_arguments(config: argparse._ArgumentGroup) -> None:
+    """Registering the meters in PostgreSQL."""
     config.add_argument(
         "--write-config",
         action="store_true",
@@ -140,7 +153,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="host the meters are reached at, for --write-config (default 127.0.0.1)",
     )
-    return parser
 
 
 def _flag_faults(args: argparse.Namespace) -> Scenario:

@@ -153,38 +153,9 @@ async def run(
     if options.stats_file is not None:
         stats_writer = asyncio.create_task(_write_stats(simulator, options.stats_file))
     try:
-        ports = sorted({server.port for server in simulator.servers})
-        where = (
-            str(ports[0]) if len(ports) == 1 else f"{ports[0]}..{ports[-1]} ({len(ports)} ports)"
-        )
-        log.info(
-            "simulator listening on %s:%s: %d meter(s) of type %s, values change every %g s%s",
-            settings.host,
-            where,
-            len(simulator.placements),
-            options.type,
-            settings.step_s,
-            f", {len(options.scenario.faults)} fault(s)" if options.scenario.faults else "",
-        )
-        if options.max_connections or options.framing != "tcp":
-            log.info(
-                "each port accepts %s connection(s), framing %s",
-                options.max_connections or "any number of",
-                options.framing,
-            )
+        _log_start(simulator, settings, options)
         if options.write_config:
-            profile = options.profile or virtual_profile()
-            dsn = MigrateSettings.from_env().postgres_dsn
-            result = await asyncio.to_thread(
-                write_config, dsn, profile, simulator.rows(options.advertise_host)
-            )
-            log.info(
-                "registered %d meter(s) at %s in PostgreSQL: %d added, %d updated",
-                len(simulator.placements),
-                options.advertise_host,
-                result.added,
-                result.updated,
-            )
+            await _write_config(simulator, options)
         await stop.wait()
     finally:
         if stats_writer is not None:
@@ -192,20 +163,63 @@ async def run(
             with contextlib.suppress(asyncio.CancelledError):
                 await stats_writer
         await simulator.stop()
-        s = simulator.stats
-        log.info(
-            "simulator stopped: %d reads, %d writes refused, %d dropped, %d resets, exceptions %s",
-            s.reads,
-            s.writes_refused,
-            s.dropped,
-            s.resets,
-            dict(s.exceptions),
-        )
-        log.info(
-            "connections: %d accepted, %d refused; most open at once per port: %s",
-            s.connections,
-            s.refused,
-            json.dumps({str(port): peak for port, peak in sorted(s.peaks.items())}),
-        )
+        _log_stop(simulator.stats)
         if options.stats_file is not None:
             simulator.write_stats(options.stats_file)
+
+
+def _log_start(
+    simulator: Simulator, settings: SimulatorSettings, options: SimulatorOptions
+) -> None:
+    """One line for what is served where, one for how ports take connections."""
+    ports = sorted({server.port for server in simulator.servers})
+    where = str(ports[0]) if len(ports) == 1 else f"{ports[0]}..{ports[-1]} ({len(ports)} ports)"
+    log.info(
+        "simulator listening on %s:%s: %d meter(s) of type %s, values change every %g s%s",
+        settings.host,
+        where,
+        len(simulator.placements),
+        options.type,
+        settings.step_s,
+        f", {len(options.scenario.faults)} fault(s)" if options.scenario.faults else "",
+    )
+    if options.max_connections or options.framing != "tcp":
+        log.info(
+            "each port accepts %s connection(s), framing %s",
+            options.max_connections or "any number of",
+            options.framing,
+        )
+
+
+async def _write_config(simulator: Simulator, options: SimulatorOptions) -> None:
+    """Register the served meters in PostgreSQL (`--write-config`)."""
+    profile = options.profile or virtual_profile()
+    dsn = MigrateSettings.from_env().postgres_dsn
+    result = await asyncio.to_thread(
+        write_config, dsn, profile, simulator.rows(options.advertise_host)
+    )
+    log.info(
+        "registered %d meter(s) at %s in PostgreSQL: %d added, %d updated",
+        len(simulator.placements),
+        options.advertise_host,
+        result.added,
+        result.updated,
+    )
+
+
+def _log_stop(s: Stats) -> None:
+    """What the simulator did, at shutdown."""
+    log.info(
+        "simulator stopped: %d reads, %d writes refused, %d dropped, %d resets, exceptions %s",
+        s.reads,
+        s.writes_refused,
+        s.dropped,
+        s.resets,
+        dict(s.exceptions),
+    )
+    log.info(
+        "connections: %d accepted, %d refused; most open at once per port: %s",
+        s.connections,
+        s.refused,
+        json.dumps({str(port): peak for port, peak in sorted(s.peaks.items())}),
+    )

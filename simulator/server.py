@@ -72,7 +72,6 @@ class Stats:
 
     reads: int = 0
     writes_refused: int = 0
-    unsupported: int = 0
     dropped: int = 0
     resets: int = 0
     connections: int = 0
@@ -125,9 +124,6 @@ class SimulatedContext:
     def writes_refused(self) -> int:
         return self.stats.writes_refused
 
-    def device_ids(self) -> list[int]:
-        return [unit for unit in self.devices if unit != ANY_UNIT]
-
     def refusing(self, t_s: float) -> bool:
         """Whether the port is down (every meter behind it rebooting) at `t_s`."""
         return self.can_refuse and all(plan.rebooting(t_s) for plan in self.faults.values())
@@ -149,8 +145,6 @@ class SimulatedContext:
             if fc in WRITE_FUNCTION_CODES:
                 stats.writes_refused += 1
                 log.warning("refused a write (function code %d, unit %d)", fc, unit)
-            else:
-                stats.unsupported += 1
             stats.exceptions[ILLEGAL_FUNCTION] += 1
             return _exception(fc, ILLEGAL_FUNCTION), 0.0
         t_s = self.clock()
@@ -359,12 +353,7 @@ class ModbusTcpServer:
         self.connections: set[_Connection] = set()
         self._listener: asyncio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._closed = asyncio.Event()
         self._started = False
-
-    @property
-    def listening(self) -> bool:
-        return self._listener is not None
 
     async def start(self) -> None:
         """Bind the port (raises OSError when it is taken) and start answering."""
@@ -411,11 +400,6 @@ class ModbusTcpServer:
                 except OSError as exc:
                     log.warning("port %d cannot listen again yet: %s", self.port, exc)
 
-    async def serve_forever(self) -> None:
-        """Start (if needed) and serve until `shutdown`."""
-        await self.start()
-        await self._closed.wait()
-
     async def shutdown(self) -> None:
         """Stop listening and drop every connection."""
         if self._watcher is not None:
@@ -427,16 +411,3 @@ class ModbusTcpServer:
         self._stop_listening(reset=False)
         if listener is not None:
             await listener.wait_closed()
-        self._closed.set()
-
-
-def make_server(
-    context: SimulatedContext,
-    host: str,
-    port: int,
-    *,
-    max_connections: int = 0,
-    framing: Framing = "tcp",
-) -> ModbusTcpServer:
-    """A server for `context` on host:port (start it with `await start()` or `serve_forever()`)."""
-    return ModbusTcpServer(context, host, port, max_connections=max_connections, framing=framing)

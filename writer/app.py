@@ -290,7 +290,6 @@ class Writer:
             self.settings.batch_bytes,
             self.settings.flush_interval_ms,
         )
-        interval_s = self.settings.flush_interval_ms / 1000
 
         async def wake_on_stop() -> None:
             await stop.wait()
@@ -298,40 +297,8 @@ class Writer:
 
         relay = asyncio.create_task(wake_on_stop())
         try:
-            while not stop.is_set():
-                if self._first_at is None:
-                    timeout = interval_s
-                else:
-                    timeout = max(0.0, self._first_at + interval_s - time.monotonic())
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-                if stop.is_set():
-                    break
-                due = self._first_at is not None and (
-                    time.monotonic() - self._first_at >= interval_s or self._batch_full()
-                )
-                if due:
-                    # Up to WRITES_IN_FLIGHT batches at once: the next batch fills and goes
-                    # while InfluxDB is still taking the previous one.
-                    while len(self._writes) >= WRITES_IN_FLIGHT:
-                        await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
-                    write = asyncio.create_task(self.flush())
-                    self._writes.add(write)
-                    write.add_done_callback(self._flushed)
-                    self._wake.set()  # a full batch may be waiting behind this one
-            # Finish what InfluxDB will take now; what is left stays unacked and is redelivered.
-            if self._writes:
-                await asyncio.wait(self._writes, timeout=SHUTDOWN_WRITE_S)
-            try:
-                await asyncio.wait_for(self._store_held(), timeout=SHUTDOWN_WRITE_S)
-            except (TimeoutError, SinkUnavailable):
-                pass
-            except Exception:
-                # unacked, so RabbitMQ delivers them again: worth a line, not a crash at stop
-                log.exception("writing the readings held at stop failed")
+            await self._flush_until(stop)
+            await self._finish()
         finally:
             relay.cancel()
             if self._restored is not None:
@@ -341,6 +308,47 @@ class Writer:
             if self._stats is not None:
                 self._stats.close()
                 self._stats = None
+
+    async def _flush_until(self, stop: asyncio.Event) -> None:
+        """Flush a batch whenever one is full or its first reading waited the flush interval."""
+        interval_s = self.settings.flush_interval_ms / 1000
+        while not stop.is_set():
+            if self._first_at is None:
+                timeout = interval_s
+            else:
+                timeout = max(0.0, self._first_at + interval_s - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if stop.is_set():
+                break
+            due = self._first_at is not None and (
+                time.monotonic() - self._first_at >= interval_s or self._batch_full()
+            )
+            if due:
+                # Up to WRITES_IN_FLIGHT batches at once: the next batch fills and goes
+                # while InfluxDB is still taking the previous one.
+                while len(self._writes) >= WRITES_IN_FLIGHT:
+                    await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
+                write = asyncio.create_task(self.flush())
+                self._writes.add(write)
+                write.add_done_callback(self._flushed)
+                self._wake.set()  # a full batch may be waiting behind this one
+
+    async def _finish(self) -> None:
+        """At stop: finish what InfluxDB will take now; what is left stays unacked and is
+        redelivered."""
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=SHUTDOWN_WRITE_S)
+        try:
+            await asyncio.wait_for(self._store_held(), timeout=SHUTDOWN_WRITE_S)
+        except (TimeoutError, SinkUnavailable):
+            pass
+        except Exception:
+            # unacked, so RabbitMQ delivers them again: worth a line, not a crash at stop
+            log.exception("writing the readings held at stop failed")
 
 
 async def run(settings: WriterSettings, stop: asyncio.Event | None = None) -> None:

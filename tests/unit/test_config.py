@@ -340,7 +340,7 @@ def test_ten_thousand_registers_load_in_linear_time_and_the_type_is_capped() -> 
     config = build_config(rows)
     took_s = time.perf_counter() - started
     # The former duplicate check compared each row with every kept one: 2.8 s for these rows.
-    assert took_s < 1.0
+    assert took_s < 2.5  # linear: about 0.2 s here; a busy CI machine gets room
     assert len(config.meters[0].registers) == MAX_REGISTERS_PER_TYPE
     assert config.meters[0].registers[-1].name == f"r{MAX_REGISTERS_PER_TYPE - 1}"
     assert config.errors == [
