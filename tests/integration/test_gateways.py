@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import pika
 import pytest
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
@@ -79,6 +80,21 @@ async def until(done: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
     while not await done():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+def consuming(amqp_url: str, port: int) -> Callable[[], Awaitable[bool]]:
+    """Whether a worker consumes the shard queue of gateway 127.0.0.1:`port` (a worker that
+    has just started declares and consumes 64 queues first: a tick set before it would be
+    half over before its first job arrives)."""
+    queue = shard_queue(Meter(0, "127.0.0.1", port, 1, "sdm630"))
+
+    async def check() -> bool:
+        try:
+            return (await asyncio.to_thread(depth, amqp_url, queue))[1] >= 1
+        except pika.exceptions.ChannelClosedByBroker:
+            return False  # not declared yet
+
+    return check
 
 
 def readings_ready(amqp_url: str, n: int) -> Callable[[], Awaitable[bool]]:
@@ -251,11 +267,13 @@ def test_jobs_that_wait_past_half_a_tick_are_dropped_and_the_gateway_status_coun
         )
     )
     query = "SELECT * FROM gateway_status"
-    tick_ms = int(time.time() * 1000)
+    at: dict[str, int] = {}
 
     async def go() -> None:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(s.run(stop)) for s in (worker, writer)]
+        await until(consuming(amqp_url, port), 20)
+        tick_ms = at["tick_ms"] = int(time.time() * 1000)
         # The first job holds the gateway's one connection 1.2 s: the others get it past 1 s.
         jobs = [
             Job(Meter(unit, "127.0.0.1", port, unit, "sdm630"), tick_ms, tick_ms + period_ms, plan)
@@ -272,6 +290,7 @@ def test_jobs_that_wait_past_half_a_tick_are_dropped_and_the_gateway_status_coun
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(go())
+    tick_ms = at["tick_ms"]
     [point] = influx_v1.query(query)
     busy_ms = point.pop("busy_ms")
     utilisation = point.pop("utilisation")
@@ -341,11 +360,12 @@ def test_a_dead_unit_does_not_push_its_neighbours_past_the_tick(
     port = start_simulator(processes, 4, "--timeout-rate", "1", "--fault-meters", "0")
     period_ms = 4_000
     settings = WorkerSettings(amqp_url=amqp_url, read_timeout_s=1.0, read_attempts=3)
-    tick_ms = int(time.time() * 1000)
 
     async def go() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(Worker(settings).run(stop))
+        await until(consuming(amqp_url, port), 20)
+        tick_ms = int(time.time() * 1000)
         jobs = [
             Job(
                 Meter(unit, "127.0.0.1", port, unit, "sdm630"),
