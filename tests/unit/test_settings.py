@@ -19,6 +19,7 @@ from emm.settings import (
     WorkerSettings,
     WriterSettings,
 )
+from tests.helpers import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
@@ -330,7 +331,7 @@ def test_a_service_with_a_bad_setting_says_so_in_one_line_and_exits_2(
     how: str, service: str, variable: str, value: str, allowed: str
 ) -> None:
     if how == "emm" and not EMM.exists():
-        pytest.skip(f"no {EMM} (package not installed)")
+        unavailable(f"no {EMM} (package not installed)")
     command = [sys.executable, "-m", service] if how == "python -m" else [str(EMM), service]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMM_")}
     env |= {variable: value, "PYTHONPATH": str(ROOT)}
