@@ -60,7 +60,8 @@ def value_problems(fields: dict[str, float], guard: Guard) -> dict[str, str]:
             if value is None or (unit == "V" and value == 0):
                 continue
             if not low - slack <= value <= high + slack:
-                out[name] = f"{value:g} {unit} outside {low:g}..{high:g}{unit and ' ' + unit}"
+                value_unit = f"{value:g} {unit}".rstrip()
+                out[name] = f"{value_unit} outside {low:g}..{high:g}{unit and ' ' + unit}"
 
     outside(roles.voltages, limits.voltage_min_v, limits.voltage_max_v, "V", 0.0)
     v_low, v_high = limits.voltage_min_v * _SQRT3, limits.voltage_max_v * _SQRT3
