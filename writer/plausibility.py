@@ -10,13 +10,15 @@ and the roles of its fields); a reading without one (from an older worker) passe
   two is wrong cannot be told).
 - A counter of energy that stepped by more than max power x the time since its previous clean
   value x `step_margin` + STEP_SLACK_WH.
-- A counter that went down without a reboot. The writer sees a reboot as a tick without an up
-  reading from the meter since its previous one (a rebooting meter is offline); a drop also
-  counts as a restart when it holds at the next reading (above 0 and not below the value that
-  went down): the meter restarted counting. Either way the counter is stored as a restart
-  (`counter_resets`, its delta the new value), as `writer.counters` says. Any other drop, a
-  transient zero, is suspect. Likewise a step that holds (the next reading goes on from it at a
-  plausible pace) is taken as the counter's new level.
+- A counter that went down without a reboot. The writer sees a reboot as a failed reading of
+  the meter since its previous clean value (a rebooting meter does not answer; a tick merely
+  missed, a job dropped as late, is no reboot); for a meter it has not seen since it started,
+  as a missed tick. A drop also counts as a restart when it holds at the next reading (above
+  0 and not below the value that went down): the meter restarted counting. Either way the
+  counter is stored as a restart (`counter_resets`, its delta the new value), as
+  `writer.counters` says. Any other drop, a transient zero, is suspect. Likewise a step that
+  holds (the next reading goes on from it at a plausible pace) is taken as the counter's new
+  level (its whole step then counts in that delta: a replaced meter's new counter).
 
 What happens to a suspect value: it is taken out of the `energy` point and written instead to
 the `energy_suspect` measurement (same tags, same time, the value as read), so no panel, sum or
@@ -88,25 +90,28 @@ def value_problems(fields: dict[str, float], guard: Guard) -> dict[str, str]:
 
 class PlausibilityGuard:
     """Checks readings before their counters are taken (`check`), with what it must remember:
-    each meter's latest up tick, the counters' unexplained drops and steps, when each meter
-    was last logged."""
+    each meter's latest ticks up and down, the counters' unexplained drops and steps, when
+    each meter was last logged."""
 
     def __init__(self, counters: CounterWatch, clock: Callable[[], float] = time.monotonic) -> None:
         self._counters = counters
         self._clock = clock
         self._up: dict[int, int] = {}  # meter -> its latest tick with values
+        self._down: dict[int, int] = {}  # meter -> its latest tick without
         self._pending: dict[tuple[int, str], tuple[int, float]] = {}  # suspect (tick, value)
         self._logged: dict[int, tuple[float, int]] = {}  # meter -> (logged at, not logged since)
 
     def check(self, reading: Reading) -> dict[str, str]:
         """The reading's suspect fields, with why (none when it carries no guard)."""
         guard = reading.guard
+        meter, tick = reading.meter.id, reading.tick_ms
+        if not reading.status.up or not reading.fields:
+            self._down[meter] = max(self._down.get(meter, tick), tick)
         if guard is None or not reading.fields:
             return {}
         suspect = value_problems(reading.fields, guard)
         names = [n for n in reading.counters if n in reading.fields and n not in suspect]
         suspect.update(self._counter_problems(reading, names, guard))
-        meter, tick = reading.meter.id, reading.tick_ms
         self._up[meter] = max(self._up.get(meter, tick), tick)
         if suspect:
             self._log(reading, suspect)
@@ -159,11 +164,11 @@ class PlausibilityGuard:
         )
 
     def _rebooted(self, meter: int, before_ms: int, tick: int) -> bool:
-        """Whether the meter missed a tick since its latest up reading before `tick`."""
-        last_up = self._up.get(meter, before_ms)
-        if last_up >= tick:  # a late or repeated reading: its counters' previous tick
-            last_up = before_ms
-        return self._counters.ticks_between(max(last_up, before_ms), tick) > 0
+        """Whether the meter failed a reading between its counter's previous clean value and
+        `tick` (for a meter not seen since the writer started: missed a tick)."""
+        if meter not in self._up:
+            return self._counters.ticks_between(before_ms, tick) > 0
+        return before_ms < self._down.get(meter, 0) < tick
 
     def _log(self, reading: Reading, suspect: dict[str, str]) -> None:
         meter = reading.meter.id

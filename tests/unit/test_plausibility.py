@@ -144,9 +144,26 @@ def test_a_transient_zero_is_flagged_and_left_out_of_the_deltas() -> None:
 def test_a_drop_after_a_reboot_is_a_restart() -> None:
     w = Writer()
     w.take(reading(0, 1000.0))
-    # offline for one tick (no reading with values): a reboot
+    # the meter did not answer at the tick between: it rebooted
+    assert w.take(Reading(METER, T0 + MINUTE, {}, Status(False, "timeout"))) == {}
     assert w.take(reading(2, 0.25)) == {}
     assert w.deltas == {T0 + 2 * MINUTE: 0.25}
+    assert w.resets == {T0 + 2 * MINUTE: ["importActiveEnergy"]}
+
+
+def test_a_missed_tick_is_no_reboot() -> None:
+    w = Writer()
+    w.take(reading(0, 1000.0))
+    # no reading at the tick between (a job dropped as late): a drop is still suspect
+    assert w.take(reading(2, 0.0)) == {
+        "importActiveEnergy": "went down from 1000 to 0 without a reboot"
+    }
+
+
+def test_a_drop_after_a_gap_is_a_restart_when_the_writer_just_started() -> None:
+    w = Writer()
+    w.watch.restore([(METER.id, T0, {"importActiveEnergy": 1000.0})])  # from InfluxDB
+    assert w.take(reading(2, 0.25)) == {}
     assert w.resets == {T0 + 2 * MINUTE: ["importActiveEnergy"]}
 
 
