@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
 from devservices.readers import InfluxQL
@@ -157,7 +158,9 @@ def fleet(influx_v1_server: str) -> Iterator[Fleet]:
             # the last one checked by the plausibility guard, with an impossible voltage
             last = readings[-1]
             limits = Guard(spec.profile.plausibility, Plan.build(spec.profile.registers).roles)
-            readings[-1] = replace(last, fields={**last.fields, "voltageL1": 500.0}, guard=limits)
+            readings[-1] = msgspec.structs.replace(
+                last, fields={**last.fields, "voltageL1": 500.0}, guard=limits
+            )
         for reading in readings:
             deliver(reading)
     for start in range(0, len(lines), 5000):
