@@ -18,14 +18,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 
+from broker import READINGS
 from devservices import postgres, rabbitmq
 from devservices.net import free_port_run
 from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
 from devservices.readers import InfluxQL
 from emm.plan import Plan
 from emm.plausibility import Guard
@@ -33,6 +36,8 @@ from emm.profiles import shipped_profile
 from simulator.faults import Distortion, Window
 from simulator.model import MeterSpec, expected
 from tests.faults.harness import Pipeline, now_ms
+from tests.helpers import unavailable
+from tests.integration.amqp_util import publish
 from writer.counters import increment
 from writer.plausibility import value_problems
 
@@ -351,3 +356,45 @@ def test_status_exits_0_when_nothing_is_down_and_2_without_influxdb(run: Run) ->
     gone = run.emm("status", EMM_INFLUX_URL="http://127.0.0.1:1")
     assert gone.returncode == 2
     assert gone.stderr.startswith("emm status: InfluxDB v1 at http://127.0.0.1:1 unreachable")
+
+
+def test_status_reads_queue_depths_from_the_management_api(run: Run, tmp_path: Path) -> None:
+    reason = PrivateRabbitMQ.available()
+    if reason:
+        unavailable(reason)
+    node = PrivateRabbitMQ(tmp_path / "rabbitmq", management=True)
+    try:
+        node.start(timeout_s=120)
+        publish(node.url, READINGS, [b"{}", b"{}"])
+        api = f"http://guest:guest@127.0.0.1:{node.management_port}/api"
+        env = {"EMM_AMQP_URL": node.url, "EMM_RABBITMQ_API_URL": api}
+        deadline = time.monotonic() + 30
+        while True:  # the management API's statistics lag the queue by a few seconds
+            got = run.emm("status", "--json", **env)
+            queues = json.loads(got.stdout)["queues"]
+            if queues["queues"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert queues == {
+            "api_url": f"http://127.0.0.1:{node.management_port}/api",
+            "reachable": True,
+            "error": "",
+            "queues": [
+                {
+                    "name": "emm.readings",
+                    "messages": 2,
+                    "messages_ready": 2,
+                    "messages_unacknowledged": 0,
+                    "consumers": 0,
+                }
+            ],
+        }
+        table = run.emm("status", **env).stdout.splitlines()
+        at = table.index(f"queues (http://127.0.0.1:{node.management_port}/api)")
+        assert [line.split() for line in table[at + 1 :]] == [
+            ["queue", "messages", "ready", "unacked", "consumers"],
+            ["emm.readings", "2", "2", "0", "0"],
+        ]
+    finally:
+        if node.running():
+            node.kill()
