@@ -15,19 +15,28 @@ pytestmark = pytest.mark.timeout(30)
 
 SHIPPED = [
     "abb_b23",
+    "abb_b24",
     "cg_em24",
     "cg_em340",
     "chint_dtsu666",
     "finder_7m38",
+    "growatt",
+    "huawei_sun2000",
     "janitza_umg604",
+    "janitza_umg96rm",
+    "kostal_ksem",
     "orno_we517",
     "schneider_iem3000",
+    "schneider_pm5000",
     "sdm120",
     "sdm230",
+    "sdm530",
     "sdm630",
     "sdm72d",
     "sdm72d_m2",
     "siemens_pac2200",
+    "socomec_countis_e23",
+    "sungrow_sg",
 ]
 
 
