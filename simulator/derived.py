@@ -90,12 +90,12 @@ class PvArray:
 
     def _since_epoch(self, t_s: float) -> float:
         days = math.floor(t_s / DAY_S)
-        into_day = min(max(t_s - days * DAY_S - SUNRISE_S, 0.0), DAYLIGHT_S)
+        into_day = t_s - days * DAY_S - SUNRISE_S
         per_day = self.peak_w * DAYLIGHT_S * 2.0 / math.pi
-        today = (
-            self.peak_w * DAYLIGHT_S / math.pi * (1.0 - math.cos(math.pi * into_day / DAYLIGHT_S))
-        )
-        return days * per_day + today
+        if into_day >= DAYLIGHT_S:  # after sunset: whole days exactly, so nights never wobble
+            return (days + 1) * per_day
+        angle = math.pi * max(into_day, 0.0) / DAYLIGHT_S
+        return days * per_day + self.peak_w * DAYLIGHT_S / math.pi * (1.0 - math.cos(angle))
 
 
 def pv_quantities(
