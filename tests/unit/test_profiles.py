@@ -262,3 +262,11 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_profile(path)
     assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+def test_readme_device_table_lists_every_shipped_profile() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("| maker | model | type | registers | datasheet |\n", 1)[1]
+    rows = table.split("\n\n", 1)[0].splitlines()[1:]  # after the | --- | line
+    listed = {cells[2]: int(cells[3]) for cells in (r.strip("|").split(" | ") for r in rows)}
+    assert listed == {p.type: len(p.rows) for p in shipped_profiles()}
