@@ -50,6 +50,51 @@ def private_vhost(amqp_base: str = DEFAULT_URL, prefix: str = "emm-test") -> Ite
         _rabbitmqctl("delete_vhost", vhost)
 
 
+@contextlib.contextmanager
+def service_users(
+    amqp_base: str = DEFAULT_URL, prefix: str = "emm-test"
+) -> Iterator[dict[str, str]]:
+    """A fresh vhost holding the topology and one user per service with only its rights, made
+    from `broker.access.definitions` as a deployment makes them; yields service -> AMQP URL
+    (and "admin" -> `amqp_base`'s user, who may do everything there), and deletes the vhost and
+    the users afterwards. Needs rabbitmqctl as root, like `private_vhost`."""
+    import json
+    import secrets
+    import tempfile
+
+    from broker.access import PERMISSIONS, definitions
+
+    host = urllib.parse.urlsplit(amqp_base)
+    admin = host.username or "guest"
+    tag = uuid.uuid4().hex[:10]
+    vhost = f"{prefix}-{tag}"
+    users = {
+        service: (f"{prefix}-{tag}-{service}", secrets.token_hex(16)) for service in PERMISSIONS
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(definitions(vhost, users), file)
+        file.flush()
+        os.chmod(file.name, 0o644)  # read by the broker's own user
+        made = _rabbitmqctl("import_definitions", file.name)
+    if made.returncode != 0:
+        raise VhostUnavailable(f"rabbitmqctl import_definitions failed: {made.stderr.strip()}")
+    quoted = urllib.parse.quote(vhost, safe="")
+    netloc = f"{host.hostname}:{host.port or 5672}"
+    try:
+        perms = _rabbitmqctl("set_permissions", "-p", vhost, admin, ".*", ".*", ".*")
+        if perms.returncode != 0:
+            raise VhostUnavailable(f"rabbitmqctl set_permissions failed: {perms.stderr.strip()}")
+        urls = {
+            service: f"amqp://{name}:{password}@{netloc}/{quoted}"
+            for service, (name, password) in users.items()
+        }
+        yield {**urls, "admin": f"{amqp_base.rstrip('/')}/{quoted}"}
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+        for name, _ in users.values():
+            _rabbitmqctl("delete_user", name)
+
+
 def delete_queues(amqp_url: str, queues: tuple[str, ...]) -> None:
     """Delete these queues (with their messages) if they exist."""
     import pika
