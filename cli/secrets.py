@@ -124,7 +124,7 @@ def _write(root: Path, folder: str, name: str, value: str) -> None:
     would be kept as it is on the next start)."""
     path = root / folder / name
     temporary = path.with_name(f".{name}.new")
-    temporary.write_text(value + "\n")
+    temporary.write_text(value)  # no newline: not every reader strips one
     temporary.chmod(0o400)
     if os.geteuid() == 0:
         os.chown(temporary, *OWNERS[folder])
