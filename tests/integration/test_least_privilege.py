@@ -5,6 +5,7 @@ readings."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -24,15 +25,17 @@ import pika.exceptions
 import psycopg2
 import pytest
 
+from broker import Broker
 from broker.topology import JOBS, MARKERS, READINGS, job_queue
 from devservices import rabbitmq
 from devservices.influx import Service, start_influxdb_v1
 from devservices.net import free_port, port_open, wait_for
 from devservices.processes import Processes, emm_command
+from emm.errors import ConfigError
 from simulator.model import expected
 from tests.helpers import unavailable
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 STEP_S = 2
 DATABASE = "energy"
@@ -351,3 +354,28 @@ def _migrate(dsn: str, role: str, seed_port: int = 502) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"role {role} may read the tables"
+
+
+def test_a_service_that_may_not_declare_says_what_is_missing(users: dict[str, str]) -> None:
+    """Last in this module: it deletes a queue, and declares everything again after."""
+    admin = pika.BlockingConnection(pika.URLParameters(users["admin"]))
+    try:
+        admin.channel().queue_delete("emm.readings.dead")
+    finally:
+        admin.close()
+
+    async def connect(url: str) -> None:
+        broker = Broker(url, name="emm-test")
+        try:
+            await broker.connect(retry_forever=False)
+        finally:
+            await broker.close()
+
+    with pytest.raises(ConfigError) as raised:
+        asyncio.run(connect(users["writer"]))
+    assert str(raised.value) == (
+        "RabbitMQ has no queue emm.readings.dead and this user may not declare it: load the "
+        "definitions `emm secrets` writes, or start a service once as a user that may configure"
+    )
+    asyncio.run(connect(users["admin"]))  # declares it again
+    asyncio.run(connect(users["writer"]))
