@@ -33,6 +33,7 @@ from typing import Any
 from broker.topology import (
     DEAD_LETTER_EXCHANGE,
     DEAD_QUEUES,
+    EXCHANGE_BINDINGS,
     EXCHANGES,
     JOBS,
     MARKERS,
@@ -143,6 +144,10 @@ def topology(vhost: str) -> dict[str, list[dict[str, Any]]]:
         for queue in QUEUES
         for exchange, routing_key in queue_bindings(queue)
     ]
+    bindings += [
+        _binding(vhost, source, destination, "", {}, kind="exchange")
+        for source, destination in EXCHANGE_BINDINGS
+    ]
     return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
 
 
@@ -157,13 +162,18 @@ def _queue(vhost: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _binding(
-    vhost: str, exchange: str, queue: str, routing_key: str, arguments: dict[str, Any]
+    vhost: str,
+    exchange: str,
+    destination: str,
+    routing_key: str,
+    arguments: dict[str, Any],
+    kind: str = "queue",
 ) -> dict[str, Any]:
     return {
         "source": exchange,
         "vhost": vhost,
-        "destination": queue,
-        "destination_type": "queue",
+        "destination": destination,
+        "destination_type": kind,
         "routing_key": routing_key,
         "arguments": arguments,
     }

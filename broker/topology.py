@@ -7,8 +7,9 @@ version declared.
                   a tick marker every tick; single active consumer: every worker consumes
                   every shard, RabbitMQ delivers each shard to one of them
                   rejected -> emm.jobs.dead
-    emm.markers   direct exchange: a worker hands a shard over with a marker through it (a job
-                  arriving through it is refused: only the scheduler may publish jobs)
+    emm.markers   fanout exchange bound to emm.jobs: a worker hands a shard over with a marker
+                  through it (a delivery names the exchange it was published to, so a job
+                  arriving through emm.markers is refused: only the scheduler may publish jobs)
     emm.readings  direct exchange and queue: workers publish readings and statuses, the writer
                   consumes; rejected -> emm.readings.dead
 
@@ -144,20 +145,21 @@ def dead_letter_binding(queue: str) -> dict[str, Any]:
     }
 
 
-# exchange -> its type; emm.jobs, emm.markers and emm.readings route by the queue's name
+# exchange -> its type; emm.jobs and emm.readings route by the queue's name
 EXCHANGES = {
     DEAD_LETTER_EXCHANGE: "headers",
     JOBS: "direct",
-    MARKERS: "direct",
+    MARKERS: "fanout",
     READINGS: "direct",
 }
+# (source, destination) exchange to exchange: a marker goes on to emm.jobs with its routing key
+# (one binding rather than one per shard queue: each is a round trip at every connection)
+EXCHANGE_BINDINGS = ((MARKERS, JOBS),)
 
 
 def queue_bindings(queue: str) -> list[tuple[str, str]]:
     """The (exchange, routing key) pairs work queue `queue` is bound with."""
-    if is_job_queue(queue):
-        return [(JOBS, queue), (MARKERS, queue)]
-    return [(READINGS, queue)]
+    return [(JOBS if is_job_queue(queue) else READINGS, queue)]
 
 
 async def declare_topology(connection: aio_pika.abc.AbstractConnection) -> None:
@@ -211,8 +213,13 @@ async def _declare_topology(connection: aio_pika.abc.AbstractConnection) -> None
             await dead_queue.bind(
                 dead_letters, routing_key="", arguments=dead_letter_binding(queue)
             )
-        for name in (JOBS, MARKERS, READINGS):
-            await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+        exchanges = {
+            name: await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
+            for name, kind in EXCHANGES.items()
+            if name != DEAD_LETTER_EXCHANGE
+        }
+        for source, destination in EXCHANGE_BINDINGS:
+            await exchanges[destination].bind(exchanges[source], routing_key="")
     finally:
         await _close(channel)
     refused = await _declare_work_queues(connection, QUEUES)
