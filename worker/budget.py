@@ -210,7 +210,13 @@ class Budget:
         message_id = f"{status.name}@{status.tick_ms}"
         try:
             await retry.OUTBOX_PUBLISH.call(
-                partial(broker.publish, READINGS, status.encode(), message_id=message_id),
+                partial(
+                    broker.publish,
+                    READINGS,
+                    status.encode(),
+                    exchange=READINGS,
+                    message_id=message_id,
+                ),
                 until=time.monotonic() + PUBLISH_WITHIN_S,
             )
             self.reported += 1
