@@ -13,7 +13,7 @@ receives its own secrets and nothing else:
                      salted hashes, their permissions and the topology: `broker.access`)
     influxdb/        admin-password (user emm-influx), admin-token
     grafana/         admin-password (user emm-grafana)
-    writer-influx/   token: the writer's write-only InfluxDB token, and
+    writer-influx/   token: the writer's InfluxDB token (write and read the bucket), and
     grafana-influx/  token: Grafana's read-only one; both written by InfluxDB's own first-start
                      script (deploy/influxdb/init-tokens.sh), since InfluxDB makes the tokens
 

@@ -1,6 +1,7 @@
 """Least privilege on real services: each service's credentials do what it must and are refused
 what it must not (RabbitMQ users from `broker.access`, the scheduler's read-only PostgreSQL role,
-InfluxDB 1.x users that may only write or only read), and a pipeline of such services stores its
+InfluxDB 1.x users: the writer's reads and writes its one database, Grafana's only reads), and a
+pipeline of such services stores its
 readings."""
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 STEP_S = 2
 DATABASE = "energy"
+OTHER = "other"  # a database on the same server that neither service may use
 WRITER = ("emm-writer", "writer-pw")
 GRAFANA = ("emm-grafana", "grafana-pw")
 ADMIN = ("admin", "admin-pw")
@@ -60,8 +62,9 @@ def users() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """A private InfluxDB 1.x with auth on: an admin, the writer's user (WRITE on the database)
-    and Grafana's (READ), as an operator makes them."""
+    """A private InfluxDB 1.x with auth on: an admin, the writer's user (READ and WRITE on the
+    database: it reads its last counter values back at start) and Grafana's (READ), as an
+    operator makes them, and a second database neither may use."""
     try:
         service = start_influxdb_v1(tmp_path_factory.mktemp("influx-auth"), auth_enabled=True)
     except FileNotFoundError as exc:
@@ -73,8 +76,10 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         )
         for statement in (
             f'CREATE DATABASE "{DATABASE}"',
+            f'CREATE DATABASE "{OTHER}"',
             f"CREATE USER \"{WRITER[0]}\" WITH PASSWORD '{WRITER[1]}'",
-            f'GRANT WRITE ON "{DATABASE}" TO "{WRITER[0]}"',
+            # READ and WRITE on this one database (a GRANT replaces, not adds, in 1.x)
+            f'GRANT ALL ON "{DATABASE}" TO "{WRITER[0]}"',
             f"CREATE USER \"{GRAFANA[0]}\" WITH PASSWORD '{GRAFANA[1]}'",
             f'GRANT READ ON "{DATABASE}" TO "{GRAFANA[0]}"',
         ):
@@ -103,9 +108,11 @@ def scheduler_role(postgres_server: str) -> Iterator[str]:
         admin.close()
 
 
-def _influxql(url: str, statement: str, user: tuple[str, str] | None = None) -> tuple[int, str]:
+def _influxql(
+    url: str, statement: str, user: tuple[str, str] | None = None, database: str = "energy"
+) -> tuple[int, str]:
     """POST an InfluxQL statement as `user`; (HTTP status, body)."""
-    fields = {"q": statement, "db": DATABASE}
+    fields = {"q": statement, "db": database}
     headers = _basic(user) if user is not None else {}
     return _http(f"{url}/query", urllib.parse.urlencode(fields).encode(), headers)
 
@@ -222,7 +229,7 @@ def test_the_scheduler_role_reads_and_changes_nothing(pg_dsn: str, scheduler_rol
         assert str(raised.value).splitlines()[0] == "permission denied for schema public"
 
 
-def test_the_writer_may_only_write_and_grafana_only_read(influx: Service) -> None:
+def test_the_writer_may_only_use_its_database_and_grafana_only_read(influx: Service) -> None:
     line = b"energy,meter_id=1 v=1 1700000000000"
     write = f"{influx.url}/write?db={DATABASE}&precision=ms"
     assert _http(write, line, _basic(WRITER)) == (204, "")
@@ -235,14 +242,24 @@ def test_the_writer_may_only_write_and_grafana_only_read(influx: Service) -> Non
     )
     query = "SELECT v FROM energy"
     assert _influxql(influx.url, query, GRAFANA)[0] == 200
-    status, body = _influxql(influx.url, query, WRITER)
+    assert _influxql(influx.url, query, WRITER)[0] == 200
+    status, body = _http(f"{influx.url}/write?db={OTHER}&precision=ms", line, _basic(WRITER))
+    assert status == 403
+    assert body.strip() == (
+        '{"error":"'
+        + f'\\"{WRITER[0]}\\" user is not authorized to write to database \\"{OTHER}\\""'
+        + "}"
+    )
+    status, body = _influxql(influx.url, query, WRITER, database=OTHER)
     assert status == 403
     assert body.strip() == (
         '{"error":"error authorizing query: '
         + f"{WRITER[0]} not authorized to execute statement 'SELECT v FROM energy', "
-        + f"requires READ on {DATABASE}"
+        + f"requires READ on {OTHER}"
         + '"}'
     )
+    status, body = _influxql(influx.url, f'DROP DATABASE "{DATABASE}"', WRITER)
+    assert status == 403
 
 
 def test_a_pipeline_of_least_privileged_services_stores_its_readings(

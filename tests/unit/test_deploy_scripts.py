@@ -42,7 +42,7 @@ def _run(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([bash, str(TOKENS)], env=env, capture_output=True, text=True, timeout=20)
 
 
-def test_influxdb_hands_the_writer_a_write_token_and_grafana_a_read_token(tmp_path: Path) -> None:
+def test_influxdb_hands_the_writer_a_bucket_token_and_grafana_a_read_token(tmp_path: Path) -> None:
     for folder in ("emm-writer", "emm-grafana"):
         (tmp_path / "secrets" / folder).mkdir(parents=True)
     done = _run(tmp_path)
@@ -52,7 +52,7 @@ def test_influxdb_hands_the_writer_a_write_token_and_grafana_a_read_token(tmp_pa
     assert (tmp_path / "secrets/emm-writer/token").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "calls").read_text().splitlines() == [
         "auth create --org emm --token admin-token --description emm-writer "
-        "--write-bucket b0c1 --json",
+        "--write-bucket b0c1 --read-bucket b0c1 --json",
         "auth create --org emm --token admin-token --description emm-grafana "
         "--read-bucket b0c1 --json",
     ]
