@@ -1,5 +1,5 @@
-"""The `emm` command line: the services, `migrate`, `read`, `profiles`, `report` and
-`status`."""
+"""The `emm` command line: the services, `migrate`, `secrets`, `read`, `profiles`, `report`
+and `status`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--no-profiles", action="store_true", help="do not load the shipped device profiles"
     )
+    m.add_argument(
+        "--grant-read",
+        metavar="ROLE",
+        help="let ROLE (the scheduler's) read the tables and change none",
+    )
 
     for name, text in (
         ("scheduler", "publish one read job per meter on every EMM_READ_CRON tick"),
@@ -104,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the connection and for each answer (default 2)",
     )
 
+    s = sub.add_parser(
+        "secrets",
+        help="make the docker compose stack's secrets in DIR (keeps those already there)",
+        description="Make the secrets of deploy/docker-compose.yml under DIR, one folder per "
+        "volume, keeping those already there, and write RabbitMQ's definitions (users, "
+        "permissions, queues) again.",
+    )
+    s.add_argument("dir", metavar="DIR", help="where to make them (the volumes' mount points)")
+
     p = sub.add_parser("profiles", help="list, show or import device profiles")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
     psub.add_parser("list", help="the shipped profiles and the types in PostgreSQL")
@@ -141,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import migrate
 
             code = migrate.run(args)
+        elif args.command == "secrets":
+            from cli import secrets
+
+            code = secrets.run(args)
         elif args.command == "profiles":
             from cli import profiles
 

@@ -50,6 +50,58 @@ def private_vhost(amqp_base: str = DEFAULT_URL, prefix: str = "emm-test") -> Ite
         _rabbitmqctl("delete_vhost", vhost)
 
 
+@contextlib.contextmanager
+def service_users(
+    amqp_base: str = DEFAULT_URL, prefix: str = "emm-test"
+) -> Iterator[dict[str, str]]:
+    """A fresh vhost holding the topology and one user per service with only its rights, made
+    from `broker.access.definitions` as a deployment makes them; yields service -> AMQP URL
+    (and "admin" -> `amqp_base`'s user, who may do everything there), and deletes the vhost and
+    the users afterwards. Needs rabbitmqctl as root, like `private_vhost`."""
+    import json
+    import secrets
+    import tempfile
+
+    from broker.access import PERMISSIONS, definitions
+
+    host = urllib.parse.urlsplit(amqp_base)
+    admin = host.username or "guest"
+    tag = uuid.uuid4().hex[:10]
+    vhost = f"{prefix}-{tag}"
+    users = {
+        service: (f"{prefix}-{tag}-{service}", secrets.token_hex(16)) for service in PERMISSIONS
+    }
+    document = definitions(vhost, users)
+    # the caller's own user may do everything there (one rabbitmqctl call less: each is slow)
+    document["permissions"].append(
+        {"user": admin, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(document, file)
+        file.flush()
+        os.chmod(file.name, 0o644)  # read by the broker's own user
+        made = _rabbitmqctl("import_definitions", file.name)
+    if made.returncode != 0:
+        raise VhostUnavailable(f"rabbitmqctl import_definitions failed: {made.stderr.strip()}")
+    quoted = urllib.parse.quote(vhost, safe="")
+    netloc = f"{host.hostname}:{host.port or 5672}"
+    try:
+        urls = {
+            service: f"amqp://{name}:{password}@{netloc}/{quoted}"
+            for service, (name, password) in users.items()
+        }
+        yield {**urls, "admin": f"{amqp_base.rstrip('/')}/{quoted}"}
+    finally:
+        ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
+        deletions = [["delete_vhost", vhost]] + [["delete_user", n] for n, _ in users.values()]
+        running = [
+            subprocess.Popen([ctl, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for args in deletions
+        ]
+        for proc in running:  # at once: each call starts an Erlang VM, seconds apiece
+            proc.wait(timeout=120)
+
+
 def delete_queues(amqp_url: str, queues: tuple[str, ...]) -> None:
     """Delete these queues (with their messages) if they exist."""
     import pika

@@ -266,3 +266,19 @@ def _seed_virtual_meter(cur: Any, host: str, port: int) -> None:
                        'virtual meter of the original project')""",
             (VIRTUAL_TYPE,),
         )
+
+
+def grant_read(conn: Connection, role: str) -> None:
+    """Let `role` (the scheduler's) read every table and change none: USAGE on the schema and
+    SELECT on its tables, nothing else. Run after each migration, so tables added later are
+    covered too; the role itself is made by whoever holds its password."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        cur.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.Identifier(role)
+            )
+        )

@@ -8,7 +8,9 @@ Time is quantised to `step_s` and rounded to the nearest step, so a read a littl
 Two kinds of meter:
 - `VirtualMeter`, the original project's: holding register 0, an int16 sawtooth.
 - `ProfileMeter`, any device profile: each register is read as the `simulator.physics` quantity
-  of its name (converted to the register's unit, e.g. kWh to Wh). A register whose name is not
+  of its name, or the `simulator.derived` one (direction-split powers; the PV side of an
+  inverter, whose AC output then replaces the meter's load), converted to the register's
+  unit (e.g. kWh to Wh). A register whose name is not
   modelled reads a constant derived from its name and the seed (see `fallback_value`); every
   register of the shipped profiles is modelled.
 
@@ -31,6 +33,7 @@ from emm.modbus import BIT_FUNCTION_CODES, ILLEGAL_DATA_ADDRESS
 from emm.planner import DEFAULT_MAX_GAP
 from emm.profiles import Profile, load_profile, shipped_profile, shipped_profiles
 from emm.registers import DataType, Register
+from simulator.derived import DERIVED_UNITS, PvArray, derived_quantities, is_inverter
 from simulator.faults import Distortion, Window
 from simulator.physics import (
     COMMISSIONED_S,
@@ -296,11 +299,13 @@ class ProfileMeter(RegisterMapMeter):
         )
         self.spec = spec
         self.physics = MeterPhysics.from_seed(spec.seed, phase_count(profile.registers))
-        modelled = quantities(self.physics, COMMISSIONED_S).keys()
+        names = [reg.name for reg in self.registers]
+        self.pv = PvArray.from_seed(spec.seed) if is_inverter(names) else None
+        modelled = self._quantities(COMMISSIONED_S, COMMISSIONED_S).keys()
         # (register, model quantity or None, unit factor or the fallback constant)
         self._map: list[tuple[Register, str | None, float]] = []
         for reg in self.registers:
-            canonical = UNITS.get(reg.name)
+            canonical = UNITS.get(reg.name, DERIVED_UNITS.get(reg.name))
             if canonical is None or reg.name not in modelled:
                 self._map.append((reg, None, fallback_value(reg, spec.seed)))
             else:
@@ -311,10 +316,14 @@ class ProfileMeter(RegisterMapMeter):
         """The registers that read a constant because the model does not know their name."""
         return [reg.name for reg, name, _ in self._map if name is None]
 
+    def _quantities(self, t_s: float, since: float) -> dict[str, float]:
+        """The grid model's quantities with the derived ones (PV side for an inverter)."""
+        return derived_quantities(quantities(self.physics, t_s, since), self.pv, t_s, since)
+
     def values_at(self, t_s: float) -> dict[str, float]:
         t_q = step_index(t_s, self.step_s) * self.step_s
         since = counting_since(t_q, (w.last_end(t_q) for w in self.spec.energy_resets))
-        q = quantities(self.physics, t_q, since)
+        q = self._quantities(t_q, since)
         values = {
             reg.name: factor if name is None else q[name] * factor
             for reg, name, factor in self._map
