@@ -266,10 +266,12 @@ def test_the_wrong_word_order_is_flagged_on_every_reading_and_logged_once(run: R
     # its first reading: no counter known before it, so exactly the impossible values
     values = expected(swapped, int(first["time"]))
     assert first["suspect_fields"] == ",".join(sorted(value_problems(values, guard)))
-    for row in rows:
-        names = set(row["suspect_fields"].split(","))
-        assert {"voltageL1", "voltageL2", "voltageL3", "frequency"} <= names
-    assert all("voltageL1" not in r or r["voltageL1"] is None for r in _energy(run, 3).values())
+    # later readings: the counters jump about too; no voltage or frequency is ever stored
+    # clean (one whose garbage is NaN or infinite is left out by the worker as not available)
+    impossible = ("voltageL1", "voltageL2", "voltageL3", "frequency")
+    for tick, row in _energy(run, 3).items():
+        assert [row.get(name) for name in impossible] == [None] * 4, tick
+    assert all(r["suspect"] >= 4 for r in rows)
     assert run.pipeline.log("writer").count(f"meter {run.ids[3]}: implausible") == 1
 
 
@@ -372,7 +374,7 @@ def test_status_reads_queue_depths_from_the_management_api(run: Run, tmp_path: P
         while True:  # the management API's statistics lag the queue by a few seconds
             got = run.emm("status", "--json", **env)
             queues = json.loads(got.stdout)["queues"]
-            if queues["queues"] or time.monotonic() > deadline:
+            if any(q["messages"] for q in queues["queues"]) or time.monotonic() > deadline:
                 break
             time.sleep(1)
         assert queues == {
