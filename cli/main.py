@@ -1,4 +1,5 @@
-"""The `emm` command line: the services, `migrate`, `secrets`, `read`, `profiles` and `report`."""
+"""The `emm` command line: the services, `migrate`, `secrets`, `read`, `profiles`, `report`
+and `status`."""
 
 from __future__ import annotations
 
@@ -137,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from cli.report import add_parser as add_report
+    from cli.status import add_parser as add_status
 
     add_report(sub)
+    add_status(sub)
     return parser
 
 
@@ -168,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import report
 
             code = report.run(args)
+        elif args.command == "status":
+            from cli import status
+
+            code = status.run(args)
         else:
             code = _service(args.command, extra)
     except EmmError as exc:

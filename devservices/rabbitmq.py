@@ -118,12 +118,14 @@ def delete_queues(amqp_url: str, queues: tuple[str, ...]) -> None:
 class PrivateRabbitMQ:
     """A RabbitMQ node of one's own (own name, ports and data folder), to kill and restart."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, management: bool = False) -> None:
         self.folder = folder
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"emmfault{self.port}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
+        # the management plugin's HTTP API on a port of its own (None: not enabled)
+        self.management_port = free_port() if management else None
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -155,6 +157,11 @@ class PrivateRabbitMQ:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
             "RABBITMQ_PID_FILE": str(self.folder / "pid"),
         }
+        if self.management_port is not None:
+            (self.folder / "enabled_plugins").write_text("[rabbitmq_management].\n")
+            (self.folder / "rabbitmq.conf").write_text(
+                f"management.tcp.port = {self.management_port}\nmanagement.tcp.ip = 127.0.0.1\n"
+            )
         with (self.folder / "server.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [RABBITMQ_SERVER],
@@ -164,6 +171,9 @@ class PrivateRabbitMQ:
                 start_new_session=True,
             )
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout_s, 0.2)
+        if self.management_port is not None:
+            port = self.management_port
+            wait_for(lambda: port_open("127.0.0.1", port), timeout_s, 0.2)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -89,6 +89,9 @@ _LOWER = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
 
 AmqpUrl = Annotated[str, _url_with_host(("amqp", "amqps"))]
 WebUrl = Annotated[str, _url_with_host(("http", "https")), AfterValidator(lambda v: v.rstrip("/"))]
+_WEB_URL_CHECK = _url_with_host(("http", "https")).func
+# empty: none given (the command derives one)
+WebUrlOrNone = Annotated[str, AfterValidator(lambda v: v and _WEB_URL_CHECK(v).rstrip("/"))]
 PostgresDsn = Annotated[str, AfterValidator(_check_dsn)]
 Cron = Annotated[str, AfterValidator(_check_cron)]
 Seconds = Annotated[float, Field(allow_inf_nan=False)]
@@ -236,6 +239,13 @@ class WriterSettings(_Service, _Amqp, _ReadCron):
     max_future_s: Seconds = Field(600.0, ge=0, validation_alias="EMM_WRITER_MAX_FUTURE_S")
     # Benchmarks: append "written_ms tick_ms count" per tick per batch.
     stats_file: str = Field("", validation_alias="EMM_WRITER_STATS_FILE")
+
+
+class StatusSettings(_Amqp, _ReadCron):
+    """`emm status` (besides the writer's `EMM_INFLUX_*`): RabbitMQ's management API, by
+    default derived from `EMM_AMQP_URL` (its host, port 15672, its user and password)."""
+
+    rabbitmq_api_url: WebUrlOrNone = ""
 
 
 class SimulatorSettings(_Service):

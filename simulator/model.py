@@ -34,7 +34,7 @@ from emm.planner import DEFAULT_MAX_GAP
 from emm.profiles import Profile, load_profile, shipped_profile, shipped_profiles
 from emm.registers import DataType, Register
 from simulator.derived import DERIVED_UNITS, PvArray, derived_quantities, is_inverter
-from simulator.faults import Window
+from simulator.faults import Distortion, Window
 from simulator.physics import (
     COMMISSIONED_S,
     UNITS,
@@ -152,6 +152,10 @@ class RegisterMapMeter:
         """The physical value of every register at time `t_s` (seconds since the epoch)."""
         raise NotImplementedError
 
+    def swapped(self, t_s: float) -> bool:
+        """Whether values of several words are served in the wrong word order at `t_s`."""
+        return False
+
     def _image(self, fc: int, t_s: float) -> bytes | bytearray:
         k = step_index(t_s, self.step_s)
         cached = self._images.get(fc)
@@ -166,8 +170,12 @@ class RegisterMapMeter:
                 image[offset] = encode(values[reg.name], reg)[0]
         else:
             words = [0] * layout.size
+            swapped = self.swapped(t_s)
             for reg, offset in layout.slots:
-                words[offset : offset + reg.data_type.words] = _words(values[reg.name], reg)
+                value_words = _words(values[reg.name], reg)
+                if swapped:
+                    value_words.reverse()
+                words[offset : offset + reg.data_type.words] = value_words
             image = struct.pack(f">{layout.size}H", *words)
         self._images[fc] = (k, image)
         return image
@@ -247,12 +255,14 @@ def resolve_profile(name: str) -> Profile | None:
 @dataclass(frozen=True)
 class MeterSpec:
     """What one virtual meter is: register map (None: the original virtual meter), seed, time
-    step, and the reboot windows after which its energy counters restart from zero."""
+    step, the reboot windows after which its energy counters restart from zero, and its value
+    faults (`simulator.faults.Distortion`)."""
 
     seed: int = 0
     profile: Profile | None = None
     step_s: float = 1.0
     energy_resets: tuple[Window, ...] = ()
+    distortions: tuple[Distortion, ...] = ()
 
     @classmethod
     def of_type(cls, type_: str, seed: int = 0, step_s: float = 1.0) -> MeterSpec:
@@ -314,10 +324,22 @@ class ProfileMeter(RegisterMapMeter):
         t_q = step_index(t_s, self.step_s) * self.step_s
         since = counting_since(t_q, (w.last_end(t_q) for w in self.spec.energy_resets))
         q = self._quantities(t_q, since)
-        return {
+        values = {
             reg.name: factor if name is None else q[name] * factor
             for reg, name, factor in self._map
         }
+        for fault in self.spec.distortions:
+            if fault.kind != "word_order" and fault.active(t_q):
+                for reg in self.registers:
+                    if fault.hits(reg.name, reg.is_counter):
+                        values[reg.name] = (
+                            0.0 if fault.kind == "zero" else values[reg.name] + fault.add
+                        )
+        return values
+
+    def swapped(self, t_s: float) -> bool:
+        t_q = step_index(t_s, self.step_s) * self.step_s
+        return any(f.kind == "word_order" and f.active(t_q) for f in self.spec.distortions)
 
 
 def make_meter(spec: MeterSpec) -> RegisterMapMeter:

@@ -16,6 +16,7 @@ from emm.settings import (
     MigrateSettings,
     SchedulerSettings,
     SimulatorSettings,
+    StatusSettings,
     WorkerSettings,
     WriterSettings,
 )
@@ -28,8 +29,16 @@ SERVICES = {
     "writer": WriterSettings,
     "simulator": SimulatorSettings,
     "migrate": MigrateSettings,
+    "status": StatusSettings,
 }
-Settings = SchedulerSettings | WorkerSettings | WriterSettings | SimulatorSettings | MigrateSettings
+Settings = (
+    SchedulerSettings
+    | WorkerSettings
+    | WriterSettings
+    | SimulatorSettings
+    | MigrateSettings
+    | StatusSettings
+)
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
