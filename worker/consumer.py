@@ -191,7 +191,7 @@ class Consumer:
         if not self.handled:
             m = job.meter
             log.info(
-                "first job done: meter %d read at tick %s, its reading confirmed by RabbitMQ",
+                "first job done: the reading of meter %d for tick %s confirmed by RabbitMQ",
                 m.id,
                 iso(job.tick_ms),
                 extra=context(meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=job.tick_ms),

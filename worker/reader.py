@@ -87,9 +87,10 @@ class _Requests:
             if exc.answered:
                 self.answered += 1  # an exception answer from the device: it is up
             self.device.health.silent = isinstance(exc, NoAnswer)
+            if exc.code != "unreachable":  # not connected: no request went out
+                self.latency.observe(time.monotonic() - started)
             raise
-        finally:
-            self.latency.observe(time.monotonic() - started)
+        self.latency.observe(time.monotonic() - started)
         self.answered += 1
         self.device.health.silent = False
         return words
