@@ -26,6 +26,7 @@ from simulator.server import Device, Framing, ModbusTcpServer, SimulatedContext,
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 0.5
+FIRST_READ_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,14 @@ async def _write_stats(simulator: Simulator, path: Path) -> None:
         await asyncio.sleep(STATS_EVERY_S)
 
 
+async def _first_read(stats: Stats) -> None:
+    """Log the first read the simulator answers (looked for a few times a second: the server
+    answers requests in callbacks that must stay cheap)."""
+    while not stats.reads:
+        await asyncio.sleep(FIRST_READ_POLL_S)
+    log.info("first read answered (%d connection(s) so far)", stats.connections)
+
+
 async def run(
     settings: SimulatorSettings,
     stop: asyncio.Event | None = None,
@@ -155,6 +164,7 @@ async def run(
     metrics.STATS.stats = simulator.stats
     summary = Summary(log, simulator.stats.counts, settings.log_summary_s)
     summaries = asyncio.create_task(summary.run(stop))
+    first = asyncio.create_task(_first_read(simulator.stats))
     stats_writer = None
     if options.stats_file is not None:
         stats_writer = asyncio.create_task(_write_stats(simulator, options.stats_file))
@@ -165,6 +175,7 @@ async def run(
         await stop.wait()
     finally:
         summaries.cancel()
+        first.cancel()
         metrics.STATS.stats = None
         if stats_writer is not None:
             stats_writer.cancel()

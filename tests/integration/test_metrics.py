@@ -342,6 +342,9 @@ def test_start_first_success_and_stop_lines(run: Run) -> None:
         stopped,
     )
 
+    simulator = _lines(run, "simulator")
+    assert len([line for line in simulator if "first read answered (" in line]) == 1
+
     writer = _lines(run, "writer")
     assert any(f"(API v1, database {run.pipeline.env['EMM_INFLUX_BUCKET']})" in x for x in writer)
     assert len([line for line in writer if "first batch written: " in line]) == 1
