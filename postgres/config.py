@@ -57,7 +57,7 @@ def load_config(conn: Connection) -> LoadedConfig:
     A bad register row or meter is reported in `errors` (naming its table and id) and skipped;
     the rest is returned.
     """
-    with map_errors(), conn, conn.cursor() as cur:
+    with map_errors(conn=conn), conn, conn.cursor() as cur:
         cur.execute(_LOAD_SQL)
         rows = cur.fetchall()
     return build_config(rows)

@@ -44,7 +44,7 @@ from emm.messages import GatewayStatus, Reading, decode_result
 from emm.schedule import CronSchedule
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch, tick_counter
-from writer.influx import Sink, make_sink
+from writer.influx import Sink, check, make_sink
 from writer.influxql import restore_counters
 from writer.lines import Unwritable, delta_lines, gateway_status_lines, reading_bytes
 
@@ -94,11 +94,12 @@ class Writer:
         self.prefetch = min(65535, settings.batch_size * 2)
         self.broker = Broker(settings.amqp_url, prefetch=self.prefetch, name="emm-writer")
         self.sink = sink or make_sink(settings)
+        self._check_sink = sink is None  # a sink given (tests) is not the configured server
+        self.influx = retry.Outage(f"InfluxDB at {settings.influx_url}", log)
         self._pending: list[Item] = []
         self._pending_bytes = 0
         self._first_at: float | None = None
         self._wake = asyncio.Event()
-        self._outage_since: float | None = None
         self._stop = asyncio.Event()
         self.written = 0
         cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
@@ -205,9 +206,7 @@ class Writer:
             await self._store(items[:half])
             await self._store(items[half:])
             return
-        if self._outage_since is not None:
-            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
-            self._outage_since = None
+        self.influx.over()
         if self._stats is not None:
             self._record(items)
         for item in items:
@@ -262,14 +261,22 @@ class Writer:
             log.error("a flush failed", exc_info=task.exception())
 
     def _failing(self, readings: int, exc: BaseException, _wait_s: float) -> None:
-        """Log the start of an InfluxDB outage, then each retry."""
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            log.error("%s; keeping %d readings unacked and retrying", exc, readings)
-        else:
-            log.warning(
-                "still failing after %.0f s: %s", time.monotonic() - self._outage_since, exc
+        """Log the start of an InfluxDB outage (its end is logged by the write that works)."""
+        self.influx.failed(f"{exc}; keeping {readings} readings unacked")
+
+    async def _check(self, stop: asyncio.Event) -> None:
+        """At start: wait for InfluxDB to answer, and stop with Misconfigured when writes as
+        configured cannot work (the other API, no such database or bucket)."""
+        try:
+            found = await retry.SINK_CHECK.call(
+                partial(asyncio.to_thread, check, self.settings),
+                stop=lambda _state: stop.is_set(),
+                on_retry=self.influx.failed,
             )
+        except SinkUnavailable:
+            return  # stopping
+        self.influx.over()
+        log.info("writing to %s", found)
 
     async def _store_held(self) -> None:
         """Write every reading still held, batch by batch (at stop)."""
@@ -280,6 +287,8 @@ class Writer:
         stop = self._stop = stop or asyncio.Event()
         if self.settings.stats_file:
             self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
+        if self._check_sink:
+            await self._check(stop)
         await self.broker.connect()
         self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)
