@@ -1,4 +1,4 @@
-"""The `emm` command line: the services, `migrate`, `read`, `profiles` and `report`."""
+"""The `emm` command line: the services, `migrate`, `check`, `read`, `profiles` and `report`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from cli.args import DEFAULT_PORT, bounded, host_port, seconds
 from emm.errors import EmmError
+from emm.service import exit_code
 
 SERVICES = ("scheduler", "worker", "writer", "simulator")
 
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed-port", type=int, help="port of the seeded virtual meter (EMM_SEED_PORT)")
     m.add_argument(
         "--no-profiles", action="store_true", help="do not load the shipped device profiles"
+    )
+
+    sub.add_parser(
+        "check",
+        help="judge the whole configuration in PostgreSQL; every problem one line",
+        description="Judge every enabled meter and every type, register and gateway row in "
+        "PostgreSQL (EMM_POSTGRES_DSN) at once: print each problem on one line naming its row "
+        "(rows the scheduler would skip, types without registers, shipped profiles not loaded, "
+        "gateways over budget). Exit status 0: no problem; 78: problems.",
     )
 
     for name, text in (
@@ -138,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import migrate
 
             code = migrate.run(args)
+        elif args.command == "check":
+            from cli import check
+
+            code = check.run(args)
         elif args.command == "profiles":
             from cli import profiles
 
@@ -154,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _service(args.command, extra)
     except EmmError as exc:
         print(f"emm {args.command}: {exc}", file=sys.stderr)
-        code = 2
+        code = exit_code(exc)
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:

@@ -228,6 +228,10 @@ class SimulatorSettings(_Service):
     step_s: Seconds = Field(1.0, ge=0.001, validation_alias="EMM_SIMULATOR_STEP_S")
 
 
+class CheckSettings(_Postgres, _ReadCron):
+    """`emm check`: the database to judge, and the period meters without a cron are read at."""
+
+
 class MigrateSettings(_Postgres):
     """`emm migrate`, and the commands that load configuration: the database, the seeded meter."""
 

@@ -264,9 +264,10 @@ class Writer:
         """Log the start of an InfluxDB outage (its end is logged by the write that works)."""
         self.influx.failed(f"{exc}; keeping {readings} readings unacked")
 
-    async def _check(self, stop: asyncio.Event) -> None:
-        """At start: wait for InfluxDB to answer, and stop with Misconfigured when writes as
-        configured cannot work (the other API, no such database or bucket)."""
+    async def _check(self, stop: asyncio.Event) -> bool:
+        """At start: wait for InfluxDB to answer (False: `stop` was set meanwhile); raises
+        Misconfigured when writes as configured cannot work (the other API, no such database
+        or bucket, credentials refused)."""
         try:
             found = await retry.SINK_CHECK.call(
                 partial(asyncio.to_thread, check, self.settings),
@@ -274,9 +275,10 @@ class Writer:
                 on_retry=self.influx.failed,
             )
         except SinkUnavailable:
-            return  # stopping
+            return False
         self.influx.over()
         log.info("writing to %s", found)
+        return True
 
     async def _store_held(self) -> None:
         """Write every reading still held, batch by batch (at stop)."""
@@ -285,10 +287,11 @@ class Writer:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = self._stop = stop or asyncio.Event()
+        if self._check_sink and not await self._check(stop):
+            self.sink.close()
+            return  # stopped while waiting for InfluxDB
         if self.settings.stats_file:
             self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
-        if self._check_sink:
-            await self._check(stop)
         await self.broker.connect()
         self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)

@@ -127,13 +127,17 @@ class InfluxV1Sink:
 
 def unreachable_reason(exc: BaseException, timeout_s: float) -> str:
     """The operating system's reason under a urllib3 error: "connection refused"."""
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, TimeoutError | urllib3.exceptions.TimeoutError):
-            return f"no answer within {timeout_s:g} s"
-        if isinstance(seen, OSError) and isinstance(seen.errno, int):
-            return os.strerror(seen.errno).lower()
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    # urllib3's NewConnectionError is also a ConnectTimeoutError: the errno comes first
+    for error in chain:
+        if isinstance(error, OSError) and isinstance(error.errno, int):
+            return os.strerror(error.errno).lower()
+    if any(isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in chain):
+        return f"no answer within {timeout_s:g} s"
     return str(exc)
 
 
