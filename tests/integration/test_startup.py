@@ -21,9 +21,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from devservices.readers import InfluxQL
 from devservices.net import free_port
 from devservices.processes import Processes, emm_command
+from devservices.readers import InfluxQL
 from emm.settings import SimulatorSettings, WriterSettings
 from writer.influx import check
 
