@@ -104,10 +104,11 @@ def reason(exc: BaseException) -> str:
     """The operating system's or the broker's reason for `exc`, in a few words."""
     if isinstance(exc, TimeoutError):
         return "no answer in time"
-    if isinstance(exc, OSError) and isinstance(exc.errno, int):
-        return os.strerror(exc.errno).lower()
+    # the broker's own close (an OSError too, its errno an AMQP reply code)
     if isinstance(exc, aiormq.exceptions.ConnectionClosed) and len(exc.args) == 2:
         return str(exc.args[1])  # (reply code, reply text)
+    if isinstance(exc, OSError) and isinstance(exc.errno, int):
+        return os.strerror(exc.errno).lower()
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
