@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from emm.errors import ConfigError, Misconfigured
 from emm.settings import (
+    CheckSettings,
     MigrateSettings,
     SchedulerSettings,
     SimulatorSettings,
@@ -28,8 +29,16 @@ SERVICES = {
     "writer": WriterSettings,
     "simulator": SimulatorSettings,
     "migrate": MigrateSettings,
+    "check": CheckSettings,
 }
-Settings = SchedulerSettings | WorkerSettings | WriterSettings | SimulatorSettings | MigrateSettings
+Settings = (
+    SchedulerSettings
+    | WorkerSettings
+    | WriterSettings
+    | SimulatorSettings
+    | MigrateSettings
+    | CheckSettings
+)
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
