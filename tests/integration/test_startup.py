@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from devservices.net import free_port
+from devservices.net import Forwarder, free_port
 from devservices.processes import Processes, emm_command
 from devservices.readers import InfluxQL
 from emm.settings import SimulatorSettings, WriterSettings
@@ -42,48 +40,6 @@ def emm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=40,
     )
-
-
-class Forwarder:
-    """A TCP port on 127.0.0.1 that is closed until `open` forwards it to `target`."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: socket.socket | None = None
-
-    def open(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        assert self._server is not None
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 @pytest.fixture
