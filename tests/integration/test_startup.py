@@ -238,3 +238,24 @@ def test_migrate_seeds_the_meter_where_the_simulator_listens_by_default(
         assert read.returncode == 0, read.stderr
     finally:
         assert procs.stop("simulator") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--meters", "x"], "argument --meters: must be a whole number at least 1, got 'x'"),
+        (
+            ["--port", "70000"],
+            "argument --port: must be a whole number from 0 to 65535, got '70000'",
+        ),
+        (
+            ["--exception", "x"],
+            "argument --exception: CODE must be a whole number from 1 to 255, got 'x'",
+        ),
+        (["--reboot", "5:x"], "argument --reboot: FOR must be a number at least 0, got 'x'"),
+    ],
+)
+def test_simulator_flag_errors_name_the_flag(args: list[str], message: str) -> None:
+    result = emm({}, "simulator", *args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines()[-1] == f"emm simulator: error: {message}"
