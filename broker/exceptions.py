@@ -107,8 +107,14 @@ def reason(exc: BaseException) -> str:
     # the broker's own close (an OSError too, its errno an AMQP reply code)
     if isinstance(exc, aiormq.exceptions.ConnectionClosed) and len(exc.args) == 2:
         return str(exc.args[1])  # (reply code, reply text)
-    if isinstance(exc, OSError) and isinstance(exc.errno, int):
-        return os.strerror(exc.errno).lower()
+    # the operating system's error, or the one aiormq wrapped ("Server connection reset: ...")
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and isinstance(seen.errno, int):
+            return os.strerror(seen.errno).lower()
+        seen = seen.__cause__ or seen.__context__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

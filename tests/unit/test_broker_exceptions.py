@@ -149,6 +149,16 @@ def test_opening_a_connection_is_classified(
     assert str(ours) == message
 
 
+def test_a_wrapped_system_error_gives_its_reason() -> None:
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as e:
+            raise aiormq.exceptions.AMQPConnectionError(f"Server connection reset: {e!r}") from e
+    except aiormq.exceptions.AMQPConnectionError as wrapped:
+        assert str(connect_error(wrapped, ENDPOINT)) == "connection reset by peer"
+
+
 def test_an_unmapped_error_is_left_alone() -> None:
     error = KeyError("ours")
     assert connect_error(error, ENDPOINT) is error
