@@ -20,7 +20,7 @@ from emm.errors import ConfigError
 from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
 from emm.planner import DEFAULT_MAX_GAP, ReadLimits
-from emm.registers import REGISTER_KEYS, Register
+from emm.registers import REGISTER_KEYS, DataType, Register, scale_problems
 
 _TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`
 # A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
@@ -102,6 +102,11 @@ def parse_profile(text: str, path: str) -> Profile:
             raise ConfigError(f"{where}: name {name!r} is used twice")
         names.add(name)
     _check_overlaps(rows, path, lines)
+    problems = scale_problems([row.register for row in rows])
+    for index, row in enumerate(rows):
+        if row.register.name in problems:
+            line = lines[index] if index < len(lines) else 0
+            raise ConfigError(f"{path}: line {line}: {problems[row.register.name]}")
     return Profile(
         type=type_,
         name=str(data.get("name", type_)),
@@ -137,12 +142,23 @@ def _check_overlaps(rows: list[ProfileRegister], path: str, lines: list[int]) ->
     )
     for a, b in itertools.pairwise(order):
         ra, rb = rows[a].register, rows[b].register
-        if ra.function_code == rb.function_code and rb.address < ra.end:
+        if ra.function_code == rb.function_code and rb.address < ra.end and not _halves(ra, rb):
             line = lines[b] if b < len(lines) else 0
             raise ConfigError(
                 f"{path}: line {line}: {rb.name!r} at {rb.address} overlaps {ra.name!r} "
                 f"({ra.address}..{ra.end - 1})"
             )
+
+
+def _halves(a: Register, b: Register) -> bool:
+    """Whether two registers are the two bytes of one register (which may share it)."""
+    high = (DataType.UINT8_HIGH, DataType.INT8_HIGH)
+    return (
+        a.address == b.address
+        and a.data_type.is_half
+        and b.data_type.is_half
+        and (a.data_type in high) != (b.data_type in high)
+    )
 
 
 def load_profile(path: str | Path) -> Profile:
