@@ -26,7 +26,16 @@ _TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`
 # A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
 _ROW_KEYS = {*REGISTER_KEYS, "source"}
 _REQUIRED = ("name", "address", "function_code", "data_type")
-_TOP_KEYS = {"type", "name", "source", "max_read_registers", "max_read_bits", "max_gap_registers"}
+_TOP_KEYS = {
+    "type",
+    "name",
+    "source",
+    "max_read_registers",
+    "max_read_bits",
+    "max_gap_registers",
+    "sunspec",
+}
+_SUNSPEC_KEYS = {"base", "models", "maker", "model"}
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,43 @@ class Profile:
     limits: ReadLimits
     rows: tuple[ProfileRegister, ...]
     path: str
+    sunspec: SunSpecChain | None = None
 
     @property
     def registers(self) -> tuple[Register, ...]:
         return tuple(row.register for row in self.rows)
+
+
+@dataclass(frozen=True)
+class SunSpecChain:
+    """How a SunSpec device lays out its models (a profile's `[sunspec]` table): the marker's
+    address, each model's id and length in order, and the maker and model its common model
+    names. The simulator serves the marker and model headers of such a profile, so `emm probe`
+    can walk its chain."""
+
+    base: int
+    models: tuple[tuple[int, int], ...]
+    maker: str
+    model: str
+
+    @classmethod
+    def parse(cls, data: Any, path: str) -> SunSpecChain:
+        if not isinstance(data, dict) or set(data) - _SUNSPEC_KEYS:
+            raise ConfigError(f"{path}: [sunspec] takes {', '.join(sorted(_SUNSPEC_KEYS))}")
+        try:
+            models = tuple((int(m), int(n)) for m, n in data["models"])
+            return cls(int(data["base"]), models, str(data["maker"]), str(data["model"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [sunspec] is malformed: {exc!r}") from None
+
+    def headers(self) -> list[tuple[int, int, int]]:
+        """(address, model id, length) of each model header, the end model last."""
+        out, address = [], self.base + 2
+        for model_id, length in self.models:
+            out.append((address, model_id, length))
+            address += 2 + length
+        out.append((address, 0xFFFF, 0))
+        return out
 
 
 def _row_lines(text: str) -> list[int]:
@@ -114,6 +156,7 @@ def parse_profile(text: str, path: str) -> Profile:
         limits=limits,
         rows=tuple(rows),
         path=path,
+        sunspec=None if "sunspec" not in data else SunSpecChain.parse(data["sunspec"], path),
     )
 
 

@@ -19,6 +19,8 @@ SHIPPED = [
     "cg_em340",
     "chint_dtsu666",
     "finder_7m38",
+    "fronius_smart_meter_sunspec",
+    "fronius_sunspec",
     "janitza_umg604",
     "orno_we517",
     "schneider_iem3000",
@@ -28,6 +30,8 @@ SHIPPED = [
     "sdm72d",
     "sdm72d_m2",
     "siemens_pac2200",
+    "sma_sunspec",
+    "solaredge_sunspec",
 ]
 
 
