@@ -375,6 +375,8 @@ class ProfileMeter(RegisterMapMeter):
         if self._pv:
             modelled |= set(pv_quantities(spec.seed, COMMISSIONED_S, self._trackers))
         self._constants: dict[str, float | str] = dict(spec.constants())
+        if "m160.N" in names:  # the MPPT model counts its trackers
+            self._constants["m160.N"] = float(self._trackers)
         self._text = {r.name: _text_value(r, spec) for r in self.registers if r.is_text}
         sfs = {r.scale_register for r in self.registers if r.scale_register}
         self._shares = {sf: [r for r in self.registers if r.scale_register == sf] for sf in sfs}
