@@ -65,7 +65,7 @@ _COMMON_NAMES = {
 }
 _PHASES = {"A": "L1", "B": "L2", "C": "L3"}
 _INVERTER_NAMES = {
-    "A": "current",
+    "A": "sumCurrent",
     "PPVphAB": "voltageL1L2",
     "PPVphBC": "voltageL2L3",
     "PPVphCA": "voltageL3L1",
@@ -88,7 +88,7 @@ _INVERTER_NAMES = {
 } | {f"Aph{p}": f"current{q}" for p, q in _PHASES.items()}
 _INVERTER_NAMES |= {f"PhVph{p}": f"voltage{q}" for p, q in _PHASES.items()}
 _METER_NAMES = {
-    "A": "current",
+    "A": "sumCurrent",
     "PhV": "averageVoltageLN",
     "PPV": "averageVoltageLL",
     "PhVphAB": "voltageL1L2",
@@ -121,7 +121,7 @@ _DER_NAMES = {
     "VA": "apparentPower",
     "Var": "reactivePower",
     "PF": "powerFactor",
-    "A": "current",
+    "A": "sumCurrent",
     "LLV": "averageVoltageLL",
     "LNV": "averageVoltageLN",
     "Hz": "frequency",

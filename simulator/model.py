@@ -385,11 +385,13 @@ class ProfileMeter(RegisterMapMeter):
         for reg in self.registers:
             if reg.name in self._constants or reg.name in self._text or reg.name in sfs:
                 continue
-            canonical = UNITS.get(reg.name)
-            if canonical is None or reg.name not in modelled:
+            # a second SunSpec model of an id names its points name_2: the same quantity
+            quantity = re.sub(r"_\d+$", "", reg.name)
+            canonical = UNITS.get(quantity)
+            if canonical is None or quantity not in modelled:
                 self._map.append((reg, None, fallback_value(reg, spec.seed)))
             else:
-                self._map.append((reg, reg.name, unit_factor(canonical, reg.unit)))
+                self._map.append((reg, quantity, unit_factor(canonical, reg.unit)))
 
     @property
     def unmodelled(self) -> list[str]:
