@@ -229,3 +229,25 @@ def test_a_reading_without_text_is_written_as_before() -> None:
     assert b'"text"' not in reading.encode()
     assert Reading.decode(reading.encode()).text == {}
     assert [line.split(",")[0] for line in reading_lines(reading)] == ["energy", "meter_status"]
+
+
+def test_database_rows_whose_scale_factor_is_missing_are_skipped() -> None:
+    from emm.config import build_type
+
+    def row(id_: int, name: str, address: int, **extra: object) -> tuple[str, dict[str, object]]:
+        data = {"id": id_, "type": "inv", "name": name, "address": address, "data_type": 1}
+        return ("register", {**data, "function_code": 3, **extra})
+
+    rows = [
+        row(1, "acPower", 0, scale_register="W_SF"),
+        row(2, "W_SF", 1),
+        row(3, "dcPower", 2, scale_register="DCW_SF"),
+        row(4, "serial", 3, data_type=10, length=4, poll_every=0),
+        row(5, "state", 7, data_type=4, enum={"1": "OFF"}),
+    ]
+    registers, _limits, errors = build_type(rows, "inv")
+    assert [r.name for r in registers] == ["acPower", "W_SF", "serial", "state"]
+    assert errors == [
+        "registers row (type 'inv', 'dcPower') skipped: scale_register 'DCW_SF' is not a register"
+    ]
+    assert registers[3].enum == ((1, "OFF"),)
