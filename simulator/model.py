@@ -13,11 +13,13 @@ Two kinds of meter:
   register of the shipped profiles is modelled.
 
 An inverter's registers (`acPower`, `dcVoltage`, `dcPower1`, ...) read the daylight curve of
-`simulator.physics.pv_quantities`. Text registers read fixed text: a profile's `identity`
-(maker, model, serial, ...), else the register's name and the seed; an enum its first name, a
-bitfield no bits. A register scaled by a scale-factor register is served with the smallest
-power of ten (from -3) at which every value sharing that factor fits its type, so the factor
-changes as the values do (small at dawn, larger at noon), as a SunSpec device's may.
+`simulator.physics.pv_quantities`, and its operating state (an enum naming MPPT and SLEEPING)
+is MPPT while the array gives power, else SLEEPING. Other text registers read fixed text: the
+maker and model of a SunSpec profile's `[sunspec]`, else the register's name and the seed; an
+enum its first name, a bitfield no bits. A register scaled by a scale-factor register is served
+with the smallest power of ten (from -3) at which every value sharing that factor fits its
+type, so the factor changes as the values do (small at dawn, larger at noon), as a SunSpec
+device's may.
 
 Unmapped addresses between registers no further apart than the profile's `max_gap_registers`
 (at least 50, the planner's default) read 0, as real meters answer reads that bridge small gaps;
@@ -378,6 +380,9 @@ class ProfileMeter(RegisterMapMeter):
         if "m160.N" in names:  # the MPPT model counts its trackers
             self._constants["m160.N"] = float(self._trackers)
         self._text = {r.name: _text_value(r, spec) for r in self.registers if r.is_text}
+        self._states = [
+            r for r in self.registers if {"MPPT", "SLEEPING"} <= {name for _, name in r.enum}
+        ]
         sfs = {r.scale_register for r in self.registers if r.scale_register}
         self._shares = {sf: [r for r in self.registers if r.scale_register == sf] for sf in sfs}
         # (register, model quantity or None, unit factor or the fallback constant)
@@ -412,6 +417,10 @@ class ProfileMeter(RegisterMapMeter):
             out[sf] = float(scale_factor_for([(float(out[r.name]), r) for r in regs]))
         out.update(self._constants)
         out.update(self._text)
+        if self._pv:
+            # an inverter's state follows the light: tracking by day, asleep at night
+            for reg in self._states:
+                out[reg.name] = "MPPT" if q["dcPower"] > 0 else "SLEEPING"
         return out
 
 
