@@ -42,6 +42,13 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
                 ["simulator", "--profile", profile, *layout, "--serve-shift", shift],
                 {"EMM_SIMULATOR_HOST": "127.0.0.1", "EMM_SIMULATOR_PORT": str(port)},
             )
+        # a SunSpec inverter behind a transparent serial gateway: RTU frames over TCP
+        port = ports["rtu"] = free_port()
+        processes.start(
+            "simulator-rtu",
+            ["simulator", "--profile", "fronius_sunspec", "--framing", "rtu"],
+            {"EMM_SIMULATOR_HOST": "127.0.0.1", "EMM_SIMULATOR_PORT": str(port)},
+        )
         for port in ports.values():
             wait_for(lambda port=port: port_open("127.0.0.1", port), 15)
         yield ports
@@ -119,3 +126,15 @@ def test_scan_lists_the_unit_ids_that_answer(ports: dict[str, int]) -> None:
     done = emm(NO_POSTGRES, "probe", "--host", f"127.0.0.1:{ports['sdm630']}", "--scan", "1-3")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "unit ids that answer: 1, 2\n"
+
+
+def test_probe_speaks_rtu_over_tcp(ports: dict[str, int]) -> None:
+    address = f"127.0.0.1:{ports['rtu']}"
+    done = emm(NO_POSTGRES, "probe", "--host", address, "--framing", "rtu-over-tcp")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "SunSpec device: SunS at 40000; models 1@40002, 103@40070, 120@40122, 121@40150, "
+        "122@40182, 123@40228, 160@40254",
+        "maker 'Fronius', model 'Symo 10.0-3-M', serial 'serial-0'",
+        "register map: 72 registers as type 'fronius_symo_10_0_3_m'",
+    ]
