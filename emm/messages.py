@@ -18,7 +18,12 @@ alike, and a writer older than it ignores the key.
 
 A version 3 job may also carry its meter's `gateway` settings (`Gateway`); only the settings
 that differ from the defaults are written, and a job without the key has the defaults, so jobs
-of either kind are read by workers of either build.
+of either kind are read by workers of either build. Likewise its meter's `plausibility` limits
+(`emm.plausibility`): only those that differ from the defaults, the key absent when all do.
+
+A reading may carry a `guard` (the worker copies its job's limits and its plan's field roles):
+what the writer checks it against. A reading without one (from an older worker) is stored
+unchecked; an older writer skips the key. Both stay version 1.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from msgspec.structs import force_setattr
 from emm.errors import ConfigError, MessageError
 from emm.plan import Plan, PlanCache
 from emm.planner import ReadRequest
+from emm.plausibility import DEFAULT_PLAUSIBILITY, Guard, Plausibility
 from emm.registers import Register
 
 JOB_VERSION = 3
@@ -137,6 +143,12 @@ class Job(msgspec.Struct, frozen=True):
     deadline_ms: int
     plan: Plan
     gateway: Gateway = DEFAULT_GATEWAY
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
+
+    @property
+    def guard(self) -> Guard:
+        """What this job's reading is to be checked against by the writer."""
+        return Guard(self.plausibility, self.plan.roles)
 
     @property
     def period_ms(self) -> int:
@@ -160,6 +172,11 @@ class Job(msgspec.Struct, frozen=True):
                 msgspec.Raw(self.plan.encoded),
                 # msgspec leaves out a default by identity; an equal one is the default too
                 gateway=DEFAULT_GATEWAY if self.gateway == DEFAULT_GATEWAY else self.gateway,
+                plausibility=(
+                    DEFAULT_PLAUSIBILITY
+                    if self.plausibility == DEFAULT_PLAUSIBILITY
+                    else self.plausibility
+                ),
             )
         )
 
@@ -178,7 +195,12 @@ class Job(msgspec.Struct, frozen=True):
             _explain("job", body, JOB_VERSIONS_READ, None)
         read_plan = _plan if wire.v == JOB_VERSION else _older_plan
         return cls(
-            wire.meter, wire.tick_ms, wire.deadline_ms, read_plan(wire, body, plans), wire.gateway
+            wire.meter,
+            wire.tick_ms,
+            wire.deadline_ms,
+            read_plan(wire, body, plans),
+            wire.gateway,
+            wire.plausibility,
         )
 
 
@@ -198,6 +220,8 @@ class _JobWire(msgspec.Struct, frozen=True, omit_defaults=True):
     registers: msgspec.Raw = msgspec.Raw()
     # version 3, when the gateway's settings are not all defaults
     gateway: Gateway = DEFAULT_GATEWAY
+    # version 3, when the meter's plausibility limits are not all defaults
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
 
 
 # the plans of the types this process has seen jobs of (a worker's only plan cache)
@@ -298,6 +322,8 @@ class Reading(msgspec.Struct, frozen=True):
     # text values (strings, enums' names, bitfields' set names), stored in `meter_info`; a
     # reading without the key (from a worker older than text registers) has none
     text: dict[str, str] = {}
+    # what the writer checks the values against (None: not checked)
+    guard: Guard | None = None
 
     @property
     def reading_id(self) -> str:
@@ -315,9 +341,11 @@ class Reading(msgspec.Struct, frozen=True):
                     )
         # the version and kind go first, so a reader of the body sees them first
         body = _ENCODER.encode(self)
-        if not self.text:
-            # a reading without text is written as before text existed (its last key)
-            body = body[: -len(_NO_TEXT)] + b"}"
+        if self.guard is None:  # the last key: left out, the body is what older builds wrote
+            body = body[: -len(_NO_GUARD)] + b"}"
+        if not self.text:  # likewise (the key before the guard)
+            cut = body.rfind(_NO_TEXT)
+            body = body[:cut] + body[cut + len(_NO_TEXT) :]
         return _READING_HEAD + body[1:]
 
     @classmethod
@@ -435,9 +463,10 @@ class _Head(msgspec.Struct, frozen=True):
 
 
 _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
+_NO_GUARD = b',"guard":null}'
 _GATEWAY_STATUS_HEAD = b'{"v":%d,"kind":"gateway_status",' % GATEWAY_STATUS_VERSION
 _ENCODER = msgspec.json.Encoder()
-_NO_TEXT = b',"text":{}}'
+_NO_TEXT = b',"text":{}'
 _MARKER_HEAD = b'{"kind":"marker","v":%d,' % MARKER_VERSION
 _MARKER_DECODER = msgspec.json.Decoder(TickMarker)
 _HEAD_DECODER = msgspec.json.Decoder(_Head)

@@ -2,8 +2,11 @@
 
 A profile is validated whole when loaded; a bad row is reported with the file, the line of its
 `[[registers]]` table and the reason, and the profile is rejected (a half map would store
-misleading readings). `emm migrate` loads the shipped profiles into PostgreSQL for types that have
-no registers yet; `emm profiles import FILE` (re)places one type's rows.
+misleading readings). An optional `[plausibility]` table gives the type's limits
+(`emm.plausibility`: `max_power_w`, the voltage, frequency and power factor ranges...); a
+profile without it, or a limit left out, has the defaults. `emm migrate` loads the shipped
+profiles into PostgreSQL for types that have no registers yet; `emm profiles import FILE`
+(re)places one type's rows.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from emm.errors import ConfigError
 from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
 from emm.planner import DEFAULT_MAX_GAP, ReadLimits
+from emm.plausibility import DEFAULT_PLAUSIBILITY, Plausibility
 from emm.registers import REGISTER_KEYS, DataType, Register, scale_problems
 
 _TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`
@@ -33,6 +37,7 @@ _TOP_KEYS = {
     "max_read_registers",
     "max_read_bits",
     "max_gap_registers",
+    "plausibility",
     "sunspec",
 }
 _SUNSPEC_KEYS = {"base", "models", "maker", "model"}
@@ -56,6 +61,7 @@ class Profile:
     limits: ReadLimits
     rows: tuple[ProfileRegister, ...]
     path: str
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
     sunspec: SunSpecChain | None = None
 
     @property
@@ -124,6 +130,7 @@ def parse_profile(text: str, path: str) -> Profile:
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: read limits: {exc}") from None
+    plausibility = _plausibility(data.get("plausibility", {}), path)
     rows_data = data.get("registers")
     if not isinstance(rows_data, list) or not rows_data:
         raise ConfigError(f"{path}: no [[registers]] rows")
@@ -156,8 +163,18 @@ def parse_profile(text: str, path: str) -> Profile:
         limits=limits,
         rows=tuple(rows),
         path=path,
+        plausibility=plausibility,
         sunspec=None if "sunspec" not in data else SunSpecChain.parse(data["sunspec"], path),
     )
+
+
+def _plausibility(data: Any, path: str) -> Plausibility:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [plausibility] must be a table")
+    try:
+        return Plausibility.from_mapping(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [plausibility]: {exc}") from None
 
 
 def _parse_row(row: Any, where: str) -> ProfileRegister:

@@ -90,6 +90,7 @@ class Simulator:
                 energy_resets=plan.energy_resets,
                 order=self.options.serve_order,
                 shift=self.options.serve_shift,
+                distortions=tuple(plan.distortions),
             )
             self.specs.append(spec)
             devices, plans = by_slot.setdefault(placement.slot, ({}, {}))

@@ -8,7 +8,9 @@ Time is quantised to `step_s` and rounded to the nearest step, so a read a littl
 Two kinds of meter:
 - `VirtualMeter`, the original project's: holding register 0, an int16 sawtooth.
 - `ProfileMeter`, any device profile: each register is read as the `simulator.physics` quantity
-  of its name (converted to the register's unit, e.g. kWh to Wh). A register whose name is not
+  of its name, or the `simulator.derived` one (direction-split powers; the PV side of an
+  inverter, whose AC output then replaces the meter's load), converted to the register's
+  unit (e.g. kWh to Wh). A register whose name is not
   modelled reads a constant derived from its name and the seed (see `fallback_value`); every
   register of the shipped profiles is modelled.
 
@@ -41,7 +43,8 @@ from emm.modbus import BIT_FUNCTION_CODES, ILLEGAL_DATA_ADDRESS
 from emm.planner import DEFAULT_MAX_GAP
 from emm.profiles import Profile, load_profile, shipped_profile, shipped_profiles
 from emm.registers import DataType, Order, Register
-from simulator.faults import Window
+from simulator.derived import DERIVED_UNITS, PvArray, derived_quantities, is_inverter
+from simulator.faults import Distortion, Window
 from simulator.physics import (
     COMMISSIONED_S,
     PV_NAMES,
@@ -195,6 +198,10 @@ class RegisterMapMeter:
         epoch); a scale-factor register holds its power of ten."""
         raise NotImplementedError
 
+    def swapped(self, t_s: float) -> bool:
+        """Whether values of several words are served in the wrong word order at `t_s`."""
+        return False
+
     def _image(self, fc: int, t_s: float) -> bytes | bytearray:
         k = step_index(t_s, self.step_s)
         cached = self._images.get(fc)
@@ -209,9 +216,13 @@ class RegisterMapMeter:
                 image[offset] = encode(float(values[reg.name]), reg)[0]
         else:
             words = [0] * layout.size
+            swapped = self.swapped(t_s)
             for reg, offset in layout.slots:
                 sf = int(values[reg.scale_register]) if reg.scale_register else 0
-                words[offset : offset + reg.words] = _words(values[reg.name], reg, sf)
+                value_words = _words(values[reg.name], reg, sf)
+                if swapped:
+                    value_words.reverse()
+                words[offset : offset + reg.words] = value_words
             image = struct.pack(f">{layout.size}H", *words)
         self._images[fc] = (k, image)
         return image
@@ -291,12 +302,14 @@ def resolve_profile(name: str) -> Profile | None:
 @dataclass(frozen=True)
 class MeterSpec:
     """What one virtual meter is: register map (None: the original virtual meter), seed, time
-    step, and the reboot windows after which its energy counters restart from zero."""
+    step, the reboot windows after which its energy counters restart from zero, and its value
+    faults (`simulator.faults.Distortion`)."""
 
     seed: int = 0
     profile: Profile | None = None
     step_s: float = 1.0
     energy_resets: tuple[Window, ...] = ()
+    distortions: tuple[Distortion, ...] = ()
     # a layout other than the profile's, as a misconfigured or differently wired device
     # serves it: every multi-register number in this order, every address moved by `shift`
     order: Order | None = None
@@ -373,7 +386,8 @@ class ProfileMeter(RegisterMapMeter):
         names = {r.name for r in profile.registers}
         self._pv = any(n in names for n in PV_NAMES) or "dcPower1" in names
         self._trackers = sum(1 for n in names if re.fullmatch(r"dcPower\d+", n))
-        modelled = set(quantities(self.physics, COMMISSIONED_S))
+        self.pv = PvArray.from_seed(spec.seed) if is_inverter(names) else None
+        modelled = set(self._quantities(COMMISSIONED_S, COMMISSIONED_S))
         if self._pv:
             modelled |= set(pv_quantities(spec.seed, COMMISSIONED_S, self._trackers))
         self._constants: dict[str, float | str] = dict(spec.constants())
@@ -392,7 +406,7 @@ class ProfileMeter(RegisterMapMeter):
                 continue
             # a second SunSpec model of an id names its points name_2: the same quantity
             quantity = re.sub(r"_\d+$", "", reg.name)
-            canonical = UNITS.get(quantity)
+            canonical = UNITS.get(quantity, DERIVED_UNITS.get(quantity))
             if canonical is None or quantity not in modelled:
                 self._map.append((reg, None, fallback_value(reg, spec.seed)))
             else:
@@ -406,13 +420,14 @@ class ProfileMeter(RegisterMapMeter):
     def values_at(self, t_s: float) -> dict[str, float | str]:
         t_q = step_index(t_s, self.step_s) * self.step_s
         since = counting_since(t_q, (w.last_end(t_q) for w in self.spec.energy_resets))
-        q = quantities(self.physics, t_q, since)
+        q = self._quantities(t_q, since)
         if self._pv:
             q |= pv_quantities(self.spec.seed, t_q, self._trackers, since)
         out: dict[str, float | str] = {
             reg.name: factor if name is None else q[name] * factor
             for reg, name, factor in self._map
         }
+        self._distort(out, t_q)
         for sf, regs in self._shares.items():
             out[sf] = float(scale_factor_for([(float(out[r.name]), r) for r in regs]))
         out.update(self._constants)
@@ -422,6 +437,23 @@ class ProfileMeter(RegisterMapMeter):
             for reg in self._states:
                 out[reg.name] = "MPPT" if q["dcPower"] > 0 else "SLEEPING"
         return out
+
+    def _quantities(self, t_s: float, since: float) -> dict[str, float]:
+        """The grid model's quantities with the derived ones (PV side for an inverter)."""
+        return derived_quantities(quantities(self.physics, t_s, since), self.pv, t_s, since)
+
+    def _distort(self, values: dict[str, float | str], t_q: float) -> None:
+        """The value faults active at `t_q` (zeroed or offset numbers)."""
+        for fault in self.spec.distortions:
+            if fault.kind != "word_order" and fault.active(t_q):
+                for reg in self.registers:
+                    if not reg.is_text and fault.hits(reg.name, reg.is_counter):
+                        value = float(values[reg.name])
+                        values[reg.name] = 0.0 if fault.kind == "zero" else value + fault.add
+
+    def swapped(self, t_s: float) -> bool:
+        t_q = step_index(t_s, self.step_s) * self.step_s
+        return any(f.kind == "word_order" and f.active(t_q) for f in self.spec.distortions)
 
 
 def _text_value(register: Register, spec: MeterSpec) -> str:

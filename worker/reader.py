@@ -184,6 +184,7 @@ async def read_job(job: Job, device: Device, *, attempts: int) -> Reading | None
         errors=values.errors,
         counters=job.plan.counters,
         text=values.text,
+        guard=job.guard,
     )
 
 
