@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from emm.codec import decode, decode_text
-from emm.profiles import Profile, shipped_profile, shipped_profiles
+from emm.profiles import Profile, shipped_profiles
 from emm.registers import Register
 
 pytestmark = pytest.mark.timeout(30)
@@ -218,9 +218,7 @@ SUNSPEC_VECTORS += [
 def test_sunspec_golden_vector(
     type_: str, name: str, words: list[int], sf: int | None, value: float | str | None
 ) -> None:
-    profile = shipped_profile(type_)
-    assert profile is not None
-    register = {r.name: r for r in profile.registers}[name]
+    register = {r.name: r for r in PROFILES[type_].registers}[name]
     assert len(words) == register.words
     assert bool(register.scale_register) == (sf is not None)
     if register.is_text:
