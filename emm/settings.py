@@ -177,9 +177,13 @@ class _Settings(BaseSettings):
 
 
 class _Service(_Settings):
-    """What every long-running service reads: `EMM_EVENT_LOOP`."""
+    """What every long-running service reads: `EMM_EVENT_LOOP`, `EMM_METRICS_PORT`,
+    `EMM_LOG_SUMMARY_S`."""
 
     event_loop: Annotated[EventLoop, _LOWER] = "uvloop"
+    # 9100: what deploy/kubernetes scrapes; 0 turns the endpoint off (see `emm.metrics`)
+    metrics_port: int = Field(9100, ge=0, le=65535)
+    log_summary_s: Seconds = Field(300.0, ge=1)
 
 
 class _Amqp(_Settings):

@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 
 from broker import JOBS, SHARDS, Broker, job_queue, shard_of
 from emm import retry
+from emm.config import LoadedConfig
 from emm.errors import BrokerError
+from emm.log import Summary, amqp_where, postgres_where
 from emm.messages import MARKER_VERSION, Job, TickMarker
 from emm.schedule import CronSchedule
 from emm.settings import SchedulerSettings
+from scheduler import metrics
 from scheduler.repo import ConfigRepo
 from scheduler.ticks import Ticks
 
@@ -111,56 +114,106 @@ async def publish_markers(
     return sum(await asyncio.gather(*(one(k) for k in range(SHARDS))))
 
 
+class _Tally:
+    """What the scheduler did, for its summary lines."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.jobs = 0
+        self.unpublished = 0
+
+    def counts(self) -> dict[str, float]:
+        return {"ticks": self.ticks, "jobs published": self.jobs, "unpublished": self.unpublished}
+
+
+async def publish_tick(
+    broker: Broker, ticks: Ticks, config: LoadedConfig, tick_ms: int, tally: _Tally
+) -> None:
+    """Publish the markers and jobs of `tick_ms` for `config`, and say how it went."""
+    started = time.monotonic()
+    tick = ticks.jobs(config, tick_ms)
+    jobs = tick.jobs
+    period_ms = ticks.next_after(tick_ms) - tick_ms
+    await publish_markers(broker, tick_ms, period_ms, jobs)
+    published = await publish_jobs(broker, jobs, tick.give_up_ms)
+    took_ms = (time.monotonic() - started) * 1000
+    metrics.TICKS.inc()
+    metrics.JOBS_PUBLISHED.inc(published)
+    metrics.JOBS_UNPUBLISHED.inc(len(jobs) - published)
+    metrics.METERS.set(len(jobs))
+    metrics.LAST_TICK.set(tick_ms / 1000)
+    first = tally.jobs == 0 and published > 0
+    tally.ticks += 1
+    tally.jobs += published
+    tally.unpublished += len(jobs) - published
+    if published == len(jobs):
+        log.info(
+            "tick %s: %d jobs published in %.0f ms%s",
+            _iso(tick_ms),
+            published,
+            took_ms,
+            " (the first)" if first else "",
+        )
+    else:
+        log.error(
+            "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
+            "unreachable); workers read the meters they were given last on their own",
+            _iso(tick_ms),
+            published,
+            len(jobs),
+        )
+
+
 async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:
     """Tick until `stop` is set (or forever)."""
     stop = stop or asyncio.Event()
     ticks = Ticks(CronSchedule(settings.read_cron, setting="EMM_READ_CRON"))
     repo = ConfigRepo(settings.postgres_dsn)
     broker = Broker(settings.amqp_url, name="emm-scheduler")
+    metrics.watch(connected=lambda: broker.connected)
     await broker.connect()
-    log.info("scheduler started: EMM_READ_CRON=%r", ticks.default.expression)
+    log.info(
+        "scheduler started: EMM_READ_CRON=%r; %s; %s",
+        ticks.default.expression,
+        postgres_where(settings.postgres_dsn),
+        amqp_where(settings.amqp_url),
+    )
+    tally = _Tally()
+    summary = Summary(log, tally.counts, settings.log_summary_s)
+    summaries = asyncio.create_task(summary.run(stop))
     try:
-        # the meters' own crons are known once the configuration is: the first tick may be theirs
-        config = await asyncio.to_thread(repo.load)
-        if config is not None:
-            ticks.update(config)
-        tick_ms = ticks.next_after(int(time.time() * 1000))
-        while not stop.is_set():
-            wait_s = tick_ms / 1000 - time.time()
-            if wait_s > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=wait_s)
-                    break
-                except TimeoutError:
-                    pass
-            started = time.monotonic()
-            config = await asyncio.to_thread(repo.load)
-            if config is not None:
-                tick = ticks.jobs(config, tick_ms)
-                jobs = tick.jobs
-                period_ms = ticks.next_after(tick_ms) - tick_ms
-                await publish_markers(broker, tick_ms, period_ms, jobs)
-                published = await publish_jobs(broker, jobs, tick.give_up_ms)
-                took_ms = (time.monotonic() - started) * 1000
-                if published == len(jobs):
-                    log.info(
-                        "tick %s: %d jobs published in %.0f ms", _iso(tick_ms), published, took_ms
-                    )
-                else:
-                    log.error(
-                        "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
-                        "unreachable); workers read the meters they were given last on their own",
-                        _iso(tick_ms),
-                        published,
-                        len(jobs),
-                    )
-            now_ms = int(time.time() * 1000)
-            next_ms = ticks.next_after(tick_ms)
-            if next_ms <= now_ms:
-                skipped_to = ticks.next_after(now_ms)
-                log.warning("tick %s overran; skipping to %s", _iso(tick_ms), _iso(skipped_to))
-                next_ms = skipped_to
-            tick_ms = next_ms
+        await _tick_until(stop, ticks, repo, broker, tally)
     finally:
+        summaries.cancel()
+        log.info("scheduler stopped %s", summary.final())
         repo.close()
         await broker.close()
+
+
+async def _tick_until(
+    stop: asyncio.Event, ticks: Ticks, repo: ConfigRepo, broker: Broker, tally: _Tally
+) -> None:
+    """Wait for each tick, load the configuration and publish the tick's jobs."""
+    # the meters' own crons are known once the configuration is: the first tick may be theirs
+    config = await asyncio.to_thread(repo.load)
+    if config is not None:
+        ticks.update(config)
+    tick_ms = ticks.next_after(int(time.time() * 1000))
+    while not stop.is_set():
+        wait_s = tick_ms / 1000 - time.time()
+        if wait_s > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait_s)
+                break
+            except TimeoutError:
+                pass
+        config = await asyncio.to_thread(repo.load)
+        if config is not None:
+            await publish_tick(broker, ticks, config, tick_ms, tally)
+        now_ms = int(time.time() * 1000)
+        next_ms = ticks.next_after(tick_ms)
+        if next_ms <= now_ms:
+            skipped_to = ticks.next_after(now_ms)
+            log.warning("tick %s overran; skipping to %s", _iso(tick_ms), _iso(skipped_to))
+            next_ms = skipped_to
+        tick_ms = next_ms

@@ -69,6 +69,8 @@ def test_worker_defaults() -> None:
         "log_level": "INFO",
         "log_format": "text",
         "event_loop": "uvloop",
+        "metrics_port": 9100,
+        "log_summary_s": 300.0,
         "amqp_url": AMQP,
         "concurrency": 512,
         "read_timeout_s": 1.0,
@@ -112,7 +114,7 @@ def test_worker_defaults() -> None:
 def test_defaults(cls: type[Settings], defaults: dict[str, object]) -> None:
     common: dict[str, object] = {"log_level": "INFO", "log_format": "text"}
     if cls is not MigrateSettings:
-        common["event_loop"] = "uvloop"
+        common |= {"event_loop": "uvloop", "metrics_port": 9100, "log_summary_s": 300.0}
     assert cls.from_env({}).model_dump() == common | defaults
 
 
