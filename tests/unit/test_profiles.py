@@ -141,9 +141,13 @@ def test_counter_is_a_row_key(tmp_path: Path) -> None:
 
 
 # the net energy registers (import minus export) of the shipped profiles, by their datasheets
+ABB_NET = [
+    *(f"net{kind}Energy" for kind in ("Active", "Reactive", "Apparent")),
+    *(f"net{kind}EnergyL{n}" for kind in ("Active", "Reactive", "Apparent") for n in "123"),
+]
 NET = {
-    "abb_b23": ["netActiveEnergy", "netReactiveEnergy", "netApparentEnergy"],
-    "abb_b24": ["netActiveEnergy", "netReactiveEnergy", "netApparentEnergy"],
+    "abb_b23": ABB_NET,
+    "abb_b24": ABB_NET,
     "janitza_umg604": ["activeEnergyL1", "activeEnergyL2", "activeEnergyL3", "activeEnergy"],
     "janitza_umg96rm": ["activeEnergyL1", "activeEnergyL2", "activeEnergyL3", "activeEnergy"],
     "sdm72d_m2": ["netActiveEnergy"],
