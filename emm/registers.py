@@ -271,6 +271,10 @@ class Register:
     `enum` (value -> name) or by `bits` (bit number -> name, the names of the set bits). A
     `scale_register` names another register of the map (a SunSpec scale factor, an int16
     power of ten) read in the same request and applied to this reading's value.
+
+    `counter` says whether the value is a cumulative counter that only grows (True) or not
+    (False: a net energy register, import minus export, that falls when the site exports);
+    None derives it from the unit (`COUNTER_UNITS`).
     """
 
     name: str
@@ -287,6 +291,7 @@ class Register:
     enum: tuple[tuple[int, str], ...] = ()
     bits: tuple[tuple[int, str], ...] = ()
     scale_register: str = ""
+    counter: bool | None = None
     sentinels: frozenset[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -324,11 +329,18 @@ class Register:
                 f"poll_every {self.poll_every!r} must be a whole number of ticks, "
                 f"0..{MAX_POLL_EVERY} (0: once, then daily)"
             )
+        if self.counter is not None and not isinstance(self.counter, bool):
+            raise ConfigError(f"counter {self.counter!r} must be true, false or absent")
+        if self.counter and (self.is_text or self.data_type is DataType.BOOL):
+            raise ConfigError("counter = true needs a numeric register")
         object.__setattr__(self, "sentinels", _sentinels(self))
 
     @property
     def is_counter(self) -> bool:
-        """Whether the value is a cumulative counter (energy, charge) that only grows."""
+        """Whether the value is a cumulative counter (energy, charge) that only grows: as
+        `counter` says, or else by its unit. A net register (`counter` False) is not."""
+        if self.counter is not None:
+            return self.counter
         return not self.is_text and self.unit.strip().lower() in COUNTER_UNITS
 
     @property
@@ -366,6 +378,7 @@ class Register:
             {str(k): v for k, v in self.enum} or None,
             {str(k): v for k, v in self.bits} or None,
             self.scale_register,
+            self.counter,
         ]
         while len(row) > 3 and row[-1] == _ROW_DEFAULTS[len(row) - 4]:
             row.pop()
@@ -392,8 +405,8 @@ class Register:
         ("float32", the default); order a name (ABCD, the default); missing as `parse_missing`
         takes it; poll_every a number of ticks (1, the default); length the registers of a
         string; enum and bits mappings of a number (or its text) to a name; scale_register the
-        name of the register holding this one's power of ten. A null is the default too. Other
-        keys are not read.
+        name of the register holding this one's power of ten; counter true or false (absent:
+        derived from the unit). A null is the default too. Other keys are not read.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"register must be a mapping, got {type(data).__name__}")
@@ -416,6 +429,7 @@ class Register:
                 enum=parse_names(data.get("enum"), "enum"),
                 bits=parse_names(data.get("bits"), "bits"),
                 scale_register=data.get("scale_register") or "",
+                counter=data.get("counter"),
             )
         except KeyError as exc:
             raise ConfigError(f"register is missing the key {exc.args[0]!r}") from None
@@ -439,6 +453,7 @@ REGISTER_KEYS = (
     "enum",
     "bits",
     "scale_register",
+    "counter",
 )
 # the values of a register row in a job, in order
 ROW_COLUMNS = (
@@ -456,8 +471,9 @@ ROW_COLUMNS = (
     "enum",
     "bits",
     "scale_register",
+    "counter",
 )
-_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None, 1, 0, None, None, "")
+_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None, 1, 0, None, None, "", None)
 
 
 def _sentinels(register: Register) -> frozenset[float]:

@@ -18,7 +18,7 @@ _REGISTER_JSON = """json_build_object(
     'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
     'offset', r.value_offset, 'missing', r.missing_values, 'poll_every', r.poll_every,
     'length', r.string_length, 'enum', r.value_names, 'bits', r.bit_names,
-    'scale_register', r.scale_register)"""
+    'scale_register', r.scale_register, 'counter', r.counter)"""
 
 
 # the plausibility limits of a `meter_types` (t) or `energy_meters` (m) row, NULL: not given

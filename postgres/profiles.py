@@ -46,9 +46,9 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
                 """INSERT INTO registers (type, register_address, measurement_name, data_unit,
                        data_type, function_code, byte_order, word_order, scale, value_offset,
                        missing_values, poll_every, string_length, value_names, bit_names,
-                       scale_register, source)
+                       scale_register, counter, source)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                           %s)""",
+                           %s, %s)""",
                 (
                     profile.type,
                     reg.address,
@@ -66,6 +66,7 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
                     _names(reg.enum),
                     _names(reg.bits),
                     reg.scale_register or None,
+                    reg.counter,
                     row.source or None,
                 ),
             )
@@ -117,7 +118,7 @@ class StoredType:
 _ROWS_SQL = """
 SELECT id, type, register_address, measurement_name, data_unit, data_type, function_code,
        byte_order, word_order, scale, value_offset, missing_values, string_length,
-       value_names, bit_names, scale_register, source
+       value_names, bit_names, scale_register, counter, source
 FROM registers WHERE type = %s ORDER BY function_code, register_address, id
 """
 _LIMITS_SQL = """
@@ -172,6 +173,7 @@ _ROW_KEYS = (
     "enum",
     "bits",
     "scale_register",
+    "counter",
     "source",
 )
 

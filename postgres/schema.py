@@ -248,6 +248,19 @@ MIGRATIONS.append(
 )
 
 
+MIGRATIONS.append(
+    (
+        7,
+        "registers: net energy registers, not counters",
+        # `Register.counter`: NULL derives it from the unit (energy units count), false marks
+        # a net register (import minus export) that may fall, true a counter of another unit
+        """
+        ALTER TABLE registers ADD COLUMN counter boolean;
+        """,
+    )
+)
+
+
 def migrate(conn: Connection, *, seed_host: str | None = None, seed_port: int = 502) -> list[int]:
     """Apply the migrations that have not run yet; returns the versions applied now.
 

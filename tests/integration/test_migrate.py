@@ -15,8 +15,9 @@ from devservices.processes import emm_command
 from emm.messages import Gateway, Job
 from emm.profiles import shipped_profile
 from emm.registers import DataType, Order
-from postgres.config import load_config
+from postgres.config import load_config, load_type
 from postgres.connection import connect
+from postgres.profiles import import_profile, stored_type
 from postgres.schema import MIGRATIONS, migrate
 from scheduler.jobs import MeterTick, PlanBook, build_jobs
 
@@ -496,3 +497,45 @@ def test_poll_classes_and_meter_crons_come_to_an_existing_database(
         "energy_meters row id=2 skipped: read_cron='every minute': has 2 fields; expected 5 "
         "(minute hour day month weekday) or 6 (a leading seconds field)"
     ]
+
+
+def test_net_registers_come_to_an_existing_database_and_round_trip(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a database of schema 6 with an energy row: it stays a counter, derived from its unit
+    monkeypatch.setattr("postgres.schema.MIGRATIONS", [m for m in MIGRATIONS if m[0] <= 6])
+    with connect(pg_dsn) as conn:
+        assert migrate(conn) == [1, 2, 3, 4, 5, 6]
+    monkeypatch.undo()
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO registers (type, register_address, measurement_name, data_unit, "
+            "data_type, function_code) VALUES ('old', 0, 'importActiveEnergy', 'kWh', 3, 4)"
+        )
+    conn.close()
+    with connect(pg_dsn) as conn:
+        assert migrate(conn) == [7]
+        (old,), _, errors = load_type(conn, "old")
+        assert (old.counter, old.is_counter, errors) == (None, True, [])
+        profile = shipped_profile("janitza_umg604")
+        assert profile is not None
+        assert import_profile(conn, profile, replace=False)
+        stored = stored_type(conn, "janitza_umg604")
+        assert stored is not None and stored.skipped == ()
+        assert stored.rows == profile.rows
+        registers, _, errors = load_type(conn, "janitza_umg604")
+        assert errors == [] and set(registers) == set(profile.registers)
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT measurement_name FROM registers WHERE type = 'janitza_umg604' "
+            "AND counter IS FALSE ORDER BY register_address"
+        )
+        assert cur.fetchall() == [
+            ("activeEnergyL1",),
+            ("activeEnergyL2",),
+            ("activeEnergyL3",),
+            ("activeEnergy",),
+        ]
+        cur.execute("SELECT count(*) FROM registers WHERE counter IS TRUE")
+        assert cur.fetchone() == (0,)
+    conn.close()

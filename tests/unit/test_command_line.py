@@ -169,6 +169,7 @@ def test_the_readme_profile_example_is_a_valid_profile() -> None:
     assert [r.name for r in profile.registers] == [
         "voltageL1",
         "importActiveEnergy",
+        "netActiveEnergy",
         "serial",
         "operatingState",
         "events",
@@ -177,8 +178,9 @@ def test_the_readme_profile_example_is_a_valid_profile() -> None:
         "W_SF",
     ]
     assert profile.registers[1].is_counter
-    assert [r.is_text for r in profile.registers[2:5]] == [True, True, True]
-    assert profile.registers[6].scale_register == "W_SF"
+    assert profile.registers[2].counter is False and not profile.registers[2].is_counter
+    assert [r.is_text for r in profile.registers[3:6]] == [True, True, True]
+    assert profile.registers[7].scale_register == "W_SF"
 
 
 def test_an_unknown_top_level_key_is_refused() -> None:

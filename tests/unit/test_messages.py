@@ -427,9 +427,9 @@ GOOD_REGISTER = {"name": "v", "address": 0, "function_code": 3, "data_type": "in
         ),
         (
             _plan(registers=[["v", 0]]),
-            "job is malformed: register row has 2 values, expected 3 to 14: name, address, "
+            "job is malformed: register row has 2 values, expected 3 to 15: name, address, "
             "function_code, unit, data_type, order, scale, offset, missing, poll_every, length, "
-            "enum, bits, scale_register",
+            "enum, bits, scale_register, counter",
         ),
         (
             _plan(registers=[["v", 0, 3, "", "int16", "ABCD", 0]]),

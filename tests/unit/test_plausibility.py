@@ -266,3 +266,33 @@ def test_the_limits_and_the_guard_travel_with_job_and_reading() -> None:
     r = reading(0, 1.0)
     assert Reading.decode(r.encode()) == r
     assert Reading.decode(reading(0, 1.0, guard=None).encode()).guard is None
+
+
+def test_a_net_register_that_falls_is_neither_flagged_nor_given_a_delta() -> None:
+    # import minus export: it goes down while the site exports, which is no restart
+    registers = [
+        Register("importActiveEnergy", 0, 4, unit="kWh"),
+        Register("activeEnergy", 2, 4, unit="kWh", counter=False),
+    ]
+    plan = Job.decode(Job(METER, T0, T0 + MINUTE, Plan.build(registers)).encode()).plan
+    assert plan.counters == ("importActiveEnergy",)
+    guard = Guard(DEFAULT_PLAUSIBILITY, plan.roles)
+    watch = CounterWatch(tick_counter(CronSchedule("* * * * *").next_after))
+    check = PlausibilityGuard(watch, clock=lambda: 0.0)
+    deltas, resets, suspects = [], [], []
+    for k, (imp, net) in enumerate([(10.0, 5.0), (10.5, 2.0), (11.0, -1.0), (11.0, 0.0)]):
+        fields = {"importActiveEnergy": imp, "activeEnergy": net}
+        r = Reading(
+            METER, T0 + k * MINUTE, fields, Status(True), counters=plan.counters, guard=guard
+        )
+        suspects.append(check.check(r))
+        seen = watch.observe(without(r, suspects[-1]))
+        deltas += [d.values for d in seen.deltas]
+        resets += seen.resets
+    assert suspects == [{}, {}, {}, {}]
+    assert deltas == [
+        {"importActiveEnergy": 0.5},
+        {"importActiveEnergy": 0.5},
+        {"importActiveEnergy": 0.0},
+    ]
+    assert resets == []

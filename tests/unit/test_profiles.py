@@ -134,6 +134,33 @@ def test_poll_every_is_a_row_key(tmp_path: Path) -> None:
     assert [r.poll_every for r in profile.registers] == [1, 0]
 
 
+def test_counter_is_a_row_key(tmp_path: Path) -> None:
+    row = GOOD_ROW + 'unit = "kWh"\ncounter = false\n'
+    profile = load_profile(write(tmp_path, HEADER + row))
+    assert [(r.counter, r.is_counter) for r in profile.registers][1] == (False, False)
+
+
+# the net energy registers (import minus export) of the shipped profiles, by their datasheets
+ABB_NET = [
+    *(f"net{kind}Energy" for kind in ("Active", "Reactive", "Apparent")),
+    *(f"net{kind}EnergyL{n}" for kind in ("Active", "Reactive", "Apparent") for n in "123"),
+]
+NET = {
+    "abb_b23": ABB_NET,
+    "abb_b24": ABB_NET,
+    "janitza_umg604": ["activeEnergyL1", "activeEnergyL2", "activeEnergyL3", "activeEnergy"],
+    "janitza_umg96rm": ["activeEnergyL1", "activeEnergyL2", "activeEnergyL3", "activeEnergy"],
+    "sdm72d_m2": ["netActiveEnergy"],
+}
+
+
+def test_shipped_net_registers_are_no_counters() -> None:
+    marked = {
+        p.type: [r.name for r in p.registers if r.counter is False] for p in shipped_profiles()
+    }
+    assert {t: names for t, names in marked.items() if names} == NET
+
+
 @pytest.mark.parametrize(
     ("row", "reason"),
     [
@@ -171,6 +198,7 @@ def test_poll_every_is_a_row_key(tmp_path: Path) -> None:
             "digits, _ . - (at most 100 characters)",
         ),
         (GOOD_ROW + 'missing = "0xFFFF"\n', "'missing' must be a list such as [\"0xFFFF\"]"),
+        (GOOD_ROW + "counter = 0\n", "counter 0 must be true, false or absent"),
         (
             GOOD_ROW + "poll_every = -1\n",
             "poll_every -1 must be a whole number of ticks, 0..10000 (0: once, then daily)",

@@ -278,6 +278,7 @@ def registers(draw: st.DrawFn) -> Register:
     bit_names = draw(names) if integer and not enum and draw(st.booleans()) else {}
     numeric = data_type not in (DataType.BOOL, DataType.STRING) and not (enum or bit_names)
     scale_register = draw(st.sampled_from(["", "W_SF"])) if numeric else ""
+    counter = draw(st.sampled_from([None, False, True] if numeric else [None, False]))
     return Register(
         name=draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,20}", fullmatch=True)),
         address=draw(st.integers(0, 65536 - (length or data_type.words))),
@@ -293,6 +294,7 @@ def registers(draw: st.DrawFn) -> Register:
         enum=tuple(sorted(enum.items())),
         bits=tuple(sorted(bit_names.items())),
         scale_register=scale_register,
+        counter=counter,
     )
 
 
@@ -320,6 +322,7 @@ def test_register_mapping_round_trip(register: Register) -> None:
         "enum": dict(register.enum),
         "bits": {str(bit): name for bit, name in register.bits},
         "scale_register": register.scale_register,
+        "counter": register.counter,
     }
     assert set(data) == set(REGISTER_KEYS)
     assert Register.from_mapping(data) == register
@@ -428,6 +431,32 @@ GOOD = {"name": "v", "address": 0, "function_code": 3, "data_type": "int16"}
 
 
 @pytest.mark.parametrize(
+    ("unit", "counter", "is_counter"),
+    [
+        ("kWh", None, True),  # by its unit
+        ("kWh", False, False),  # a net register: import minus export
+        ("varh", False, False),
+        ("h", True, True),  # operating hours, a counter in another unit
+        ("V", None, False),
+    ],
+)
+def test_counter_overrides_the_unit(unit: str, counter: bool | None, is_counter: bool) -> None:
+    register = Register.from_mapping(dict(GOOD, unit=unit, counter=counter))
+    assert register.is_counter is is_counter
+    assert Register.from_row(register.to_row()) == register
+
+
+def test_a_row_without_counter_derives_it_from_the_unit() -> None:
+    # a job row written before the column: 14 values, the last scale_register
+    row = ["e", 0, 4, "kWh", "float32", "ABCD", 1.0, 0.0, None, 1, 0, None, None, ""]
+    assert Register.from_row(row).counter is None
+    assert Register.from_row(row).is_counter
+    net = Register("e", 0, 4, unit="kWh", counter=False)
+    assert net.to_row() == ["e", 0, 4, "kWh", *row[4:], False]
+    assert Register("e", 0, 4, unit="kWh").to_row() == ["e", 0, 4, "kWh"]
+
+
+@pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"address": 0, "function_code": 3}, "register is missing the key 'name'"),
@@ -445,6 +474,11 @@ GOOD = {"name": "v", "address": 0, "function_code": 3, "data_type": "int16"}
             "data_type bool does not fit function_code 3: bool goes with 1/2, numbers with 3/4",
         ),
         (dict(GOOD, order="ABDC"), "unknown order 'ABDC' (known: ABCD, CDAB, BADC, DCBA)"),
+        (dict(GOOD, counter="no"), "counter 'no' must be true, false or absent"),
+        (
+            dict(GOOD, counter=True, data_type="string", length=2),
+            "counter = true needs a numeric register",
+        ),
         ("v", "register must be a mapping, got str"),
         (None, "register must be a mapping, got NoneType"),
         ([1, 2], "register must be a mapping, got list"),
@@ -462,9 +496,9 @@ def test_from_mapping_errors(data: object, message: str) -> None:
         ({"name": "v"}, "register row must be a list, got dict"),
         (
             ["v", 0],
-            "register row has 2 values, expected 3 to 14: name, address, function_code, unit, "
+            "register row has 2 values, expected 3 to 15: name, address, function_code, unit, "
             "data_type, order, scale, offset, missing, poll_every, length, enum, bits, "
-            "scale_register",
+            "scale_register, counter",
         ),
         (["v", 0, 5], "function_code 5 is not a read function code (1, 2, 3, 4)"),
     ],
