@@ -17,8 +17,8 @@ jobs dropped as late. Queue depths come from RabbitMQ's management API
 status says "not reachable" and goes on.
 
 Exit status: 0 when no meter is offline or stale (suspect values do not count: the meter is up),
-1 when one is (usable in cron or as a health probe), 2 when the status cannot be made (InfluxDB
-unreachable, a bad setting).
+1 when one is (usable in cron or as a health probe), 3 when the status cannot be told (InfluxDB
+unreachable or refusing: "unknown", as monitoring plugins say), 78 for a bad setting.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import sys
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from typing import Any
 import urllib3
 
 from cli.report import _by_meter, _duration_s, _print_table
+from emm.errors import SinkError
 from emm.schedule import CronSchedule
 from emm.settings import StatusSettings, WriterSettings
 from writer.counters import tick_counter
@@ -78,7 +80,19 @@ class Queues:
     queues: list[dict[str, Any]] = field(default_factory=list)
 
 
+UNKNOWN = 3  # the exit status when InfluxDB cannot tell how the meters are
+
+
 def run(args: argparse.Namespace) -> int:
+    """Print the status; the exit status (0 all up, 1 one is down, UNKNOWN)."""
+    try:
+        return _run(args)
+    except SinkError as exc:
+        print(f"emm status: {exc}", file=sys.stderr)
+        return UNKNOWN
+
+
+def _run(args: argparse.Namespace) -> int:
     writer = WriterSettings.from_env()
     settings = StatusSettings.from_env()
     since_s = _duration_s(args.since)

@@ -40,7 +40,7 @@ def serve(port: int, variable: str = "EMM_METRICS_PORT") -> bool:
             variable,
         )
         return False
-    log.info("metrics served on port %d (/metrics)", port)
+    log.debug("metrics served on port %d (/metrics)", port)
     return True
 
 

@@ -342,7 +342,7 @@ def test_status_json_table_and_exit_code(run: Run) -> None:
     assert lines[-2:] == [f"queues ({api})", "not reachable: [Errno 111] Connection refused"]
 
 
-def test_status_exits_0_when_nothing_is_down_and_2_without_influxdb(run: Run) -> None:
+def test_status_exits_0_when_nothing_is_down_and_3_without_influxdb(run: Run) -> None:
     run.pipeline.processes.stop("scheduler")
     time.sleep(1.5)  # the last tick's readings are written
     run.db.execute(f"DROP SERIES FROM meter_status WHERE meter_id = '{run.ids[4]}'")
@@ -356,7 +356,7 @@ def test_status_exits_0_when_nothing_is_down_and_2_without_influxdb(run: Run) ->
     assert got.returncode == 0, got.stdout
     assert json.loads(got.stdout)["down"] == []
     gone = run.emm("status", EMM_INFLUX_URL="http://127.0.0.1:1")
-    assert gone.returncode == 2
+    assert gone.returncode == 3
     assert gone.stderr.startswith("emm status: InfluxDB v1 at http://127.0.0.1:1 unreachable")
 
 

@@ -31,11 +31,12 @@ SINCE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 
 def emm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`emm ARGS` run to its end, with no EMM_* variable but those in `env`."""
+    """`emm ARGS` run to its end, with no EMM_* variable but those in `env` (and no metrics
+    endpoint: another process may hold the default port)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("EMM_")}
     return subprocess.run(
         [*emm_command(), *args],
-        env={**base, "EMM_LOG_FORMAT": "text", **env},
+        env={**base, "EMM_LOG_FORMAT": "text", "EMM_METRICS_PORT": "0", **env},
         capture_output=True,
         text=True,
         timeout=40,
