@@ -1,4 +1,4 @@
-"""The `emm` command line: the services, `migrate`, `read`, `profiles` and `report`."""
+"""The `emm` command line: the services, `migrate`, `read`, `profiles`, `report` and `health`."""
 
 from __future__ import annotations
 
@@ -122,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace the rows even though meters use the type"
     )
 
+    from cli.health import add_parser as add_health
     from cli.report import add_parser as add_report
 
     add_report(sub)
+    add_health(sub)
     return parser
 
 
@@ -150,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import report
 
             code = report.run(args)
+        elif args.command == "health":
+            from cli import health
+
+            code = health.run(args)
         else:
             code = _service(args.command, extra)
     except EmmError as exc:

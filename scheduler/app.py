@@ -8,16 +8,21 @@ the worker that owns it so (see `worker.shards`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from broker import JOBS, SHARDS, Broker, job_queue, shard_of
+from broker.lease import Lease
 from emm import retry
 from emm.errors import BrokerError
+from emm.health import Progress, Sample, default_path
 from emm.messages import MARKER_VERSION, Job, TickMarker
 from emm.schedule import CronSchedule
+from emm.service import unless_stopped
 from emm.settings import SchedulerSettings
 from scheduler.repo import ConfigRepo
 from scheduler.ticks import Ticks
@@ -25,6 +30,7 @@ from scheduler.ticks import Ticks
 log = logging.getLogger(__name__)
 
 PUBLISH_IN_FLIGHT = 2048  # unconfirmed publishes at once; confirms arrive in batches
+LEASE_RETRY_S = 1.0  # how often a standby scheduler asks for the lease
 
 
 def _iso(ts_ms: int) -> str:
@@ -111,20 +117,46 @@ async def publish_markers(
     return sum(await asyncio.gather(*(one(k) for k in range(SHARDS))))
 
 
-async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:
-    """Tick until `stop` is set (or forever)."""
-    stop = stop or asyncio.Event()
-    ticks = Ticks(CronSchedule(settings.read_cron, setting="EMM_READ_CRON"))
-    repo = ConfigRepo(settings.postgres_dsn)
-    broker = Broker(settings.amqp_url, name="emm-scheduler")
-    await broker.connect()
-    log.info("scheduler started: EMM_READ_CRON=%r", ticks.default.expression)
-    try:
-        # the meters' own crons are known once the configuration is: the first tick may be theirs
-        config = await asyncio.to_thread(repo.load)
-        if config is not None:
-            ticks.update(config)
-        tick_ms = ticks.next_after(int(time.time() * 1000))
+class Scheduler:
+    """The tick loop of one scheduler, which publishes only while it holds the vhost's lease
+    (`broker.lease`): a second scheduler started by mistake stands by and takes over when the
+    first one's connection is gone, from the first tick after that."""
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self.ticks = Ticks(CronSchedule(settings.read_cron, setting="EMM_READ_CRON"))
+        self.repo = ConfigRepo(settings.postgres_dsn)
+        self.broker = Broker(settings.amqp_url, name="emm-scheduler")
+        self.lease = Lease(self.broker)
+        path = Path(settings.health_file or default_path("scheduler"))
+        self.health = Progress("scheduler", path, settings.health_stall_s)
+        self.published = 0  # ticks published whole
+        self.due = False  # a tick is due and not yet published whole
+
+    def progress(self) -> Sample:
+        """The health sample: a tick due and not published is the work waiting."""
+        return {"tick": (self.published, int(self.due))}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until `stop` is set."""
+        beat = asyncio.create_task(self.health.run(stop, self.progress))
+        try:
+            if not await unless_stopped(stop, self.broker.connect()):
+                return
+            log.info("scheduler started: EMM_READ_CRON=%r", self.ticks.default.expression)
+            # the meters' own crons are known once the configuration is: the first tick may
+            # be theirs
+            config = await asyncio.to_thread(self.repo.load)
+            if config is not None:
+                self.ticks.update(config)
+            await self._loop(stop)
+        finally:
+            self.repo.close()
+            await self.broker.close()
+            stop.set()
+            await beat
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        tick_ms = self.ticks.next_after(int(time.time() * 1000))
         while not stop.is_set():
             wait_s = tick_ms / 1000 - time.time()
             if wait_s > 0:
@@ -133,34 +165,73 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                     break
                 except TimeoutError:
                     pass
-            started = time.monotonic()
-            config = await asyncio.to_thread(repo.load)
-            if config is not None:
-                tick = ticks.jobs(config, tick_ms)
-                jobs = tick.jobs
-                period_ms = ticks.next_after(tick_ms) - tick_ms
-                await publish_markers(broker, tick_ms, period_ms, jobs)
-                published = await publish_jobs(broker, jobs, tick.give_up_ms)
-                took_ms = (time.monotonic() - started) * 1000
-                if published == len(jobs):
-                    log.info(
-                        "tick %s: %d jobs published in %.0f ms", _iso(tick_ms), published, took_ms
-                    )
-                else:
-                    log.error(
-                        "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
-                        "unreachable); workers read the meters they were given last on their own",
-                        _iso(tick_ms),
-                        published,
-                        len(jobs),
-                    )
+            if not await self._holds_lease(stop):
+                if not await self._stand_by(stop):
+                    break
+                tick_ms = self.ticks.next_after(int(time.time() * 1000))
+                continue
+            await self._tick(tick_ms)
             now_ms = int(time.time() * 1000)
-            next_ms = ticks.next_after(tick_ms)
+            next_ms = self.ticks.next_after(tick_ms)
             if next_ms <= now_ms:
-                skipped_to = ticks.next_after(now_ms)
+                skipped_to = self.ticks.next_after(now_ms)
                 log.warning("tick %s overran; skipping to %s", _iso(tick_ms), _iso(skipped_to))
                 next_ms = skipped_to
             tick_ms = next_ms
-    finally:
-        repo.close()
-        await broker.close()
+
+    async def _holds_lease(self, stop: asyncio.Event) -> bool:
+        """Whether this scheduler may publish (RabbitMQ unreachable: it holds it when back)."""
+        try:
+            return await self.lease.take()
+        except BrokerError as exc:
+            log.debug("cannot ask RabbitMQ for the lease: %s", exc)
+            return self.lease.held
+
+    async def _stand_by(self, stop: asyncio.Event) -> bool:
+        """Wait until this scheduler holds the lease (True) or is stopped (False)."""
+        self.due = False
+        self.health.note = "standby: another scheduler publishes on this vhost"
+        log.warning(
+            "another scheduler is publishing on this vhost (it holds the queue %s); standing "
+            "by to take over when it stops",
+            self.lease.queue,
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=LEASE_RETRY_S)
+            if not stop.is_set() and await self._holds_lease(stop):
+                self.health.note = ""
+                log.warning("the other scheduler is gone: publishing from the next tick on")
+                return True
+        return False
+
+    async def _tick(self, tick_ms: int) -> None:
+        """Load the configuration and publish the tick's jobs."""
+        self.due = True
+        started = time.monotonic()
+        config = await asyncio.to_thread(self.repo.load)
+        if config is None:
+            return
+        tick = self.ticks.jobs(config, tick_ms)
+        jobs = tick.jobs
+        period_ms = self.ticks.next_after(tick_ms) - tick_ms
+        await publish_markers(self.broker, tick_ms, period_ms, jobs)
+        published = await publish_jobs(self.broker, jobs, tick.give_up_ms)
+        took_ms = (time.monotonic() - started) * 1000
+        if published == len(jobs):
+            self.due = False
+            self.published += 1
+            log.info("tick %s: %d jobs published in %.0f ms", _iso(tick_ms), published, took_ms)
+        else:
+            log.error(
+                "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
+                "unreachable); workers read the meters they were given last on their own",
+                _iso(tick_ms),
+                published,
+                len(jobs),
+            )
+
+
+async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:
+    """Tick until `stop` is set (or forever)."""
+    await Scheduler(settings).run(stop or asyncio.Event())

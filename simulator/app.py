@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emm.errors import ConfigError
+from emm.health import Progress, default_path
 from emm.profiles import Profile
 from emm.settings import MigrateSettings, SimulatorSettings
 from simulator.faults import FaultPlan, Scenario
@@ -149,6 +150,14 @@ async def run(
     options = options or SimulatorOptions()
     simulator = Simulator(settings, options)
     await simulator.start()
+    # it only answers: its health is its event loop turning with its ports open
+    health = Progress(
+        "simulator",
+        Path(settings.health_file or default_path("simulator")),
+        settings.health_stall_s,
+    )
+    health.note = f"{len(simulator.placements)} meter(s) on {len(simulator.servers)} port(s)"
+    beat = asyncio.create_task(health.run(stop, dict))
     stats_writer = None
     if options.stats_file is not None:
         stats_writer = asyncio.create_task(_write_stats(simulator, options.stats_file))
@@ -158,6 +167,8 @@ async def run(
             await _write_config(simulator, options)
         await stop.wait()
     finally:
+        stop.set()
+        await beat
         if stats_writer is not None:
             stats_writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

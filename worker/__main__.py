@@ -6,7 +6,7 @@ import argparse
 
 from emm.errors import ConfigError
 from emm.log import setup_logging
-from emm.service import exit_with, run_until_signalled
+from emm.service import STOP_GRACE_S, exit_with, run_until_signalled
 from emm.settings import WorkerSettings
 from worker.app import run
 
@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         exit_with("worker", exc)
     setup_logging(settings.log_level, "worker", settings.log_format)
-    run_until_signalled(lambda stop: run(settings, stop), event_loop=settings.event_loop)
+    run_until_signalled(
+        lambda stop: run(settings, stop),
+        event_loop=settings.event_loop,
+        grace_s=settings.drain_s + STOP_GRACE_S,
+    )
 
 
 if __name__ == "__main__":

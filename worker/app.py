@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
 from broker import Broker
+from emm.health import Progress, Sample, default_path
+from emm.service import unless_stopped
 from emm.settings import WorkerSettings
 from worker.consumer import Consumer
 from worker.device import Devices
@@ -39,8 +43,7 @@ from worker.shards import Shards
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 5.0  # how often idle links close, old readings go and late jobs are summed up
-SHUTDOWN_READS_S = 10.0  # how long jobs in flight may take to finish at shutdown
-SHUTDOWN_OUTBOX_S = 5.0  # and then the readings still in the outbox to reach RabbitMQ
+SHUTDOWN_OUTBOX_S = 5.0  # at most, of what is left of EMM_DRAIN_S, for the readings left
 
 
 class Worker:
@@ -69,11 +72,28 @@ class Worker:
         self.shards = Shards(self.broker, self.consumer, self.devices, self.replay)
         self.broker.connect_callbacks.append(self.shards.on_connect)
         self.broker.disconnect_callbacks.append(self.shards.on_disconnect)
+        path = Path(settings.health_file or default_path("worker"))
+        self.health = Progress("worker", path, settings.health_stall_s)
+
+    def progress(self) -> Sample:
+        """The health sample: jobs in flight wait to be settled, readings to be confirmed."""
+        return {
+            "job": (self.consumer.settled, self.consumer.in_flight),
+            "reading": (self.outbox.confirmed, self.outbox.pending),
+        }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume jobs until `stop` is set, then shut down in order."""
         stop = stop or asyncio.Event()
-        await self.broker.connect()
+        beat = asyncio.create_task(self.health.run(stop, self.progress))
+        try:
+            if await unless_stopped(stop, self.broker.connect()):
+                await self._run(stop)
+        finally:
+            stop.set()
+            await beat
+
+    async def _run(self, stop: asyncio.Event) -> None:
         log.info(
             "worker started: %d jobs in flight at most, read timeout %.2f s, %d attempts",
             self.settings.concurrency,
@@ -103,17 +123,24 @@ class Worker:
         self.consumer.report_late()
 
     async def _shut_down(self, replayer: asyncio.Task[None]) -> None:
-        """Stop replaying, let the jobs in flight finish and their readings reach RabbitMQ,
-        then close the connections: the devices' first, so that the workers that own their
-        shards next (once RabbitMQ has the AMQP connection closed) never find them open."""
+        """Stop replaying and drain (`Shards.drain`): stop consuming, let the jobs in flight
+        finish within `EMM_DRAIN_S` and requeue the rest, the devices' connections closed
+        before the shards go to other workers; then the readings left reach RabbitMQ."""
+        started = time.monotonic()
         self.consumer.report_late()
         replayer.cancel()
-        await self.shards.close()
-        await self.consumer.wait(SHUTDOWN_READS_S)
-        self.consumer.cancel_reads(lambda _gateway: True)
-        self.devices.close()
-        await self.outbox.stop(SHUTDOWN_OUTBOX_S)
+        self.health.note = "stopping"
+        finished, requeued = await self.shards.drain(self.settings.drain_s)
+        # only readings of requeued jobs are left: their jobs are read again anyway
+        left_s = self.settings.drain_s - (time.monotonic() - started)
+        await self.outbox.stop(max(0.0, min(SHUTDOWN_OUTBOX_S, left_s)))
         await self.broker.close()
+        log.info(
+            "worker stopped in %.1f s: %d jobs in flight finished, %d requeued",
+            time.monotonic() - started,
+            finished,
+            requeued,
+        )
 
 
 async def run(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:

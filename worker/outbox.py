@@ -48,6 +48,7 @@ class Outbox:
         self._recent: OrderedDict[str, Outgoing] = OrderedDict()
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._pending = 0  # readings in the outbox, not yet confirmed
+        self.confirmed = 0  # readings RabbitMQ confirmed (health's progress)
         self._publishers: list[asyncio.Task[None]] = []
 
     @property
@@ -93,6 +94,7 @@ class Outbox:
             )
             out.confirmed.set()
             self._pending -= 1
+            self.confirmed += 1
 
     def prune(self) -> None:
         """Forget confirmed readings whose jobs, if delivered again, would be too late to read:

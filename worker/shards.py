@@ -236,7 +236,10 @@ class Shards:
 
     async def _on_delivery(self, shard: Shard, generation: int, delivery: Delivery) -> None:
         if self._closing:
-            return  # shutting down: RabbitMQ requeues it with the connection
+            # draining: given back once this worker no longer consumes the queue (were it
+            # given back now, RabbitMQ would deliver it to this same consumer again)
+            shard.held.append(delivery)
+            return
         if generation != shard.generation:
             # to a consumer cancelled meanwhile: back to the queue, for the shard's owner
             await nack(delivery, requeue=True)
@@ -377,6 +380,42 @@ class Shards:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+
+    async def drain(self, timeout_s: float) -> tuple[int, int]:
+        """Stop consuming and hand every shard over, as a rolling update needs (at SIGTERM):
+        the jobs in flight get `timeout_s` to be read and their readings confirmed; those
+        still unfinished then are requeued, and so are the jobs delivered meanwhile. The
+        devices' connections close before the consumers go, so the shards' next owners never
+        find them open. Returns (jobs finished, jobs requeued)."""
+        await self.close()
+        for shard in self.shards:  # not ours: nothing in flight, the next in line may have it
+            if shard.state is not State.OWNED:
+                await self._stop_consuming(shard)
+        in_flight = set().union(*(s.in_flight for s in self.shards))
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=timeout_s)
+        unfinished = [task for task in in_flight if not task.done()]
+        for task in unfinished:
+            task.cancel()  # the consumer requeues its job (`emm.fate`: interrupted)
+        if unfinished:
+            await asyncio.wait(unfinished)
+        self.consumer.cancel_reads(lambda _gateway: True)
+        self.devices.close()
+        for shard in self.shards:
+            await self._stop_consuming(shard)
+        return len(in_flight) - len(unfinished), len(unfinished)
+
+    async def _stop_consuming(self, shard: Shard) -> None:
+        """Cancel this worker's consumer of `shard` and give back what it was holding."""
+        if shard.consumed:
+            shard.consumed = False
+            try:
+                await self.broker.cancel(shard.queue)
+            except BrokerError as exc:
+                log.debug("shard %d: consumer not cancelled: %s", shard.index, exc)
+        held, shard.held = shard.held, []
+        for delivery in held:
+            await nack(delivery, requeue=True)
 
 
 def _peek_marker(body: bytes) -> TickMarker | None:

@@ -27,21 +27,25 @@ default) it costs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TextIO
 
 from broker import READINGS, Broker, Delivery
 from emm import retry
 from emm.errors import MessageError, SinkRejected, SinkUnavailable
+from emm.health import Progress, Sample, default_path
 from emm.limits import MAX_READING_BYTES, check_size
 from emm.log import context
 from emm.messages import GatewayStatus, Reading, decode_result
 from emm.schedule import CronSchedule
+from emm.service import unless_stopped
 from emm.settings import WriterSettings
 from writer.counters import CounterWatch, tick_counter
 from writer.influx import Sink, make_sink
@@ -106,6 +110,14 @@ class Writer:
         self._restored: asyncio.Task[None] | None = None  # the counters' history, at start
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
+        self.held = 0  # readings held unacked: waiting to be written, or being written
+        self.settled = 0  # readings settled: written, or dead-lettered (health's progress)
+        path = Path(settings.health_file or default_path("writer"))
+        self.health = Progress("writer", path, settings.health_stall_s)
+
+    def progress(self) -> Sample:
+        """The health sample: readings held unacked wait to be written."""
+        return {"reading": (self.settled, self.held)}
 
     async def on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -136,6 +148,7 @@ class Writer:
             self._first_at = time.monotonic()
         item = Item(delivery, reading, data)
         self._pending.append(item)
+        self.held += 1
         self._pending_bytes += item.size
         if self._batch_full():
             self._wake.set()
@@ -166,6 +179,8 @@ class Writer:
     async def _settle(self, item: Item, error: BaseException | None) -> None:
         if not item.settled:
             item.settled = True
+            self.held -= 1
+            self.settled += 1
             about = _context(item.reading)
             await self.broker.settle(READINGS, item.delivery, error, about)
 
@@ -222,7 +237,16 @@ class Writer:
             partial(asyncio.to_thread, self.sink.write, chunks),
             stop=lambda _state: self._stop.is_set(),
             on_retry=partial(self._failing, len(items)),
+            sleep=self._pause,
         )
+
+    async def _pause(self, wait_s: float) -> None:
+        """The wait before the next write, cut short when the writer stops (the retries end
+        then: what is held stays unacked and RabbitMQ delivers it again)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=wait_s)
+        if self._stop.is_set():
+            raise SinkUnavailable("the writer is stopping")
 
     def _record(self, items: list[Item]) -> None:
         """Append `written_ms tick_ms count` per tick of a batch InfluxDB just took."""
@@ -278,9 +302,22 @@ class Writer:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = self._stop = stop or asyncio.Event()
+        beat = asyncio.create_task(self.health.run(stop, self.progress))
         if self.settings.stats_file:
             self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
-        await self.broker.connect()
+        try:
+            if await unless_stopped(stop, self.broker.connect()):
+                await self._serve(stop)
+        finally:
+            self.sink.close()
+            if self._stats is not None:
+                self._stats.close()
+                self._stats = None
+            stop.set()
+            await beat
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        """Consume and write until `stop`, then write what InfluxDB takes of what is held."""
         self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)
         log.info(
@@ -304,10 +341,6 @@ class Writer:
             if self._restored is not None:
                 self._restored.cancel()
             await self.broker.close()
-            self.sink.close()
-            if self._stats is not None:
-                self._stats.close()
-                self._stats = None
 
     async def _flush_until(self, stop: asyncio.Event) -> None:
         """Flush a batch whenever one is full or its first reading waited the flush interval."""
