@@ -76,7 +76,16 @@ class Worker:
         self.health = Progress("worker", path, settings.health_stall_s)
 
     def progress(self) -> Sample:
-        """The health sample: jobs in flight wait to be settled, readings to be confirmed."""
+        """The health sample: jobs in flight wait to be settled, readings to be confirmed.
+
+        While RabbitMQ is away nothing can be settled or confirmed, and the worker does what it
+        should (reads on its own, keeps the readings): not a stall, and a restart would lose
+        the outbox, so nothing counts as waiting then."""
+        if not self.broker.connected:
+            self.health.note = "RabbitMQ unreachable: reading on its own, keeping the readings"
+            return {"job": (self.consumer.settled, 0), "reading": (self.outbox.confirmed, 0)}
+        if self.health.note.startswith("RabbitMQ"):
+            self.health.note = ""
         return {
             "job": (self.consumer.settled, self.consumer.in_flight),
             "reading": (self.outbox.confirmed, self.outbox.pending),
