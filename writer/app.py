@@ -110,16 +110,17 @@ class Writer:
         self._restored: asyncio.Task[None] | None = None  # the counters' history, at start
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
-        self.held = 0  # readings held unacked: waiting to be written, or being written
+        self.received = 0  # readings delivered (health: received - settled are held)
         self.settled = 0  # readings settled: written, or dead-lettered (health's progress)
         path = Path(settings.health_file or default_path("writer"))
         self.health = Progress("writer", path, settings.health_stall_s)
 
     def progress(self) -> Sample:
         """The health sample: readings held unacked wait to be written."""
-        return {"reading": (self.settled, self.held)}
+        return {"reading": (self.settled, self.received - self.settled)}
 
     async def on_delivery(self, delivery: Delivery) -> None:
+        self.received += 1
         try:
             check_size("reading", delivery.body, MAX_READING_BYTES)
             reading = decode_result(delivery.body)
@@ -143,12 +144,12 @@ class Writer:
             # A reading that can never be written, or a fault of ours: settled alone as
             # `emm.fate` says, never left unacked for good.
             await self.broker.settle(READINGS, delivery, exc)
+            self.settled += 1
             return
         if not self._pending:
             self._first_at = time.monotonic()
         item = Item(delivery, reading, data)
         self._pending.append(item)
-        self.held += 1
         self._pending_bytes += item.size
         if self._batch_full():
             self._wake.set()
@@ -179,7 +180,6 @@ class Writer:
     async def _settle(self, item: Item, error: BaseException | None) -> None:
         if not item.settled:
             item.settled = True
-            self.held -= 1
             self.settled += 1
             about = _context(item.reading)
             await self.broker.settle(READINGS, item.delivery, error, about)

@@ -1,0 +1,120 @@
+"""SIGTERM stops a service promptly in any state, and `emm health` tells progress from a live
+process: each service as its own process, as compose or Kubernetes runs it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import READINGS
+from devservices.net import free_port, wait_for
+from devservices.processes import Processes, emm_command
+from emm.messages import Meter, Reading, Status
+from tests.integration.amqp_util import publish
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def health(service: str, path: Path) -> tuple[int, str]:
+    """`emm health SERVICE --file PATH`: its exit code and its line."""
+    done = subprocess.run(
+        [*emm_command(), "health", service, "--file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stdout.strip()
+
+
+def stop_timed(processes: Processes, name: str) -> tuple[int | None, float]:
+    """SIGTERM `name`; its exit code and how long it took to exit."""
+    started = time.monotonic()
+    code = processes.stop(name, timeout_s=30)
+    return code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("service", ["scheduler", "worker", "writer"])
+def test_sigterm_while_waiting_for_rabbitmq_at_start(
+    service: str, processes: Processes, tmp_path: Path
+) -> None:
+    env = {
+        "EMM_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F",  # nobody there
+        "EMM_HEALTH_FILE": str(tmp_path / f"{service}.health"),
+    }
+    processes.start(service, [service], env)
+    processes.wait_log(service, r"RabbitMQ not reachable .*; retrying in", 20)
+    code, took_s = stop_timed(processes, service)
+    assert code == 0, processes.log(service)
+    assert took_s < 3, f"{service} took {took_s:.1f} s to stop"
+    assert not (tmp_path / f"{service}.health").exists()  # a stopped service is not healthy
+
+
+@pytest.fixture
+def silent_influxdb() -> Iterator[int]:
+    """A port that accepts connections and never answers: an InfluxDB whose writes hang."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    closing = threading.Event()
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        closing.set()
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_writer_whose_writes_hang_is_unhealthy_and_still_stops(
+    amqp_url: str, silent_influxdb: int, processes: Processes, tmp_path: Path
+) -> None:
+    path = tmp_path / "writer.health"
+    env = {
+        "EMM_AMQP_URL": amqp_url,
+        "EMM_INFLUX_URL": f"http://127.0.0.1:{silent_influxdb}",
+        "EMM_INFLUX_API": "v1",
+        "EMM_INFLUX_TIMEOUT_S": "4",
+        "EMM_WRITER_FLUSH_INTERVAL_MS": "50",
+        "EMM_HEALTH_FILE": str(path),
+        "EMM_HEALTH_STALL_S": "2",
+    }
+    processes.start("writer", ["writer"], env)
+    processes.wait_log("writer", "writer started", 20)
+    wait_for(path.exists, 5)
+    assert health("writer", path) == (0, "writer: healthy: readings done 0, waiting 0")
+
+    tick_ms = (int(time.time()) // 60 * 60 - 60) * 1000
+    meter = Meter(1, "127.0.0.1", 502, 1, "sdm630")
+    reading = Reading(meter, tick_ms, {"voltage_l1": 230.0}, Status(up=True))
+    publish(amqp_url, READINGS, [reading.encode()])
+
+    code, line = wait_for(lambda: (r := health("writer", path))[0] == 1 and r, 15)
+    assert line.startswith("writer: unhealthy: 1 reading(s) waiting and none done for "), line
+    assert line.endswith(" s (limit EMM_HEALTH_STALL_S=2 s)"), line
+    assert processes.procs["writer"].poll() is None  # alive, and yet unhealthy
+
+    # A write hangs in InfluxDB's socket: the stop waits for it at most EMM_INFLUX_TIMEOUT_S.
+    code, took_s = stop_timed(processes, "writer")
+    assert code == 0, processes.log("writer")
+    assert took_s < 8, f"the writer took {took_s:.1f} s to stop"
+    assert health("writer", path) == (
+        1,
+        f"writer: unhealthy: no health file at {path} (not running yet?)",
+    )
