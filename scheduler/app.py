@@ -165,7 +165,7 @@ class Scheduler:
                     break
                 except TimeoutError:
                     pass
-            if not await self._holds_lease(stop):
+            if not await self._holds_lease():
                 if not await self._stand_by(stop):
                     break
                 tick_ms = self.ticks.next_after(int(time.time() * 1000))
@@ -179,7 +179,7 @@ class Scheduler:
                 next_ms = skipped_to
             tick_ms = next_ms
 
-    async def _holds_lease(self, stop: asyncio.Event) -> bool:
+    async def _holds_lease(self) -> bool:
         """Whether this scheduler may publish (RabbitMQ unreachable: it holds it when back)."""
         try:
             return await self.lease.take()
@@ -199,7 +199,7 @@ class Scheduler:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=LEASE_RETRY_S)
-            if not stop.is_set() and await self._holds_lease(stop):
+            if not stop.is_set() and await self._holds_lease():
                 self.health.note = ""
                 log.warning("the other scheduler is gone: publishing from the next tick on")
                 return True
