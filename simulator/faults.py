@@ -40,6 +40,15 @@ seconds after the simulator starts, for `for_s` seconds, repeating every `every_
     kind = "hole"                     # these addresses answer exception 2 (ILLEGAL DATA ADDRESS)
     function_code = 4                 # omitted: every read function code
     addresses = [70, "342-345"]       # inclusive ranges
+
+    [[faults]]
+    kind = "violation"                # answer, but against the protocol (Modbus TCP framing):
+    violation = "transaction_id"      #   transaction_id  another transaction id than asked
+    rate = 0.5                        #   byte_count      a byte count 2 more than the data
+                                      #   function_code   another read function code (3<->4,
+                                      #                   1<->2)
+                                      #   short_frame     the last 2 bytes its header
+                                      #                   announces never sent
 """
 
 from __future__ import annotations
@@ -56,7 +65,8 @@ from typing import Any
 from emm.errors import ConfigError
 from emm.modbus import READ_FUNCTION_CODES
 
-KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole")
+KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole", "violation")
+VIOLATIONS = ("transaction_id", "byte_count", "function_code", "short_frame")
 EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 8, 10, 11})
 _KEYS = {
     "kind",
@@ -71,6 +81,7 @@ _KEYS = {
     "function_code",
     "addresses",
     "reset_energy",
+    "violation",
 }
 
 
@@ -128,6 +139,7 @@ class Fault:
     function_code: int | None = None
     ranges: tuple[tuple[int, int], ...] = ()  # hole: [start, end) address ranges
     reset_energy: bool = False
+    violation: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -144,6 +156,8 @@ class Fault:
             raise ConfigError("fixed_ms and jitter_ms must be 0 or more")
         if self.kind == "reboot" and self.for_s is None:
             raise ConfigError("a reboot needs for_s (how long the meter is down)")
+        if self.kind == "violation" and self.violation not in VIOLATIONS:
+            raise ConfigError(f"violation {self.violation!r} is not one of {', '.join(VIOLATIONS)}")
         if self.kind == "hole":
             if not self.ranges:
                 raise ConfigError("a hole needs addresses")
@@ -238,6 +252,7 @@ def parse_fault(data: Any, where: str = "fault") -> Fault:
             function_code=None if fc is None else int(fc),
             ranges=ranges,
             reset_energy=bool(data.get("reset_energy", False)),
+            violation=str(data.get("violation", "")),
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -286,6 +301,13 @@ def load_scenario(path: str | Path) -> Scenario:
 # What a request gets instead of its answer.
 TIMEOUT = "timeout"
 RESET = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """An answer to send against the protocol, as `what` (one of VIOLATIONS) says."""
+
+    what: str
 
 
 @dataclass
@@ -344,10 +366,12 @@ class FaultPlan:
                 delay_ms += fault.fixed_ms + self._rng.uniform(0.0, fault.jitter_ms)
         return delay_ms / 1000.0
 
-    def action(self, t_s: float) -> str | int | None:
-        """TIMEOUT, RESET, a Modbus exception code, or None to answer normally."""
+    def action(self, t_s: float) -> str | int | Violation | None:
+        """TIMEOUT, RESET, a Modbus exception code, a Violation, or None to answer normally."""
         for fault, window in self._actions:
             if self._hits(fault, window, t_s):
+                if fault.kind == "violation":
+                    return Violation(fault.violation)
                 return fault.code if fault.kind == "exception" else fault.kind
         return None
 

@@ -1,0 +1,61 @@
+"""A rolling update of the workers: each in turn gets SIGTERM once its replacement runs, and
+drains; nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from devservices.influx import PrivateInfluxDB
+from devservices.processes import Processes
+from devservices.rabbitmq import PrivateRabbitMQ
+from tests.faults.harness import Pipeline, now_ms, wait_all_stored
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+DRAIN_S = 5
+
+
+def test_every_worker_restarted_in_turn_with_sigterm(
+    pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
+) -> None:
+    # 150 meters behind 15 gateway ports, 50 ms per answer: a gateway's ten meters are read one
+    # after the other in the first half second of each tick, when the SIGTERMs land.
+    pipeline = Pipeline(
+        processes,
+        pg_dsn,
+        rabbit.url,
+        influx.url,
+        meters=150,
+        period_s=4,
+        workers=3,
+        profile="virtual_modbustcp",
+        simulator_args=["--units-per-port", "10", "--latency-ms", "50"],
+        extra_env={"EMM_DRAIN_S": str(DRAIN_S)},
+    )
+    first = pipeline.run()
+    p_ms = pipeline.period_ms
+    stops: list[float] = []
+    for n in range(3):
+        # as a Deployment rolls: the replacement first, then SIGTERM to the old one
+        at = first + (1 + 2 * n) * p_ms + 200
+        time.sleep(max(0.0, (at - now_ms()) / 1000))
+        pipeline.start(f"worker{n + 3}")
+        started = time.monotonic()
+        assert processes.stop(f"worker{n}", timeout_s=DRAIN_S + 10) == 0
+        stops.append(time.monotonic() - started)
+    last = first + 7 * p_ms  # 8 ticks x 150 meters = 1,200 meter-ticks
+    time.sleep(max(0.0, (last - now_ms()) / 1000))
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=30)
+    assert verdict.lost == [], str(verdict)
+    assert verdict.dup == [], str(verdict)
+    assert verdict.stored == 1200
+    assert max(stops) < DRAIN_S + 2, stops
+    for n in range(3):
+        stopped = re.findall(
+            r"worker stopped in \S+ s: (\d+) jobs in flight finished, (\d+)",
+            pipeline.log(f"worker{n}"),
+        )
+        assert len(stopped) == 1, pipeline.log(f"worker{n}")[-2000:]
