@@ -9,9 +9,10 @@ import time
 import pytest
 
 from devservices.influx import PrivateInfluxDB
+from devservices.net import wait_for
 from devservices.processes import Processes
 from devservices.rabbitmq import PrivateRabbitMQ
-from tests.faults.harness import Pipeline, now_ms, wait_all_stored
+from tests.faults.harness import Pipeline, now_ms, published_ticks, wait_all_stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -21,8 +22,8 @@ DRAIN_S = 5
 def test_every_worker_restarted_in_turn_with_sigterm(
     pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
-    # 150 meters behind 15 gateway ports, 50 ms per answer: a gateway's ten meters are read one
-    # after the other in the first half second of each tick, when the SIGTERMs land.
+    # 150 meters behind 15 gateway ports, 100 ms per answer: a gateway's ten meters are read
+    # one after the other in the first second of each tick, when the SIGTERMs land.
     pipeline = Pipeline(
         processes,
         pg_dsn,
@@ -32,17 +33,20 @@ def test_every_worker_restarted_in_turn_with_sigterm(
         period_s=4,
         workers=3,
         profile="virtual_modbustcp",
-        simulator_args=["--units-per-port", "10", "--latency-ms", "50"],
+        simulator_args=["--units-per-port", "10", "--latency-ms", "100"],
         extra_env={"EMM_DRAIN_S": str(DRAIN_S)},
     )
     first = pipeline.run()
     p_ms = pipeline.period_ms
     stops: list[float] = []
     for n in range(3):
-        # as a Deployment rolls: the replacement first, then SIGTERM to the old one
-        at = first + (1 + 2 * n) * p_ms + 200
-        time.sleep(max(0.0, (at - now_ms()) / 1000))
-        pipeline.start(f"worker{n + 3}")
+        # as a Deployment rolls: the replacement up first, then SIGTERM to the old worker
+        # as soon as a tick's jobs are out, while it reads them
+        new = f"worker{n + 3}"
+        pipeline.start(new)
+        processes.wait_log(new, "worker started", 30)
+        tick = first + (1 + 2 * n) * p_ms
+        wait_for(lambda tick=tick: tick in published_ticks(pipeline.log("scheduler")), 30, 0.05)
         started = time.monotonic()
         assert processes.stop(f"worker{n}", timeout_s=DRAIN_S + 10) == 0
         stops.append(time.monotonic() - started)
