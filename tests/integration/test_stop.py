@@ -118,3 +118,27 @@ def test_a_writer_whose_writes_hang_is_unhealthy_and_still_stops(
         1,
         f"writer: unhealthy: no health file at {path} (not running yet?)",
     )
+
+
+def test_sigterm_between_influxdb_retries(
+    amqp_url: str, processes: Processes, tmp_path: Path
+) -> None:
+    env = {
+        "EMM_AMQP_URL": amqp_url,
+        "EMM_INFLUX_URL": f"http://127.0.0.1:{free_port()}",  # refused: an InfluxDB that is down
+        "EMM_INFLUX_API": "v1",
+        "EMM_WRITER_FLUSH_INTERVAL_MS": "50",
+        "EMM_WRITER_RETRY_MAX_S": "600",  # the pauses between retries grow long
+        "EMM_HEALTH_FILE": str(tmp_path / "writer.health"),
+    }
+    processes.start("writer", ["writer"], env)
+    processes.wait_log("writer", "writer started", 20)
+    tick_ms = (int(time.time()) // 60 * 60 - 60) * 1000
+    reading = Reading(Meter(1, "127.0.0.1", 502, 1, "sdm630"), tick_ms, {"v": 1.0}, Status(True))
+    publish(amqp_url, READINGS, [reading.encode()])
+    # held, and InfluxDB being retried (the counters' history first, then the write)
+    wait_for(lambda: '"waiting": 1' in (tmp_path / "writer.health").read_text(), 20)
+    time.sleep(2)
+    code, took_s = stop_timed(processes, "writer")
+    assert code == 0, processes.log("writer")
+    assert took_s < 3, f"the writer took {took_s:.1f} s to stop"
