@@ -123,7 +123,8 @@ class Consumer:
         except asyncio.CancelledError as exc:
             # stopped at shutdown or at a shard's hand-over: back to the queue, for the next
             # owner, now rather than when the connection closes
-            await self._settle(queue, delivery, exc)
+            if not delivery.processed:  # stopped while its ack was going out: done
+                await self._settle(queue, delivery, exc)
             raise
 
     async def handle(self, queue: str, delivery: Delivery) -> None:
