@@ -22,18 +22,18 @@ DRAIN_S = 5
 def test_every_worker_restarted_in_turn_with_sigterm(
     pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
-    # 150 meters behind 30 gateway ports, 50 ms per answer: a gateway's five meters are read
+    # 100 meters behind 20 gateway ports, 30 ms per answer: a gateway's five meters are read
     # one after the other just after each tick, when the SIGTERMs land.
     pipeline = Pipeline(
         processes,
         pg_dsn,
         rabbit.url,
         influx.url,
-        meters=150,
-        period_s=4,
+        meters=100,
+        period_s=5,
         workers=3,
         profile="virtual_modbustcp",
-        simulator_args=["--units-per-port", "5", "--latency-ms", "50"],
+        simulator_args=["--units-per-port", "5", "--latency-ms", "30"],
         extra_env={"EMM_DRAIN_S": str(DRAIN_S)},
     )
     first = pipeline.run()
@@ -51,13 +51,13 @@ def test_every_worker_restarted_in_turn_with_sigterm(
         assert processes.stop(f"worker{n}", timeout_s=DRAIN_S + 10) == 0
         stops.append(time.monotonic() - started)
     # from the tick of the first restart (the first tick is the start-up's, when the workers
-    # share the shards out), 8 ticks x 150 meters = 1,200 meter-ticks
+    # share the shards out), 8 ticks x 100 meters = 800 meter-ticks
     last = first + 8 * p_ms
     time.sleep(max(0.0, (last - now_ms()) / 1000))
     verdict = wait_all_stored(pipeline, influx, first + p_ms, last, limit_s=30)
     assert verdict.lost == [], str(verdict)
     assert verdict.dup == [], str(verdict)
-    assert verdict.stored == 1200
+    assert verdict.stored == 800
     assert max(stops) < DRAIN_S + 2, stops
     finished = 0
     for n in range(3):

@@ -57,8 +57,8 @@ def test_sigterm_while_waiting_for_rabbitmq_at_start(
 
 
 @pytest.fixture
-def silent_influxdb() -> Iterator[int]:
-    """A port that accepts connections and never answers: an InfluxDB whose writes hang."""
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers: a server that hangs."""
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     closing = threading.Event()
@@ -83,12 +83,12 @@ def silent_influxdb() -> Iterator[int]:
 
 
 def test_a_writer_whose_writes_hang_is_unhealthy_and_still_stops(
-    amqp_url: str, silent_influxdb: int, processes: Processes, tmp_path: Path
+    amqp_url: str, silent_port: int, processes: Processes, tmp_path: Path
 ) -> None:
     path = tmp_path / "writer.health"
     env = {
         "EMM_AMQP_URL": amqp_url,
-        "EMM_INFLUX_URL": f"http://127.0.0.1:{silent_influxdb}",
+        "EMM_INFLUX_URL": f"http://127.0.0.1:{silent_port}",
         "EMM_INFLUX_API": "v1",
         "EMM_INFLUX_TIMEOUT_S": "4",
         "EMM_WRITER_FLUSH_INTERVAL_MS": "50",
@@ -142,3 +142,26 @@ def test_sigterm_between_influxdb_retries(
     code, took_s = stop_timed(processes, "writer")
     assert code == 0, processes.log("writer")
     assert took_s < 3, f"the writer took {took_s:.1f} s to stop"
+
+
+@pytest.mark.timeout(90)  # each load of the configuration waits out a 5 s connect timeout
+def test_a_scheduler_that_cannot_publish_its_due_tick_is_unhealthy(
+    amqp_url: str, silent_port: int, processes: Processes, tmp_path: Path
+) -> None:
+    path = tmp_path / "scheduler.health"
+    env = {
+        "EMM_AMQP_URL": amqp_url,
+        # PostgreSQL accepting connections and never answering: no tick can be loaded
+        "EMM_POSTGRES_DSN": f"postgresql://emm@127.0.0.1:{silent_port}/emm",
+        "EMM_READ_CRON": "* * * * * *",
+        "EMM_HEALTH_FILE": str(path),
+        "EMM_HEALTH_STALL_S": "2",
+    }
+    processes.start("scheduler", ["scheduler"], env)
+    processes.wait_log("scheduler", "scheduler started", 20)
+    code, line = wait_for(lambda: (r := health("scheduler", path))[0] == 1 and r, 30)
+    assert line.startswith("scheduler: unhealthy: 1 tick(s) waiting and none done for "), line
+    assert line.endswith(" s (limit EMM_HEALTH_STALL_S=2 s)"), line
+    code, took_s = stop_timed(processes, "scheduler")
+    assert code == 0, processes.log("scheduler")
+    assert took_s < 8, f"the scheduler took {took_s:.1f} s to stop"  # a connection attempt: 5 s
