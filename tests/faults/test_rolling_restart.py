@@ -1,5 +1,5 @@
-"""A rolling update of the workers: each in turn gets SIGTERM once its replacement runs, and
-drains; nothing is lost or doubled."""
+"""A rolling update of the workers: each in turn gets SIGTERM, drains, and is replaced;
+nothing is lost or doubled."""
 
 from __future__ import annotations
 
@@ -40,16 +40,14 @@ def test_every_worker_restarted_in_turn_with_sigterm(
     p_ms = pipeline.period_ms
     stops: list[float] = []
     for n in range(3):
-        # as a Deployment rolls: the replacement up first, then SIGTERM to the old worker
-        # as soon as a tick's jobs are out, while it reads them
-        new = f"worker{n + 3}"
-        pipeline.start(new)
-        processes.wait_log(new, "worker started", 30)
+        # one worker at a time: SIGTERM as soon as a tick's jobs are out, while it reads them,
+        # then its replacement
         tick = first + (1 + 2 * n) * p_ms
         wait_for(lambda t=tick: max(published_ticks(pipeline.log("scheduler"))) >= t, 30, 0.05)
         started = time.monotonic()
         assert processes.stop(f"worker{n}", timeout_s=DRAIN_S + 10) == 0
         stops.append(time.monotonic() - started)
+        pipeline.start(f"worker{n + 3}")
     # from the tick of the first restart (the first tick is the start-up's, when the workers
     # share the shards out), 8 ticks x 100 meters = 800 meter-ticks
     last = first + 8 * p_ms
