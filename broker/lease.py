@@ -9,10 +9,12 @@ that lost its connection publishes nothing more until it takes the lease again.
 
 from __future__ import annotations
 
+import aio_pika.abc
 import aiormq.exceptions
 
 from broker.connection import Broker
 from broker.exceptions import LIBRARY_ERRORS, convert
+from emm.errors import BrokerError
 
 SCHEDULER_LEASE = "emm.scheduler.lease"
 
@@ -24,20 +26,32 @@ class Lease:
         self.broker = broker
         self.queue = queue
         self.held = False
+        # asked again on every new connection, before anything is published on it
+        broker.connect_callbacks.append(self._on_connect)
         broker.disconnect_callbacks.append(self._lost)
 
     def _lost(self) -> None:
         self.held = False
 
+    async def _on_connect(self) -> None:
+        self.held = False
+        connection = self.broker._connection
+        if connection is not None:
+            self.held = await self._declare(connection)
+
     async def take(self) -> bool:
         """Hold the lease if no other connection does; whether this connection holds it.
-        Raises BrokerError when RabbitMQ cannot be asked."""
+        Raises BrokerError when RabbitMQ cannot be asked (not connected)."""
         if self.held and self.broker.connected:
             return True
         connection = self.broker._connection
         if connection is None or not self.broker.connected:
-            self.held = False
-            return False
+            raise BrokerError(f"cannot ask for the lease {self.queue}: not connected")
+        self.held = await self._declare(connection)
+        return self.held
+
+    async def _declare(self, connection: aio_pika.abc.AbstractConnection) -> bool:
+        """Declare the exclusive queue on `connection`: whether it is ours."""
         try:
             # on a channel of its own: a refusal closes the channel it was asked on
             channel = await connection.channel(publisher_confirms=False)
@@ -47,9 +61,7 @@ class Lease:
                 if not channel.is_closed:
                     await channel.close()
         except aiormq.exceptions.ChannelLockedResource:
-            self.held = False
             return False
         except LIBRARY_ERRORS as exc:
             raise convert(exc, f"cannot take the lease {self.queue}") from exc
-        self.held = True
         return True

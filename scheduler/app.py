@@ -38,14 +38,20 @@ def _iso(ts_ms: int) -> str:
 
 
 async def publish_jobs(
-    broker: Broker, jobs: list[Job], give_up_ms: int, clock: Callable[[], float] = time.time
+    broker: Broker,
+    jobs: list[Job],
+    give_up_ms: int,
+    clock: Callable[[], float] = time.time,
+    may_publish: Callable[[], bool] = lambda: True,
 ) -> int:
     """Publish every job with confirms, retrying broker failures until `give_up_ms`.
 
     Each job's TTL is the time left until its deadline (the next tick), so jobs no worker can
     start in time expire instead of piling up. Publishing stops earlier, half a tick after the
     tick, because a worker would not read a job that late: while RabbitMQ is away the workers
-    read the meters they hold on their own. Returns how many were confirmed.
+    read the meters they hold on their own; and at once when `may_publish` says no (another
+    scheduler took over while this one was away from RabbitMQ). Returns how many were
+    confirmed.
     """
     gate = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
     give_up_s = give_up_ms / 1000
@@ -55,7 +61,7 @@ async def publish_jobs(
 
         async def attempt() -> bool:
             now_ms = clock() * 1000
-            if now_ms >= give_up_ms:
+            if now_ms >= give_up_ms or not may_publish():
                 return False
             await broker.publish(
                 routing_key,
@@ -180,12 +186,14 @@ class Scheduler:
             tick_ms = next_ms
 
     async def _holds_lease(self) -> bool:
-        """Whether this scheduler may publish (RabbitMQ unreachable: it holds it when back)."""
+        """Whether this scheduler may publish. With RabbitMQ away it cannot be asked: the tick
+        goes ahead (its publishing waits for RabbitMQ), and the lease is asked for again on
+        reconnecting, before any job goes out."""
         try:
             return await self.lease.take()
         except BrokerError as exc:
             log.debug("cannot ask RabbitMQ for the lease: %s", exc)
-            return self.lease.held
+            return True
 
     async def _stand_by(self, stop: asyncio.Event) -> bool:
         """Wait until this scheduler holds the lease (True) or is stopped (False)."""
@@ -216,7 +224,14 @@ class Scheduler:
         jobs = tick.jobs
         period_ms = self.ticks.next_after(tick_ms) - tick_ms
         await publish_markers(self.broker, tick_ms, period_ms, jobs)
-        published = await publish_jobs(self.broker, jobs, tick.give_up_ms)
+        published = await publish_jobs(
+            self.broker,
+            jobs,
+            tick.give_up_ms,
+            # while RabbitMQ is away publishing fails and is retried; once back, the lease
+            # was asked for before the connection counted as up
+            may_publish=lambda: self.lease.held or not self.broker.connected,
+        )
         took_ms = (time.monotonic() - started) * 1000
         if published == len(jobs):
             self.due = False
