@@ -86,6 +86,44 @@ def _gateway_connections(cfg: argparse.Namespace, path: Path) -> dict[str, Any] 
     }
 
 
+def _busy_s(path: Path) -> dict[str, float]:
+    """The simulator's busy seconds per port so far (from its stats file)."""
+    try:
+        return {p: float(s) for p, s in json.loads(path.read_text()).get("busy_s", {}).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _gateway_utilisation(
+    load: dict[str, dict[str, float]] | None,
+    busy_before: dict[str, float],
+    busy_after: dict[str, float],
+    window_s: float,
+) -> dict[str, Any] | None:
+    """Per gateway, the utilisation the workers reported (`gateway_status`, mean over the
+    window's ticks) beside the simulator's own: its busy time over the window / the window."""
+    if not load:
+        return None
+    rows = {}
+    for gateway, budget in load.items():
+        port = gateway.rsplit(":", 1)[1]
+        busy = busy_after.get(port, 0.0) - busy_before.get(port, 0.0)
+        rows[gateway] = {**budget, "simulator_utilisation": round(busy / window_s, 4)}
+
+    def mean(key: str) -> float:
+        return round(sum(r[key] for r in rows.values()) / len(rows), 4)
+
+    return {
+        "gateways": len(rows),
+        "budget_mean": mean("utilisation_mean"),
+        "budget_max": max(r["utilisation_max"] for r in rows.values()),
+        "simulator_mean": mean("simulator_utilisation"),
+        "simulator_max": max(r["simulator_utilisation"] for r in rows.values()),
+        "late": sum(r["late"] for r in rows.values()),
+        "per_gateway": rows,
+    }
+
+
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Start the stack, measure the window, run the baselines; the report."""
     schedule = CronSchedule(cfg.cron)
@@ -115,6 +153,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             )
             time.sleep(max(0.0, first / 1000 - time.time()))
             sampler.mark("start")
+            busy_before = _busy_s(stack.simulator_stats)
             spies = profiling.start_spies(cfg.py_spy, sampler, folder, window_s)
             procs.wait_log(
                 "scheduler", re.escape(f"tick {iso(ticks[-1])}"), window_s + period_ms / 1000 + 60
@@ -124,6 +163,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             stack.drain(ticks, window_end, period_ms)
             sampler.mark("end")
             mark_end_wall = time.time()
+            time.sleep(0.6)  # the simulator rewrites its stats every 0.5 s
+            busy_after = _busy_s(stack.simulator_stats)
             profiles = profiling.finish_spies(spies, window_s + 30)
             peaks = {name: peak_rss_mb(track.pid) for name, track in sampler.tracks.items()}
             stack.stop_pipeline()
@@ -138,6 +179,9 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                 )
             latencies, per_tick_written, last_written = latency_from_stats(stats, ticks, cfg.meters)
             counts = stack.sink.count(first, window_end, energy_field)
+            utilisation = _gateway_utilisation(
+                stack.sink.gateway_load(first, window_end), busy_before, busy_after, window_s
+            )
             say("pipeline stopped; counting done")
 
             ceiling = naive = None
@@ -183,6 +227,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             result["profiles"] = profiles
             if gateways is not None:
                 result["gateway_connections"] = gateways
+            if utilisation is not None:
+                result["gateway_utilisation"] = utilisation
             if cfg.probe_worker:
                 with contextlib.suppress(OSError, ValueError):
                     result["worker_probe"] = json.loads(stack.probe_file.read_text())

@@ -72,6 +72,28 @@ class Sink:
         counts.energy_points = int(energy[0]["count"]) if energy else 0
         return counts
 
+    def gateway_load(self, start_ms: int, end_ms: int) -> dict[str, dict[str, float]] | None:
+        """Per gateway (host:port): the mean and largest `gateway_status` utilisation over the
+        ticks in [start_ms, end_ms), the ticks reported and the jobs dropped as late (v1 only)."""
+        if self.api != "v1":
+            return None
+        rows = self.influxql.query(
+            'SELECT "utilisation", "late", "gateway"::tag FROM "gateway_status" '
+            f"WHERE time >= {start_ms}ms AND time < {end_ms}ms"
+        )
+        per: dict[str, list[tuple[float, int]]] = {}
+        for row in rows:
+            per.setdefault(row["gateway"], []).append((float(row["utilisation"]), int(row["late"])))
+        return {
+            gateway: {
+                "utilisation_mean": round(sum(u for u, _ in ticks) / len(ticks), 4),
+                "utilisation_max": round(max(u for u, _ in ticks), 4),
+                "ticks": len(ticks),
+                "late": sum(late for _, late in ticks),
+            }
+            for gateway, ticks in sorted(per.items())
+        }
+
     def _count_v2(self, start_ms: int, end_ms: int, energy_field: str) -> SinkCounts:
         self.victoria.flush()
         counts = SinkCounts()

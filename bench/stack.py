@@ -58,7 +58,7 @@ class Stack:
         self.procs = Processes(folder, cwd=ROOT)  # `-m bench.*` children need the checkout
         self.stats_file = folder / "writer-stats.txt"
         self.probe_file = folder / "worker-probe.json"
-        self.simulator_stats = folder / "simulator-stats.json"  # with --max-connections
+        self.simulator_stats = folder / "simulator-stats.json"
         self.base_port = 0
         self.sink: Sink | None = None
         self.depths: DepthSampler | None = None
@@ -125,7 +125,7 @@ class Stack:
             sim_argv += ["--latency-ms", str(cfg.latency_ms)]
         if cfg.max_connections:
             sim_argv += ["--max-connections", str(cfg.max_connections)]
-            sim_argv += ["--stats-file", str(self.simulator_stats)]
+        sim_argv += ["--stats-file", str(self.simulator_stats)]
         sim = self.procs.spawn(
             "simulator", sim_argv, {**common, "EMM_SIMULATOR_STEP_S": str(cfg.step_s)}
         )

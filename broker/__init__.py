@@ -12,6 +12,7 @@ from broker.connection import Broker, Delivery, ack, nack
 from broker.topology import (
     JOB_QUEUES,
     JOBS,
+    MARKERS,
     QUEUES,
     READINGS,
     SHARDS,
@@ -23,6 +24,7 @@ from broker.topology import (
 __all__ = [
     "JOBS",
     "JOB_QUEUES",
+    "MARKERS",
     "QUEUES",
     "READINGS",
     "SHARDS",

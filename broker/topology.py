@@ -7,8 +7,11 @@ version declared.
                   a tick marker every tick; single active consumer: every worker consumes
                   every shard, RabbitMQ delivers each shard to one of them
                   rejected -> emm.jobs.dead
-    emm.readings  workers publish, the writer consumes
-                  rejected -> emm.readings.dead
+    emm.markers   fanout exchange bound to emm.jobs: a worker hands a shard over with a marker
+                  through it (a delivery names the exchange it was published to, so a job
+                  arriving through emm.markers is refused: only the scheduler may publish jobs)
+    emm.readings  direct exchange and queue: workers publish readings and statuses, the writer
+                  consumes; rejected -> emm.readings.dead
 
 All durable, messages persistent. A work queue names `emm.dead` as its dead-letter exchange, so a
 consumer gives up on a message with `nack(requeue=False)` and RabbitMQ moves it, body and
@@ -32,6 +35,11 @@ A queue declared by an older version with other arguments is migrated: deleted a
 again if it is empty; a work queue that holds messages stops the service with what to do; a
 dead-letter queue that holds dead letters is kept as it is, without the new limits, until it
 has been emptied.
+
+Publishing goes through named exchanges only, never the default one, so that what each service
+may do can be said in RabbitMQ permissions (`broker.access`). A service whose user may not
+declare (configure) finds the topology declared already, by an administrator or from the
+definitions `broker.access` builds, and checks it passively.
 
 Why SHARDS is 64: a shard is the unit of balance, so there should be more shards than gateways
 at a typical site (21 gateways fall into about 18 distinct shards of 64, 16 of 32) and several
@@ -57,7 +65,8 @@ log = logging.getLogger(__name__)
 
 JOBS = "emm.jobs"  # the exchange jobs are published to (and the queue older versions used)
 SHARDS = 64
-READINGS = "emm.readings"
+MARKERS = "emm.markers"  # the exchange workers hand shards over through
+READINGS = "emm.readings"  # the exchange and the queue of readings and statuses
 DEAD_LETTER_EXCHANGE = "emm.dead"
 
 
@@ -136,10 +145,60 @@ def dead_letter_binding(queue: str) -> dict[str, Any]:
     }
 
 
+# exchange -> its type; emm.jobs and emm.readings route by the queue's name
+EXCHANGES = {
+    DEAD_LETTER_EXCHANGE: "headers",
+    JOBS: "direct",
+    MARKERS: "fanout",
+    READINGS: "direct",
+}
+# (source, destination) exchange to exchange: a marker goes on to emm.jobs with its routing key
+# (one binding rather than one per shard queue: each is a round trip at every connection)
+EXCHANGE_BINDINGS = ((MARKERS, JOBS),)
+
+
+def queue_bindings(queue: str) -> list[tuple[str, str]]:
+    """The (exchange, routing key) pairs work queue `queue` is bound with."""
+    return [(JOBS if is_job_queue(queue) else READINGS, queue)]
+
+
 async def declare_topology(connection: aio_pika.abc.AbstractConnection) -> None:
     """Declare the exchanges and queues (idempotent), migrating what an older version declared:
     work queues without dead-lettering, and the single `emm.jobs` queue; raises ConfigError
-    when one of those holds messages."""
+    when one of those holds messages.
+
+    With a user that may not declare, checks instead that all of it exists (ConfigError if
+    not): the topology was declared beforehand, as `broker.access` says."""
+    try:
+        await _declare_topology(connection)
+    except aiormq.exceptions.ChannelAccessRefused:
+        await check_topology(connection)
+
+
+async def check_topology(connection: aio_pika.abc.AbstractConnection) -> None:
+    """Check passively (which needs no permission) that every exchange and queue exists;
+    ConfigError naming the first that does not."""
+    names = [("exchange", name) for name in EXCHANGES]
+    names += [("queue", name) for name in (*DEAD_QUEUES, *QUEUES)]
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        for kind, name in names:
+            try:
+                if kind == "exchange":
+                    await channel.declare_exchange(name, passive=True)
+                else:
+                    await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise ConfigError(
+                    f"RabbitMQ has no {kind} {name} and this user may not declare it: load the "
+                    "definitions `emm secrets` writes, or start a service once as a user that "
+                    "may configure"
+                ) from None
+    finally:
+        await _close(channel)
+
+
+async def _declare_topology(connection: aio_pika.abc.AbstractConnection) -> None:
     await _retire_old_jobs_queue(connection)
     for dead in DEAD_QUEUES:
         if not await _declare(connection, dead, dead_queue_arguments()):
@@ -154,7 +213,13 @@ async def declare_topology(connection: aio_pika.abc.AbstractConnection) -> None:
             await dead_queue.bind(
                 dead_letters, routing_key="", arguments=dead_letter_binding(queue)
             )
-        await channel.declare_exchange(JOBS, aio_pika.ExchangeType.DIRECT, durable=True)
+        exchanges = {
+            name: await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
+            for name, kind in EXCHANGES.items()
+            if name != DEAD_LETTER_EXCHANGE
+        }
+        for source, destination in EXCHANGE_BINDINGS:
+            await exchanges[destination].bind(exchanges[source], routing_key="")
     finally:
         await _close(channel)
     refused = await _declare_work_queues(connection, QUEUES)
@@ -168,7 +233,7 @@ async def declare_topology(connection: aio_pika.abc.AbstractConnection) -> None:
 async def _declare_work_queues(
     connection: aio_pika.abc.AbstractConnection, queues: tuple[str, ...]
 ) -> list[str]:
-    """Declare `queues` with their arguments (job queues bound to `emm.jobs`); returns those
+    """Declare `queues` with their arguments and bindings; returns those
     that exist with other arguments (RabbitMQ refuses such a redeclare, and closes the channel
     it was asked on, so the rest go on on a new one)."""
     refused: list[str] = []
@@ -185,8 +250,8 @@ async def _declare_work_queues(
             except aiormq.exceptions.ChannelPreconditionFailed:
                 refused.append(queue)
                 continue
-            if is_job_queue(queue):
-                await declared.bind(JOBS, routing_key=queue)
+            for exchange, routing_key in queue_bindings(queue):
+                await declared.bind(exchange, routing_key=routing_key)
     finally:
         await _close(channel)
     return refused

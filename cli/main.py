@@ -1,4 +1,5 @@
-"""The `emm` command line: the services, `migrate`, `read`, `profiles`, `report` and `health`."""
+"""The `emm` command line: the services, `migrate`, `secrets`, `read`, `profiles`, `report`,
+`status` and `health`."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--no-profiles", action="store_true", help="do not load the shipped device profiles"
     )
+    m.add_argument(
+        "--grant-read",
+        metavar="ROLE",
+        help="let ROLE (the scheduler's) read the tables and change none",
+    )
 
     for name, text in (
         ("scheduler", "publish one read job per meter on every EMM_READ_CRON tick"),
@@ -103,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the connection and for each answer (default 2)",
     )
 
+    s = sub.add_parser(
+        "secrets",
+        help="make the docker compose stack's secrets in DIR (keeps those already there)",
+        description="Make the secrets of deploy/docker-compose.yml under DIR, one folder per "
+        "volume, keeping those already there, and write RabbitMQ's definitions (users, "
+        "permissions, queues) again.",
+    )
+    s.add_argument("dir", metavar="DIR", help="where to make them (the volumes' mount points)")
+
     p = sub.add_parser("profiles", help="list, show or import device profiles")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
     psub.add_parser("list", help="the shipped profiles and the types in PostgreSQL")
@@ -124,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cli.health import add_parser as add_health
     from cli.report import add_parser as add_report
+    from cli.status import add_parser as add_status
 
     add_report(sub)
     add_health(sub)
+    add_status(sub)
     return parser
 
 
@@ -140,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import migrate
 
             code = migrate.run(args)
+        elif args.command == "secrets":
+            from cli import secrets
+
+            code = secrets.run(args)
         elif args.command == "profiles":
             from cli import profiles
 
@@ -156,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import health
 
             code = health.run(args)
+        elif args.command == "status":
+            from cli import status
+
+            code = status.run(args)
         else:
             code = _service(args.command, extra)
     except EmmError as exc:

@@ -9,7 +9,7 @@ from emm.profiles import shipped_profiles
 from emm.settings import MigrateSettings
 from postgres.connection import connect
 from postgres.profiles import import_profile
-from postgres.schema import migrate
+from postgres.schema import grant_read, migrate
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,10 +25,14 @@ def run(args: argparse.Namespace) -> int:
             for profile in shipped_profiles():
                 if import_profile(conn, profile, replace=False):
                     loaded.append(profile.type)
+        if args.grant_read:
+            grant_read(conn, args.grant_read)
     if applied:
         print(f"applied migration(s) {', '.join(map(str, applied))}")
     else:
         print("schema is up to date")
     if loaded:
         print(f"loaded profile(s) {', '.join(loaded)}")
+    if args.grant_read:
+        print(f"role {args.grant_read} may read the tables")
     return 0

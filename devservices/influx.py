@@ -33,11 +33,16 @@ class Service:
 
 
 def start_influxdb_v1(
-    folder: Path, port: int | None = None, *, max_body_bytes: int | None = None
+    folder: Path,
+    port: int | None = None,
+    *,
+    max_body_bytes: int | None = None,
+    auth_enabled: bool = False,
 ) -> Service:
     """InfluxDB 1.x (`influxd`) with its data in `folder`, HTTP on 127.0.0.1:`port`, taking
     write bodies of at most `max_body_bytes` (default: the server's, 25 MB) before it answers
-    413."""
+    413; with `auth_enabled` every request needs a user (the first one made must be an admin,
+    and may be made without)."""
     binary = shutil.which("influxd") or "/usr/bin/influxd"
     if not Path(binary).exists():
         raise FileNotFoundError("influxd not installed (Debian package influxdb)")
@@ -57,6 +62,7 @@ bind-address = "127.0.0.1:{free_port()}"
   bind-address = "127.0.0.1:{port}"
   log-enabled = false
 {f"  max-body-size = {max_body_bytes}" if max_body_bytes else ""}
+{"  auth-enabled = true" if auth_enabled else ""}
 [monitor]
   store-enabled = false
 """

@@ -50,6 +50,58 @@ def private_vhost(amqp_base: str = DEFAULT_URL, prefix: str = "emm-test") -> Ite
         _rabbitmqctl("delete_vhost", vhost)
 
 
+@contextlib.contextmanager
+def service_users(
+    amqp_base: str = DEFAULT_URL, prefix: str = "emm-test"
+) -> Iterator[dict[str, str]]:
+    """A fresh vhost holding the topology and one user per service with only its rights, made
+    from `broker.access.definitions` as a deployment makes them; yields service -> AMQP URL
+    (and "admin" -> `amqp_base`'s user, who may do everything there), and deletes the vhost and
+    the users afterwards. Needs rabbitmqctl as root, like `private_vhost`."""
+    import json
+    import secrets
+    import tempfile
+
+    from broker.access import PERMISSIONS, definitions
+
+    host = urllib.parse.urlsplit(amqp_base)
+    admin = host.username or "guest"
+    tag = uuid.uuid4().hex[:10]
+    vhost = f"{prefix}-{tag}"
+    users = {
+        service: (f"{prefix}-{tag}-{service}", secrets.token_hex(16)) for service in PERMISSIONS
+    }
+    document = definitions(vhost, users)
+    # the caller's own user may do everything there (one rabbitmqctl call less: each is slow)
+    document["permissions"].append(
+        {"user": admin, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(document, file)
+        file.flush()
+        os.chmod(file.name, 0o644)  # read by the broker's own user
+        made = _rabbitmqctl("import_definitions", file.name)
+    if made.returncode != 0:
+        raise VhostUnavailable(f"rabbitmqctl import_definitions failed: {made.stderr.strip()}")
+    quoted = urllib.parse.quote(vhost, safe="")
+    netloc = f"{host.hostname}:{host.port or 5672}"
+    try:
+        urls = {
+            service: f"amqp://{name}:{password}@{netloc}/{quoted}"
+            for service, (name, password) in users.items()
+        }
+        yield {**urls, "admin": f"{amqp_base.rstrip('/')}/{quoted}"}
+    finally:
+        ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
+        deletions = [["delete_vhost", vhost]] + [["delete_user", n] for n, _ in users.values()]
+        running = [
+            subprocess.Popen([ctl, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for args in deletions
+        ]
+        for proc in running:  # at once: each call starts an Erlang VM, seconds apiece
+            proc.wait(timeout=120)
+
+
 def delete_queues(amqp_url: str, queues: tuple[str, ...]) -> None:
     """Delete these queues (with their messages) if they exist."""
     import pika
@@ -66,12 +118,14 @@ def delete_queues(amqp_url: str, queues: tuple[str, ...]) -> None:
 class PrivateRabbitMQ:
     """A RabbitMQ node of one's own (own name, ports and data folder), to kill and restart."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, management: bool = False) -> None:
         self.folder = folder
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"emmfault{self.port}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
+        # the management plugin's HTTP API on a port of its own (None: not enabled)
+        self.management_port = free_port() if management else None
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -103,6 +157,11 @@ class PrivateRabbitMQ:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.folder / "advanced.config"),
             "RABBITMQ_PID_FILE": str(self.folder / "pid"),
         }
+        if self.management_port is not None:
+            (self.folder / "enabled_plugins").write_text("[rabbitmq_management].\n")
+            (self.folder / "rabbitmq.conf").write_text(
+                f"management.tcp.port = {self.management_port}\nmanagement.tcp.ip = 127.0.0.1\n"
+            )
         with (self.folder / "server.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [RABBITMQ_SERVER],
@@ -112,6 +171,9 @@ class PrivateRabbitMQ:
                 start_new_session=True,
             )
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout_s, 0.2)
+        if self.management_port is not None:
+            port = self.management_port
+            wait_for(lambda: port_open("127.0.0.1", port), timeout_s, 0.2)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -5,7 +5,9 @@ return (pure: no database access; `postgres.config` runs the queries).
 A bad register row, meter or type row is reported by an error naming its table and id, and
 skipped; the rest is kept. A meter whose host:port has no `gateways` row (or a bad one) gets the
 default gateway settings; a gateway's `max_read_registers` lowers its meters' read limit. A
-meter's own `read_cron` is checked here too.
+meter's own `read_cron` is checked here too. A meter's plausibility limits are its type's
+(`meter_types`, the defaults where NULL), each overridden by its own non-NULL column; a bad
+override is reported and the type's limits are used.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.messages import DEFAULT_GATEWAY, Gateway, Meter
 from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
 from emm.planner import DEFAULT_MAX_GAP, ReadLimits
+from emm.plausibility import DEFAULT_PLAUSIBILITY, PLAUSIBILITY_KEYS, Plausibility
 from emm.registers import Order, Register
 from emm.schedule import CronSchedule
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, host_problem, tag_problem
@@ -37,6 +40,7 @@ class MeterConfig:
     limits: ReadLimits
     gateway: Gateway = DEFAULT_GATEWAY
     read_cron: CronSchedule | None = None
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
 
 
 @dataclass
@@ -52,6 +56,7 @@ def build_config(rows: list[Row]) -> LoadedConfig:
     out = LoadedConfig()
     registers_by_type, limits_by_type = _types(rows, out.errors)
     gateways = _gateways(rows, out.errors)
+    plausibility = _type_plausibility(rows, out.errors)
     meters = [data for kind, data in rows if kind == "meter"]
     # one tuple per type, shared by its meters: jobs serialise a type's registers once
     shared = {type_: tuple(regs) for type_, regs in registers_by_type.items()}
@@ -78,9 +83,53 @@ def build_config(rows: list[Row]) -> LoadedConfig:
                 limits, max_registers=min(limits.max_registers, gateway.max_read_registers)
             )
         out.meters.append(
-            MeterConfig(meter, shared[meter.type], limits, gateway=gateway, read_cron=read_cron)
+            MeterConfig(
+                meter,
+                shared[meter.type],
+                limits,
+                gateway=gateway,
+                read_cron=read_cron,
+                plausibility=_meter_plausibility(
+                    data, plausibility.get(meter.type, DEFAULT_PLAUSIBILITY), out.errors
+                ),
+            )
         )
     return out
+
+
+def _type_plausibility(rows: list[Row], errors: list[str]) -> dict[str, Plausibility]:
+    """The plausibility limits by type from its `meter_types` row; a bad row goes to `errors`
+    and its meters get the defaults."""
+    by_type: dict[str, Plausibility] = {}
+    for kind, data in rows:
+        if kind != "type":
+            continue
+        try:
+            by_type[data["type"]] = Plausibility.from_mapping(_limits_of(data))
+        except ConfigError as exc:
+            errors.append(
+                f"meter_types row {data.get('type')!r}: plausibility limits ignored (the "
+                f"defaults apply): {exc}"
+            )
+    return by_type
+
+
+def _meter_plausibility(
+    data: dict[str, Any], base: Plausibility, errors: list[str]
+) -> Plausibility:
+    """A meter's limits: its type's `base`, overridden by its own non-NULL columns."""
+    try:
+        return Plausibility.from_mapping(_limits_of(data), base)
+    except ConfigError as exc:
+        errors.append(
+            f"energy_meters row id={data.get('id')}: plausibility limits ignored (its type's "
+            f"apply): {exc}"
+        )
+        return base
+
+
+def _limits_of(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: data.get(key) for key in PLAUSIBILITY_KEYS}
 
 
 def _check_text(meter: Meter) -> None:

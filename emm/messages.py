@@ -15,7 +15,12 @@ those while the scheduler is older than it).
 
 A version 3 job may also carry its meter's `gateway` settings (`Gateway`); only the settings
 that differ from the defaults are written, and a job without the key has the defaults, so jobs
-of either kind are read by workers of either build.
+of either kind are read by workers of either build. Likewise its meter's `plausibility` limits
+(`emm.plausibility`): only those that differ from the defaults, the key absent when all do.
+
+A reading may carry a `guard` (the worker copies its job's limits and its plan's field roles):
+what the writer checks it against. A reading without one (from an older worker) is stored
+unchecked; an older writer skips the key. Both stay version 1.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from msgspec.structs import force_setattr
 from emm.errors import ConfigError, MessageError
 from emm.plan import Plan, PlanCache
 from emm.planner import ReadRequest
+from emm.plausibility import DEFAULT_PLAUSIBILITY, Guard, Plausibility
 from emm.registers import Register
 
 JOB_VERSION = 3
@@ -134,6 +140,12 @@ class Job(msgspec.Struct, frozen=True):
     deadline_ms: int
     plan: Plan
     gateway: Gateway = DEFAULT_GATEWAY
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
+
+    @property
+    def guard(self) -> Guard:
+        """What this job's reading is to be checked against by the writer."""
+        return Guard(self.plausibility, self.plan.roles)
 
     @property
     def period_ms(self) -> int:
@@ -157,6 +169,11 @@ class Job(msgspec.Struct, frozen=True):
                 msgspec.Raw(self.plan.encoded),
                 # msgspec leaves out a default by identity; an equal one is the default too
                 gateway=DEFAULT_GATEWAY if self.gateway == DEFAULT_GATEWAY else self.gateway,
+                plausibility=(
+                    DEFAULT_PLAUSIBILITY
+                    if self.plausibility == DEFAULT_PLAUSIBILITY
+                    else self.plausibility
+                ),
             )
         )
 
@@ -175,7 +192,12 @@ class Job(msgspec.Struct, frozen=True):
             _explain("job", body, JOB_VERSIONS_READ, None)
         read_plan = _plan if wire.v == JOB_VERSION else _older_plan
         return cls(
-            wire.meter, wire.tick_ms, wire.deadline_ms, read_plan(wire, body, plans), wire.gateway
+            wire.meter,
+            wire.tick_ms,
+            wire.deadline_ms,
+            read_plan(wire, body, plans),
+            wire.gateway,
+            wire.plausibility,
         )
 
 
@@ -195,6 +217,8 @@ class _JobWire(msgspec.Struct, frozen=True, omit_defaults=True):
     registers: msgspec.Raw = msgspec.Raw()
     # version 3, when the gateway's settings are not all defaults
     gateway: Gateway = DEFAULT_GATEWAY
+    # version 3, when the meter's plausibility limits are not all defaults
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
 
 
 # the plans of the types this process has seen jobs of (a worker's only plan cache)
@@ -292,6 +316,8 @@ class Reading(msgspec.Struct, frozen=True):
     errors: dict[str, str] = {}
     # fields that are cumulative counters (energy): they only grow unless the meter restarted
     counters: tuple[str, ...] = ()
+    # what the writer checks the values against (None: not checked)
+    guard: Guard | None = None
 
     @property
     def reading_id(self) -> str:
@@ -308,7 +334,10 @@ class Reading(msgspec.Struct, frozen=True):
                         f"is {value!r}"
                     )
         # the version and kind go first, so a reader of the body sees them first
-        return _READING_HEAD + _ENCODER.encode(self)[1:]
+        body = _ENCODER.encode(self)
+        if self.guard is None:  # the last key: left out, the body is what older builds wrote
+            body = body[: -len(_NO_GUARD)] + b"}"
+        return _READING_HEAD + body[1:]
 
     @classmethod
     def decode(cls, body: bytes) -> Reading:
@@ -425,6 +454,7 @@ class _Head(msgspec.Struct, frozen=True):
 
 
 _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
+_NO_GUARD = b',"guard":null}'
 _GATEWAY_STATUS_HEAD = b'{"v":%d,"kind":"gateway_status",' % GATEWAY_STATUS_VERSION
 _ENCODER = msgspec.json.Encoder()
 _MARKER_HEAD = b'{"kind":"marker","v":%d,' % MARKER_VERSION

@@ -27,6 +27,7 @@ from emm.modbus import (
 )
 from emm.planner import ReadLimits, ReadRequest, assign
 from emm.planner import plan as plan_requests
+from emm.plausibility import NO_ROLES, Roles
 from emm.registers import Register
 
 PLAN_CACHE_SIZE = 256
@@ -47,7 +48,8 @@ _DECODER = msgspec.json.Decoder(_Wire)
 @dataclass(frozen=True, slots=True, eq=False)
 class Plan:
     """The planned read requests of a meter type, its registers, one decoder per request (in
-    the same order), the names of its counters, and its canonical encoding with its id.
+    the same order), the names of its counters, the roles of its fields for the plausibility
+    checks, and its canonical encoding with its id.
 
     Two plans are equal when their ids are, that is when they encode the same.
     """
@@ -58,6 +60,7 @@ class Plan:
     counters: tuple[str, ...]
     encoded: bytes
     plan_id: str
+    roles: Roles = NO_ROLES
 
     @classmethod
     def build(cls, registers: Iterable[Register], limits: ReadLimits | None = None) -> Plan:
@@ -89,6 +92,7 @@ class Plan:
             counters=tuple(r.name for r in registers if r.is_counter),
             encoded=encoded,
             plan_id=hashlib.blake2b(encoded, digest_size=8).hexdigest(),
+            roles=Roles.of(registers),
         )
 
     @classmethod

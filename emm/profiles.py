@@ -2,8 +2,11 @@
 
 A profile is validated whole when loaded; a bad row is reported with the file, the line of its
 `[[registers]]` table and the reason, and the profile is rejected (a half map would store
-misleading readings). `emm migrate` loads the shipped profiles into PostgreSQL for types that have
-no registers yet; `emm profiles import FILE` (re)places one type's rows.
+misleading readings). An optional `[plausibility]` table gives the type's limits
+(`emm.plausibility`: `max_power_w`, the voltage, frequency and power factor ranges...); a
+profile without it, or a limit left out, has the defaults. `emm migrate` loads the shipped
+profiles into PostgreSQL for types that have no registers yet; `emm profiles import FILE`
+(re)places one type's rows.
 """
 
 from __future__ import annotations
@@ -20,13 +23,22 @@ from emm.errors import ConfigError
 from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
 from emm.planner import DEFAULT_MAX_GAP, ReadLimits
+from emm.plausibility import DEFAULT_PLAUSIBILITY, Plausibility
 from emm.registers import REGISTER_KEYS, Register
 
 _TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`
 # A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
 _ROW_KEYS = {*REGISTER_KEYS, "source"}
 _REQUIRED = ("name", "address", "function_code", "data_type")
-_TOP_KEYS = {"type", "name", "source", "max_read_registers", "max_read_bits", "max_gap_registers"}
+_TOP_KEYS = {
+    "type",
+    "name",
+    "source",
+    "max_read_registers",
+    "max_read_bits",
+    "max_gap_registers",
+    "plausibility",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Profile:
     limits: ReadLimits
     rows: tuple[ProfileRegister, ...]
     path: str
+    plausibility: Plausibility = DEFAULT_PLAUSIBILITY
 
     @property
     def registers(self) -> tuple[Register, ...]:
@@ -82,6 +95,7 @@ def parse_profile(text: str, path: str) -> Profile:
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: read limits: {exc}") from None
+    plausibility = _plausibility(data.get("plausibility", {}), path)
     rows_data = data.get("registers")
     if not isinstance(rows_data, list) or not rows_data:
         raise ConfigError(f"{path}: no [[registers]] rows")
@@ -109,7 +123,17 @@ def parse_profile(text: str, path: str) -> Profile:
         limits=limits,
         rows=tuple(rows),
         path=path,
+        plausibility=plausibility,
     )
+
+
+def _plausibility(data: Any, path: str) -> Plausibility:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [plausibility] must be a table")
+    try:
+        return Plausibility.from_mapping(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [plausibility]: {exc}") from None
 
 
 def _parse_row(row: Any, where: str) -> ProfileRegister:

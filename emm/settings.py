@@ -7,7 +7,13 @@ reads the environment, and it turns every bad value into one `ConfigError` line 
 variable and what it allows. Building a class directly (as tests do) validates the same way and
 reads no environment at all.
 
-`.dev.env` at the repository root holds the development values docker compose passes in.
+A secret can come from a file instead: `EMM_AMQP_URL_FILE`, `EMM_POSTGRES_DSN_FILE` and
+`EMM_INFLUX_TOKEN_FILE` name a file whose contents (blanks around them ignored) are the value, as
+container secrets are handed over; setting both a variable and its `_FILE` is refused. A bad value
+read from a file is reported by the file's name, never by its contents.
+
+`.dev.env` at the repository root holds the development values docker compose passes in (no
+secrets: compose generates those on first start).
 """
 
 from __future__ import annotations
@@ -83,9 +89,39 @@ _LOWER = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
 
 AmqpUrl = Annotated[str, _url_with_host(("amqp", "amqps"))]
 WebUrl = Annotated[str, _url_with_host(("http", "https")), AfterValidator(lambda v: v.rstrip("/"))]
+_WEB_URL_CHECK = _url_with_host(("http", "https")).func
+# empty: none given (the command derives one)
+WebUrlOrNone = Annotated[str, AfterValidator(lambda v: v and _WEB_URL_CHECK(v).rstrip("/"))]
 PostgresDsn = Annotated[str, AfterValidator(_check_dsn)]
 Cron = Annotated[str, AfterValidator(_check_cron)]
 Seconds = Annotated[float, Field(allow_inf_nan=False)]
+
+
+# The settings that hold a secret, and so may be read from the file `<variable>_FILE` names.
+SECRET_FIELDS = frozenset({"amqp_url", "postgres_dsn", "influx_token"})
+FILE_SUFFIX = "_FILE"
+
+
+def read_secret_files(env: Mapping[str, str], variables: tuple[str, ...]) -> dict[str, str]:
+    """The value of each of `variables` whose `_FILE` variable is set in `env`, read from that
+    file (blanks around it stripped); ConfigError naming the variable if both are set or the
+    file cannot be read."""
+    values: dict[str, str] = {}
+    for variable in variables:
+        path = env.get(variable + FILE_SUFFIX, "").strip()
+        if not path:
+            continue
+        if env.get(variable, "").strip():
+            raise ConfigError(f"{variable} and {variable}{FILE_SUFFIX} are both set: set one")
+        try:
+            with open(path, encoding="utf-8") as file:
+                values[variable] = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"{variable}{FILE_SUFFIX}={path!r}: cannot be read ({reason})"
+            ) from None
+    return values
 
 
 class _EnvMapping(EnvSettingsSource):
@@ -126,6 +162,8 @@ class _Settings(BaseSettings):
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         """The settings from `env` (default: the process environment); raises ConfigError."""
         env = os.environ if env is None else env
+        secrets = tuple(cls.variable(field) for field in cls.model_fields if field in SECRET_FIELDS)
+        env = {**env, **read_secret_files(env, secrets)}
         try:
             return cls(**_EnvMapping(cls, env)())
         except ValidationError as exc:
@@ -207,6 +245,13 @@ class WriterSettings(_Service, _Amqp, _ReadCron):
     stats_file: str = Field("", validation_alias="EMM_WRITER_STATS_FILE")
 
 
+class StatusSettings(_Amqp, _ReadCron):
+    """`emm status` (besides the writer's `EMM_INFLUX_*`): RabbitMQ's management API, by
+    default derived from `EMM_AMQP_URL` (its host, port 15672, its user and password)."""
+
+    rabbitmq_api_url: WebUrlOrNone = ""
+
+
 class SimulatorSettings(_Service):
     """`emm simulator`: where to listen."""
 
@@ -230,7 +275,12 @@ def _explain(cls: type[_Settings], error: ErrorDetails, env: Mapping[str, str]) 
     loc = error["loc"][0]
     field = next(name for name, f in cls.model_fields.items() if loc in (name, f.validation_alias))
     variable = cls.variable(field)
-    given = env.get(variable, error["input"])
+    if env.get(variable + FILE_SUFFIX, "").strip():
+        # the value is a secret: name its file, never show it
+        variable += FILE_SUFFIX
+        given = env[variable]
+    else:
+        given = env.get(variable, error["input"])
     if error["type"] == "value_error":  # our own checks (URLs, DSN) say what they allow
         allowed = str(error.get("ctx", {}).get("error", error["msg"]))
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from emm.config import LoadedConfig, build_config, build_type
 from emm.planner import ReadLimits
+from emm.plausibility import PLAUSIBILITY_KEYS
 from emm.registers import Register
 from postgres.connection import Connection, map_errors
 
@@ -16,14 +17,22 @@ _REGISTER_JSON = """json_build_object(
     'unit', r.data_unit, 'data_type', r.data_type, 'function_code', r.function_code,
     'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
     'offset', r.value_offset, 'missing', r.missing_values, 'poll_every', r.poll_every)"""
-_TYPE_JSON = """json_build_object(
+
+
+# the plausibility limits of a `meter_types` (t) or `energy_meters` (m) row, NULL: not given
+def _plausibility_json(alias: str) -> str:
+    return ", ".join(f"'{key}', {alias}.{key}" for key in PLAUSIBILITY_KEYS)
+
+
+_TYPE_JSON = f"""json_build_object(
     'type', t.type, 'max_registers', t.max_read_registers, 'max_bits', t.max_read_bits,
-    'max_gap', t.max_gap_registers)"""
+    'max_gap', t.max_gap_registers, {_plausibility_json("t")})"""
 
 _LOAD_SQL = f"""
 SELECT 'meter', json_build_object(
     'id', m.id, 'host', m.host, 'port', m.port, 'unit_id', m.slave_address,
-    'type', m.type, 'description', m.description, 'read_cron', m.read_cron)
+    'type', m.type, 'description', m.description, 'read_cron', m.read_cron,
+    {_plausibility_json("m")})
 FROM energy_meters m
 WHERE m.enabled
 UNION ALL

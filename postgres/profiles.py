@@ -6,12 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from emm.config import register_from_row
 from emm.errors import ConfigError
 from emm.planner import ReadLimits
+from emm.plausibility import DEFAULT_PLAUSIBILITY, PLAUSIBILITY_KEYS
 from emm.profiles import Profile, ProfileRegister
 from postgres.connection import Connection, map_errors
 from postgres.schema import LOCK_ID
+
+# a type's plausibility limits: the profile's, NULL where it keeps the default
+_LIMIT_COLUMNS = ", ".join(PLAUSIBILITY_KEYS)
+_LIMIT_VALUES = ", ".join("%s" for _ in PLAUSIBILITY_KEYS)
+_LIMIT_UPDATES = ", ".join(f"{key} = EXCLUDED.{key}" for key in PLAUSIBILITY_KEYS)
 
 
 def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool:
@@ -54,15 +62,21 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
                     row.source or None,
                 ),
             )
+        given = {
+            key: value
+            for key, value in msgspec.structs.asdict(profile.plausibility).items()
+            if value != getattr(DEFAULT_PLAUSIBILITY, key)
+        }
+        limits = [given.get(key) for key in PLAUSIBILITY_KEYS]
         cur.execute(
-            """INSERT INTO meter_types (type, name, max_read_registers, max_read_bits,
-                   max_gap_registers, source)
-               VALUES (%s, %s, %s, %s, %s, %s)
+            f"""INSERT INTO meter_types (type, name, max_read_registers, max_read_bits,
+                   max_gap_registers, source, {_LIMIT_COLUMNS})
+               VALUES (%s, %s, %s, %s, %s, %s, {_LIMIT_VALUES})
                ON CONFLICT (type) DO UPDATE SET name = EXCLUDED.name,
                    max_read_registers = EXCLUDED.max_read_registers,
                    max_read_bits = EXCLUDED.max_read_bits,
                    max_gap_registers = EXCLUDED.max_gap_registers,
-                   source = EXCLUDED.source""",
+                   source = EXCLUDED.source, {_LIMIT_UPDATES}""",
             (
                 profile.type,
                 profile.name,
@@ -70,6 +84,7 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
                 profile.limits.max_bits,
                 profile.limits.max_gap,
                 profile.source or None,
+                *limits,
             ),
         )
     return True

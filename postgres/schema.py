@@ -184,6 +184,39 @@ MIGRATIONS.append(
 )
 
 
+# (column, CHECK on a non-NULL value): a type's plausibility limits and a meter's own; NULL is
+# the type's (for a meter) or the default (for a type), as `emm.plausibility` says
+_PLAUSIBILITY_COLUMNS = (
+    ("max_power_w", "> 0"),
+    ("voltage_min_v", ">= 0"),
+    ("voltage_max_v", "> 0"),
+    ("frequency_min_hz", "BETWEEN 40 AND 70"),
+    ("frequency_max_hz", "BETWEEN 40 AND 70"),
+    ("power_factor_min", "BETWEEN -1 AND 1"),
+    ("power_factor_max", "BETWEEN -1 AND 1"),
+    ("step_margin", ">= 1"),
+    ("power_tolerance", "> 0 AND power_tolerance <= 1"),
+)
+
+
+def _plausibility_columns(table: str) -> str:
+    columns = ",\n".join(
+        f"    ADD COLUMN {column} double precision CONSTRAINT {table}_{column}_check "
+        f"CHECK ({column} {check})"
+        for column, check in _PLAUSIBILITY_COLUMNS
+    )
+    return f"ALTER TABLE {table}\n{columns};\n"
+
+
+MIGRATIONS.append(
+    (
+        5,
+        "plausibility limits of meter types, overridable per meter",
+        _plausibility_columns("meter_types") + _plausibility_columns("energy_meters"),
+    )
+)
+
+
 def migrate(conn: Connection, *, seed_host: str | None = None, seed_port: int = 502) -> list[int]:
     """Apply the migrations that have not run yet; returns the versions applied now.
 
@@ -232,4 +265,20 @@ def _seed_virtual_meter(cur: Any, host: str, port: int) -> None:
                VALUES (%s, 0, 'test_measurement', 'test_u', 1, 3,
                        'virtual meter of the original project')""",
             (VIRTUAL_TYPE,),
+        )
+
+
+def grant_read(conn: Connection, role: str) -> None:
+    """Let `role` (the scheduler's) read every table and change none: USAGE on the schema and
+    SELECT on its tables, nothing else. Run after each migration, so tables added later are
+    covered too; the role itself is made by whoever holds its password."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        cur.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.Identifier(role)
+            )
         )

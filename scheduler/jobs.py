@@ -103,6 +103,7 @@ def build_jobs(
                 deadline_ms=mt.deadline_ms,
                 plan=plan,
                 gateway=mt.config.gateway,
+                plausibility=mt.config.plausibility,
             )
         )
     queues = list(by_link.values())

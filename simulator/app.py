@@ -86,6 +86,7 @@ class Simulator:
                 profile=self.options.profile,
                 step_s=self.settings.step_s,
                 energy_resets=plan.energy_resets,
+                distortions=tuple(plan.distortions),
             )
             self.specs.append(spec)
             devices, plans = by_slot.setdefault(placement.slot, ({}, {}))

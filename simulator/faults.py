@@ -49,6 +49,30 @@ seconds after the simulator starts, for `for_s` seconds, repeating every `every_
                                       #                   1<->2)
                                       #   short_frame     the last 2 bytes its header
                                       #                   announces never sent
+
+Value faults: the read succeeds but the value is one no meter measured (what the writer's
+plausibility guard is for). Their window is checked at the simulated time step a value belongs
+to, not at the request: with `EMM_SIMULATOR_STEP_S` equal to the read period, `for_s` of one
+period hits exactly one tick.
+
+    [[faults]]
+    kind = "spike"                    # the registers read `add` more (in their own unit)
+    meters = [0]
+    registers = ["importActiveEnergy"] # omitted: every energy counter of the meter
+    add = 9113                        # default 9113
+    after_s = 20
+    for_s = 5
+
+    [[faults]]
+    kind = "zero"                     # the registers read 0 (a transient zero)
+    meters = [1]
+    registers = ["importActiveEnergy"]
+    after_s = 20
+    for_s = 5
+
+    [[faults]]
+    kind = "word_order"               # 32- and 64-bit values are served with their 16-bit
+    meters = [2]                      # words in the opposite order (CDAB for ABCD)
 """
 
 from __future__ import annotations
@@ -65,8 +89,10 @@ from typing import Any
 from emm.errors import ConfigError
 from emm.modbus import READ_FUNCTION_CODES
 
-KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole", "violation")
+VALUE_KINDS = ("spike", "zero", "word_order")
+KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole", "violation", *VALUE_KINDS)
 VIOLATIONS = ("transaction_id", "byte_count", "function_code", "short_frame")
+SPIKE_ADD = 9113.0  # an SDM630's notorious spike, in kWh
 EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 8, 10, 11})
 _KEYS = {
     "kind",
@@ -82,6 +108,9 @@ _KEYS = {
     "addresses",
     "reset_energy",
     "violation",
+    # value faults
+    "registers",
+    "add",
 }
 
 
@@ -140,6 +169,8 @@ class Fault:
     ranges: tuple[tuple[int, int], ...] = ()  # hole: [start, end) address ranges
     reset_energy: bool = False
     violation: str = ""
+    registers: tuple[str, ...] = ()  # value faults: the registers (empty: every counter)
+    add: float = SPIKE_ADD
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -253,6 +284,8 @@ def parse_fault(data: Any, where: str = "fault") -> Fault:
             ranges=ranges,
             reset_energy=bool(data.get("reset_energy", False)),
             violation=str(data.get("violation", "")),
+            registers=tuple(str(name) for name in _as_list(data.get("registers", []))),
+            add=float(data.get("add", SPIKE_ADD)),
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -322,6 +355,7 @@ class FaultPlan:
     _actions: list[tuple[Fault, Window | None]] = field(default_factory=list, repr=False)
     _holes: list[tuple[Fault, Window | None]] = field(default_factory=list, repr=False)
     reboots: list[tuple[Window, bool]] = field(default_factory=list, repr=False)
+    distortions: list[Distortion] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         # Seeded per meter so a run's draws do not depend on how the other meters are read.
@@ -334,6 +368,9 @@ class FaultPlan:
                 self._latency.append((fault, window))
             elif fault.kind == "hole":
                 self._holes.append((fault, window))
+            elif fault.kind in VALUE_KINDS:
+                names = frozenset(fault.registers) or None
+                self.distortions.append(Distortion(fault.kind, names, fault.add, window))
             elif fault.kind == "reboot":
                 assert window is not None  # a reboot always has for_s
                 self.reboots.append((window, fault.reset_energy))
@@ -343,7 +380,9 @@ class FaultPlan:
     @property
     def quiet(self) -> bool:
         """True when no fault applies to this meter."""
-        return not (self._latency or self._actions or self._holes or self.reboots)
+        return not (
+            self._latency or self._actions or self._holes or self.reboots or self.distortions
+        )
 
     @property
     def energy_resets(self) -> tuple[Window, ...]:
@@ -385,3 +424,25 @@ class FaultPlan:
             if any(start < end and address < stop for start, stop in fault.ranges):
                 return True
         return False
+
+
+# Value faults, applied by the meter's model (`simulator.model.ProfileMeter`) to the values of
+# one time step.
+
+
+@dataclass(frozen=True, slots=True)
+class Distortion:
+    """A value fault of one meter: `kind` (spike, zero or word_order), the registers it hits
+    (None: every energy counter; all registers of 2 or more words for word_order), what a
+    spike adds, and when (None: always)."""
+
+    kind: str
+    registers: frozenset[str] | None = None
+    add: float = SPIKE_ADD
+    window: Window | None = None
+
+    def active(self, t_s: float) -> bool:
+        return self.window is None or self.window.active(t_s)
+
+    def hits(self, name: str, is_counter: bool) -> bool:
+        return is_counter if self.registers is None else name in self.registers

@@ -8,7 +8,9 @@ Time is quantised to `step_s` and rounded to the nearest step, so a read a littl
 Two kinds of meter:
 - `VirtualMeter`, the original project's: holding register 0, an int16 sawtooth.
 - `ProfileMeter`, any device profile: each register is read as the `simulator.physics` quantity
-  of its name (converted to the register's unit, e.g. kWh to Wh). A register whose name is not
+  of its name, or the `simulator.derived` one (direction-split powers; the PV side of an
+  inverter, whose AC output then replaces the meter's load), converted to the register's
+  unit (e.g. kWh to Wh). A register whose name is not
   modelled reads a constant derived from its name and the seed (see `fallback_value`); every
   register of the shipped profiles is modelled.
 
@@ -31,7 +33,8 @@ from emm.modbus import BIT_FUNCTION_CODES, ILLEGAL_DATA_ADDRESS
 from emm.planner import DEFAULT_MAX_GAP
 from emm.profiles import Profile, load_profile, shipped_profile, shipped_profiles
 from emm.registers import DataType, Register
-from simulator.faults import Window
+from simulator.derived import DERIVED_UNITS, PvArray, derived_quantities, is_inverter
+from simulator.faults import Distortion, Window
 from simulator.physics import (
     COMMISSIONED_S,
     UNITS,
@@ -149,6 +152,10 @@ class RegisterMapMeter:
         """The physical value of every register at time `t_s` (seconds since the epoch)."""
         raise NotImplementedError
 
+    def swapped(self, t_s: float) -> bool:
+        """Whether values of several words are served in the wrong word order at `t_s`."""
+        return False
+
     def _image(self, fc: int, t_s: float) -> bytes | bytearray:
         k = step_index(t_s, self.step_s)
         cached = self._images.get(fc)
@@ -163,8 +170,12 @@ class RegisterMapMeter:
                 image[offset] = encode(values[reg.name], reg)[0]
         else:
             words = [0] * layout.size
+            swapped = self.swapped(t_s)
             for reg, offset in layout.slots:
-                words[offset : offset + reg.data_type.words] = _words(values[reg.name], reg)
+                value_words = _words(values[reg.name], reg)
+                if swapped:
+                    value_words.reverse()
+                words[offset : offset + reg.data_type.words] = value_words
             image = struct.pack(f">{layout.size}H", *words)
         self._images[fc] = (k, image)
         return image
@@ -244,12 +255,14 @@ def resolve_profile(name: str) -> Profile | None:
 @dataclass(frozen=True)
 class MeterSpec:
     """What one virtual meter is: register map (None: the original virtual meter), seed, time
-    step, and the reboot windows after which its energy counters restart from zero."""
+    step, the reboot windows after which its energy counters restart from zero, and its value
+    faults (`simulator.faults.Distortion`)."""
 
     seed: int = 0
     profile: Profile | None = None
     step_s: float = 1.0
     energy_resets: tuple[Window, ...] = ()
+    distortions: tuple[Distortion, ...] = ()
 
     @classmethod
     def of_type(cls, type_: str, seed: int = 0, step_s: float = 1.0) -> MeterSpec:
@@ -286,11 +299,13 @@ class ProfileMeter(RegisterMapMeter):
         )
         self.spec = spec
         self.physics = MeterPhysics.from_seed(spec.seed, phase_count(profile.registers))
-        modelled = quantities(self.physics, COMMISSIONED_S).keys()
+        names = [reg.name for reg in self.registers]
+        self.pv = PvArray.from_seed(spec.seed) if is_inverter(names) else None
+        modelled = self._quantities(COMMISSIONED_S, COMMISSIONED_S).keys()
         # (register, model quantity or None, unit factor or the fallback constant)
         self._map: list[tuple[Register, str | None, float]] = []
         for reg in self.registers:
-            canonical = UNITS.get(reg.name)
+            canonical = UNITS.get(reg.name, DERIVED_UNITS.get(reg.name))
             if canonical is None or reg.name not in modelled:
                 self._map.append((reg, None, fallback_value(reg, spec.seed)))
             else:
@@ -301,14 +316,30 @@ class ProfileMeter(RegisterMapMeter):
         """The registers that read a constant because the model does not know their name."""
         return [reg.name for reg, name, _ in self._map if name is None]
 
+    def _quantities(self, t_s: float, since: float) -> dict[str, float]:
+        """The grid model's quantities with the derived ones (PV side for an inverter)."""
+        return derived_quantities(quantities(self.physics, t_s, since), self.pv, t_s, since)
+
     def values_at(self, t_s: float) -> dict[str, float]:
         t_q = step_index(t_s, self.step_s) * self.step_s
         since = counting_since(t_q, (w.last_end(t_q) for w in self.spec.energy_resets))
-        q = quantities(self.physics, t_q, since)
-        return {
+        q = self._quantities(t_q, since)
+        values = {
             reg.name: factor if name is None else q[name] * factor
             for reg, name, factor in self._map
         }
+        for fault in self.spec.distortions:
+            if fault.kind != "word_order" and fault.active(t_q):
+                for reg in self.registers:
+                    if fault.hits(reg.name, reg.is_counter):
+                        values[reg.name] = (
+                            0.0 if fault.kind == "zero" else values[reg.name] + fault.add
+                        )
+        return values
+
+    def swapped(self, t_s: float) -> bool:
+        t_q = step_index(t_s, self.step_s) * self.step_s
+        return any(f.kind == "word_order" and f.active(t_q) for f in self.spec.distortions)
 
 
 def make_meter(spec: MeterSpec) -> RegisterMapMeter:

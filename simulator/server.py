@@ -79,6 +79,9 @@ class Stats:
     exceptions: Counter[int] = field(default_factory=Counter)
     peaks: dict[int, int] = field(default_factory=dict)  # port -> most connections open at once
     refused_by_port: Counter[int] = field(default_factory=Counter)
+    # port -> seconds spent answering: from a request's arrival to its answer's send, summed (a
+    # gateway's own measure of how busy its line was; one connection's requests never overlap)
+    busy_s: dict[int, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """For the stats file (JSON)."""
@@ -90,6 +93,7 @@ class Stats:
             "peak_connections": {str(port): peak for port, peak in sorted(self.peaks.items())},
             "refused_by_port": {str(p): n for p, n in sorted(self.refused_by_port.items())},
             "exceptions": {str(code): n for code, n in sorted(self.exceptions.items())},
+            "busy_s": {str(port): round(s, 6) for port, s in sorted(self.busy_s.items())},
         }
 
 
@@ -252,24 +256,27 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self.transport = None
 
-    def _answer(self, frame: bytes, delay: float) -> None:
+    def _answer(self, frame: bytes, delay: float, arrived: float) -> None:
         if delay > 0:
-            self._send_at(frame, time.monotonic() + delay)
+            self._send_at(frame, arrived + delay, arrived)
         else:
-            self._send(frame)
+            self._send(frame, arrived)
 
-    def _send_at(self, frame: bytes, due: float) -> None:
+    def _send_at(self, frame: bytes, due: float, arrived: float) -> None:
         """Send `frame` once `due` (monotonic) has passed: never before. uvloop's timers have
         millisecond resolution and may fire a fraction of one early."""
         left = due - time.monotonic()
         if left > 0:
-            asyncio.get_running_loop().call_later(left, self._send_at, frame, due)
+            asyncio.get_running_loop().call_later(left, self._send_at, frame, due, arrived)
         else:
-            self._send(frame)
+            self._send(frame, arrived)
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frame: bytes, arrived: float) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
+            busy = self.context.stats.busy_s
+            port = self.server.port
+            busy[port] = busy.get(port, 0.0) + time.monotonic() - arrived
 
     def reset(self) -> None:
         """Drop the connection with a TCP reset, as a device that crashed or rebooted does."""
@@ -287,6 +294,7 @@ class _MbapConnection(_Connection):
     """Modbus TCP: MBAP-headed frames."""
 
     def data_received(self, data: bytes) -> None:
+        arrived = time.monotonic()
         buffer = self.buffer + data if self.buffer else data
         position = 0
         size = len(buffer)
@@ -303,14 +311,14 @@ class _MbapConnection(_Connection):
             position = end
             reply, delay = self.context.handle(unit, pdu)
             if isinstance(reply, Garbled):
-                self._answer(reply.mbap_frame(tid, unit), delay)
+                self._answer(reply.mbap_frame(tid, unit), delay, arrived)
                 continue
             if not isinstance(reply, bytes):
                 if reply == RESET:
                     self.reset()
                     return
                 continue  # TIMEOUT: never answered
-            self._answer(_MBAP.pack(tid, 0, len(reply) + 1, unit) + reply, delay)
+            self._answer(_MBAP.pack(tid, 0, len(reply) + 1, unit) + reply, delay, arrived)
         self.buffer = buffer[position:]
 
 
@@ -318,6 +326,7 @@ class _RtuConnection(_Connection):
     """RTU frames over TCP: unit id, PDU, CRC."""
 
     def data_received(self, data: bytes) -> None:
+        arrived = time.monotonic()
         buffer = self.buffer + data if self.buffer else data
         position = 0
         size = len(buffer)
@@ -344,7 +353,8 @@ class _RtuConnection(_Connection):
                     return
                 continue
             answer = bytes((unit,)) + reply
-            self._answer(answer + FramerRTU.compute_CRC(answer).to_bytes(2, "big"), delay)
+            check = FramerRTU.compute_CRC(answer).to_bytes(2, "big")
+            self._answer(answer + check, delay, arrived)
         self.buffer = buffer[position:]
 
 

@@ -123,19 +123,29 @@ class GatewayLoad:
 
 
 def overload_warning(status: GatewayStatus, meter_ids: set[int]) -> str | None:
-    """The warning for a gateway busier than WARN_ABOVE at a tick (None when it is not): it
-    names the gateway, its meters, and what would fit."""
+    """The warning for a gateway over WARN_ABOVE at a tick (None when it is not): it names the
+    gateway, its meters, and what would fit.
+
+    Over means busy over WARN_ABOVE of the period, or so busy that meters were dropped as late
+    and, counted at the cost of those read, all of them would need more than WARN_ABOVE: a
+    saturated gateway whose late jobs are dropped at half a tick is busy only about half of it.
+    """
     utilisation = status.utilisation
-    if utilisation <= WARN_ABOVE:
+    per_meter_ms = status.busy_ms / status.meters if status.meters else 0.0
+    demand = utilisation + status.late * per_meter_ms / (status.period_ms * status.connections)
+    if max(utilisation, demand) <= WARN_ABOVE:
         return None
     ids = sorted(meter_ids)
     named = ", ".join(map(str, ids[:MAX_NAMED_METERS])) + (
         " ..." if len(ids) > MAX_NAMED_METERS else ""
     )
     read = f"reading {status.meters} meter(s) ({named})" if ids else "reading no meter"
-    late = f", {status.late} more dropped as late" if status.late else ""
-    if status.meters and status.busy_ms > 0:
-        per_meter_ms = status.busy_ms / status.meters
+    late = ""
+    if status.late:
+        late = f", {status.late} more dropped as late"
+        if per_meter_ms > 0:
+            late += f" (all of them would need about {demand:.0%})"
+    if per_meter_ms > 0:
         room_ms = WARN_ABOVE * status.period_ms * status.connections
         fits = math.floor(room_ms / per_meter_ms)
         period_s = (status.busy_ms + status.late * per_meter_ms) / (
@@ -210,7 +220,13 @@ class Budget:
         message_id = f"{status.name}@{status.tick_ms}"
         try:
             await retry.OUTBOX_PUBLISH.call(
-                partial(broker.publish, READINGS, status.encode(), message_id=message_id),
+                partial(
+                    broker.publish,
+                    READINGS,
+                    status.encode(),
+                    exchange=READINGS,
+                    message_id=message_id,
+                ),
                 until=time.monotonic() + PUBLISH_WITHIN_S,
             )
             self.reported += 1

@@ -89,7 +89,13 @@ class Outbox:
             out = await self._outbox.get()
             reading_id = out.reading.reading_id
             await retry.OUTBOX_PUBLISH.call(
-                partial(self.broker.publish, READINGS, out.reading.encode(), message_id=reading_id),
+                partial(
+                    self.broker.publish,
+                    READINGS,
+                    out.reading.encode(),
+                    exchange=READINGS,
+                    message_id=reading_id,
+                ),
                 on_retry=partial(_not_confirmed, reading_id),
             )
             out.confirmed.set()

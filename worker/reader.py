@@ -178,6 +178,7 @@ async def read_job(job: Job, device: Device, *, attempts: int) -> Reading | None
         missing=tuple(values.missing),
         errors=values.errors,
         counters=job.plan.counters,
+        guard=job.guard,
     )
 
 

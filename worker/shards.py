@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from broker import JOBS, SHARDS, Broker, Delivery, ack, job_queue, nack, shard_of
+from broker import JOBS, MARKERS, SHARDS, Broker, Delivery, ack, job_queue, nack, shard_of
 from emm import retry
 from emm.errors import BrokerError, MessageError
 from emm.messages import MARKER_VERSION, TickMarker
@@ -265,6 +265,11 @@ class Shards:
         if TickMarker.matches(delivery.body):
             self._spawn(self._marker(shard, delivery))
             return
+        if delivery.exchange == MARKERS:
+            # workers may publish through emm.markers; a job from there is forged
+            forged = MessageError(f"a job published through {MARKERS}, not {JOBS}", delivery.body)
+            self._spawn(self.broker.settle(shard.queue, delivery, forged))
+            return
         shard.busy = True
         task = self.consumer.start(shard.queue, delivery)
         shard.in_flight.add(task)
@@ -379,7 +384,7 @@ class Shards:
             return  # nothing to tell; the next tick's marker will
         marker = TickMarker(MARKER_VERSION, self._tick_ms, int(busy), self.busy_total)
         await self.broker.publish(
-            shard.queue, marker.encode(), exchange=JOBS, expiration_s=HANDOVER_MARKER_TTL_S
+            shard.queue, marker.encode(), exchange=MARKERS, expiration_s=HANDOVER_MARKER_TTL_S
         )
 
     async def close(self) -> None:

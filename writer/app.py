@@ -50,7 +50,14 @@ from emm.settings import WriterSettings
 from writer.counters import CounterWatch, tick_counter
 from writer.influx import Sink, make_sink
 from writer.influxql import restore_counters
-from writer.lines import Unwritable, delta_lines, gateway_status_lines, reading_bytes
+from writer.lines import (
+    Unwritable,
+    delta_lines,
+    gateway_status_lines,
+    reading_bytes,
+    suspect_lines,
+)
+from writer.plausibility import PlausibilityGuard, without
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,7 @@ class Writer:
         self.written = 0
         cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
         self.counters = CounterWatch(tick_counter(cron.next_after))
+        self.plausibility = PlausibilityGuard(self.counters)
         self._restored: asyncio.Task[None] | None = None  # the counters' history, at start
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
@@ -131,9 +139,12 @@ class Writer:
                 if isinstance(reading, Reading):
                     if self._restored is not None and not self._restored.done():
                         await asyncio.shield(self._restored)
-                    seen = self.counters.observe(reading)
-                    deltas = delta_lines(reading.meter, seen.deltas)
-                    data = reading_bytes(reading, seen.resets, deltas)
+                    suspect = self.plausibility.check(reading)
+                    stored = without(reading, suspect)
+                    seen = self.counters.observe(stored)
+                    more = delta_lines(reading.meter, seen.deltas)
+                    more += suspect_lines(reading, list(suspect))
+                    data = reading_bytes(stored, seen.resets, more, list(suspect))
                 else:
                     data = "\n".join(gateway_status_lines(reading)).encode()
             except (Unwritable, UnicodeEncodeError) as exc:

@@ -82,10 +82,15 @@ class _History:
 
     def before(self, tick_ms: int, name: str) -> float | None:
         """The counter's latest value before `tick_ms`."""
+        found = self.tick_before(tick_ms, name)
+        return None if found is None else found[1]
+
+    def tick_before(self, tick_ms: int, name: str) -> tuple[int, float] | None:
+        """The counter's latest tick and value before `tick_ms`."""
         for i in range(bisect.bisect_left(self.ticks, tick_ms) - 1, -1, -1):
             value = self.values[self.ticks[i]].get(name)
             if value is not None:
-                return value
+                return self.ticks[i], value
         return None
 
 
@@ -169,6 +174,16 @@ class CounterWatch:
                 tick,
             )
         return Seen(resets, deltas)
+
+    def previous(self, meter_id: int, tick_ms: int, name: str) -> tuple[int, float] | None:
+        """The tick and value of a meter's counter in its latest reading kept before
+        `tick_ms` (None: none is kept)."""
+        history = self._meters.get(meter_id)
+        return None if history is None else history.tick_before(tick_ms, name)
+
+    def ticks_between(self, start_ms: int, end_ms: int) -> int:
+        """The schedule's ticks strictly between two ticks (0 without a schedule)."""
+        return 0 if self._ticks_between is None else self._ticks_between(start_ms, end_ms)
 
     def _remember(self, history: _History, tick: int, values: dict[str, float]) -> None:
         if tick not in history.values:

@@ -2,7 +2,8 @@
 
 Every reading gives one `energy` point (one float field per register, when any value was read)
 and one `meter_status` point, both stamped with the tick time in milliseconds; a reading with
-energy counters also gives `energy_delta` points (`delta_lines`). Tags are sorted,
+energy counters also gives `energy_delta` points (`delta_lines`), and one whose values the
+plausibility guard refused an `energy_suspect` point (`suspect_lines`). Tags are sorted,
 so the same reading always gives the same bytes and a second write of it replaces the first.
 
 Escaping follows InfluxDB's parser: in tag values and field keys a comma, equals sign or space
@@ -31,6 +32,7 @@ ENERGY = "energy"
 STATUS = "meter_status"
 GATEWAY_STATUS = "gateway_status"
 DELTA = "energy_delta"
+SUSPECT = "energy_suspect"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _TAG_MAX_CHARS = {"type": TYPE_MAX_CHARS, "description": DESCRIPTION_MAX_CHARS}
@@ -68,12 +70,15 @@ def _string_field(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
-def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> list[str]:
+def reading_lines(
+    reading: Reading, counter_resets: list[str] | None = None, suspect: Sequence[str] = ()
+) -> list[str]:
     """The line-protocol lines (ms precision) of one reading; Unwritable if line protocol
     cannot carry it.
 
-    `counter_resets` names counters that went down since the meter's previous tick; they are
-    flagged in the `meter_status` point.
+    `counter_resets` names counters that went down since the meter's previous tick, `suspect`
+    the fields the plausibility guard kept out (`writer.plausibility`); both are flagged in the
+    `meter_status` point (`suspect` on every reading that carries a guard).
     """
     if len(reading.fields) > MAX_REGISTERS_PER_TYPE:
         raise Unwritable(
@@ -101,16 +106,23 @@ def reading_lines(reading: Reading, counter_resets: list[str] | None = None) -> 
     if counter_resets:
         names = _string_field(",".join(counter_resets))
         status_fields += f",counter_resets={len(counter_resets)}i,counter_reset_fields={names}"
+    if reading.guard is not None:
+        status_fields += f",suspect={len(suspect)}i"
+        if suspect:
+            status_fields += f",suspect_fields={_string_field(','.join(sorted(suspect)))}"
     lines.append(f"{STATUS},{tags} {status_fields} {ts}")
     return lines
 
 
 def reading_bytes(
-    reading: Reading, counter_resets: list[str] | None = None, more: Sequence[str] = ()
+    reading: Reading,
+    counter_resets: list[str] | None = None,
+    more: Sequence[str] = (),
+    suspect: Sequence[str] = (),
 ) -> bytes:
-    """`reading_lines`, then the lines `more` that go with them (its energy deltas), as the
-    UTF-8 bytes sent to InfluxDB (lines joined by newlines)."""
-    text = "\n".join([*reading_lines(reading, counter_resets), *more])
+    """`reading_lines`, then the lines `more` that go with them (its energy deltas, its
+    suspect values), as the UTF-8 bytes sent to InfluxDB (lines joined by newlines)."""
+    text = "\n".join([*reading_lines(reading, counter_resets, suspect), *more])
     try:
         return text.encode()
     except UnicodeEncodeError as exc:
@@ -142,3 +154,12 @@ def delta_lines(meter: Meter, deltas: list[Delta]) -> list[str]:
         + f",gap_ticks={d.gap_ticks}i {d.tick_ms}"
         for d in deltas
     ]
+
+
+def suspect_lines(reading: Reading, suspect: Sequence[str]) -> list[str]:
+    """The `energy_suspect` line of a reading: the values the plausibility guard kept out of
+    its `energy` point, as they were read."""
+    if not suspect:
+        return []
+    fields = ",".join([_field_key(name) + repr(reading.fields[name]) for name in sorted(suspect)])
+    return [f"{SUSPECT},{_tags(reading.meter)} {fields} {reading.tick_ms}"]

@@ -11,11 +11,13 @@
 set -euo pipefail
 
 db="${DOCKER_INFLUXDB_INIT_BUCKET}"
+# the admin token comes from a file (DOCKER_INFLUXDB_INIT_ADMIN_TOKEN_FILE)
+token="${DOCKER_INFLUXDB_INIT_ADMIN_TOKEN:-$(cat /run/secrets/emm/admin-token)}"
 rp="autogen"
 
 if influx v1 dbrp list \
         --org "${DOCKER_INFLUXDB_INIT_ORG}" \
-        --token "${DOCKER_INFLUXDB_INIT_ADMIN_TOKEN}" \
+        --token "${token}" \
         --db "${db}" --hide-headers 2>/dev/null | grep -q .; then
     echo "DBRP mapping for database '${db}' already present, nothing to do"
     exit 0
@@ -23,7 +25,7 @@ fi
 
 influx v1 dbrp create \
     --org "${DOCKER_INFLUXDB_INIT_ORG}" \
-    --token "${DOCKER_INFLUXDB_INIT_ADMIN_TOKEN}" \
+    --token "${token}" \
     --bucket-id "${DOCKER_INFLUXDB_INIT_BUCKET_ID}" \
     --db "${db}" \
     --rp "${rp}" \

@@ -5,7 +5,8 @@ model, and checked against what the model says the meters did.
 The day: 12 March 2024 in Europe/Berlin, five-minute ticks from 21:00 the evening before to
 01:00 the morning after (both midnights). Meter 101 (SDM630) restarts its counters at 11:02
 local and gets one reading late and one twice; meter 102 (SDM630, a prosumer that exports)
-misses two hours; meter 103 (SDM120, one phase) is offline for its last three ticks.
+misses two hours; meter 103 (SDM120, one phase) is offline for its last three ticks. Meter 101's
+last reading holds an impossible voltage, which the writer's plausibility guard keeps out.
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
 from devservices.readers import InfluxQL
 from emm.messages import Meter, Reading, Status
 from emm.plan import Plan
+from emm.plausibility import Guard
 from emm.schedule import CronSchedule
 from simulator.faults import Window
 from simulator.model import MeterSpec, expected, phase_count
 from simulator.physics import J_PER_KWH, MeterPhysics
 from tests import grafana
 from writer.counters import CounterWatch, tick_counter
-from writer.lines import delta_lines, reading_lines
+from writer.lines import delta_lines, reading_lines, suspect_lines
+from writer.plausibility import PlausibilityGuard, without
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -120,11 +124,15 @@ def fleet(influx_v1_server: str) -> Iterator[Fleet]:
     }
     fleet = Fleet(db, specs)
     watch = CounterWatch(tick_counter(CronSchedule(CRON).next_after))
+    guard = PlausibilityGuard(watch)
     lines: list[str] = []
 
     def deliver(reading: Reading) -> None:
-        seen = watch.observe(reading)
-        lines.extend(reading_lines(reading, seen.resets) + delta_lines(reading.meter, seen.deltas))
+        suspect = list(guard.check(reading))
+        stored = without(reading, dict.fromkeys(suspect, ""))
+        seen = watch.observe(stored)
+        lines.extend(reading_lines(stored, seen.resets, suspect))
+        lines.extend(delta_lines(reading.meter, seen.deltas) + suspect_lines(reading, suspect))
 
     for meter_id, spec in specs.items():
         assert spec.profile is not None
@@ -147,6 +155,12 @@ def fleet(influx_v1_server: str) -> Iterator[Fleet]:
         if meter_id == 101:  # one reading late (after the next), one delivered twice
             readings[40], readings[41] = readings[41], readings[40]
             readings.insert(200, readings[180])
+            # the last one checked by the plausibility guard, with an impossible voltage
+            last = readings[-1]
+            limits = Guard(spec.profile.plausibility, Plan.build(spec.profile.registers).roles)
+            readings[-1] = msgspec.structs.replace(
+                last, fields={**last.fields, "voltageL1": 500.0}, guard=limits
+            )
         for reading in readings:
             deliver(reading)
     for start in range(0, len(lines), 5000):
@@ -221,10 +235,12 @@ def test_fleet(fleet: Fleet) -> None:
     # the state now: ranges that end after the last tick
     late = (ms(START), ms(END) + 60_000)
     state = {r["meter_id"]: r for r in run.run(table, {"meter": ALL}, late)}
-    assert {m: (r["up"], r["error"]) for m, r in state.items()} == {
-        "101": (True, ""),
-        "102": (True, ""),
-        "103": (False, "timeout"),
+    assert {
+        m: (r["up"], r["error"], r["suspect"], r["suspect_fields"]) for m, r in state.items()
+    } == {
+        "101": (True, "", 1, "voltageL1"),  # suspect: a value was kept out
+        "102": (True, "", None, None),  # not checked (as a reading of an older worker)
+        "103": (False, "timeout", None, None),
     }
     assert state["103"]["time"] == TICKS[-1]
     power = {r["meter_id"]: r for r in run.run(table.replace(" A", " B"), {"meter": ALL}, late)}

@@ -72,8 +72,21 @@ def test_the_warning_names_the_gateway_its_meters_and_what_would_fit() -> None:
     warning = overload_warning(status(meters=4, busy_ms=1_840, late=2), {1, 2, 3, 4})
     assert warning == (
         "gateway 192.0.2.9:502 busy 92% of tick 2023-11-14T22:13:20+00:00 (1840 ms of 2000 ms "
-        "over 1 connection(s)) reading 4 meter(s) (1, 2, 3, 4), 2 more dropped as late; about "
-        "3 such meter(s) fit in 80% of the period, or a period of 4 s would fit all 6"
+        "over 1 connection(s)) reading 4 meter(s) (1, 2, 3, 4), 2 more dropped as late (all of "
+        "them would need about 138%); about 3 such meter(s) fit in 80% of the period, or a "
+        "period of 4 s would fit all 6"
+    )
+
+
+def test_a_gateway_saturated_at_half_a_tick_is_warned_about() -> None:
+    # jobs waiting past half a tick are dropped, so a saturated gateway is busy about half of it
+    assert overload_warning(status(meters=4, busy_ms=800, late=1), {1, 2, 3, 4}) is None
+    warning = overload_warning(status(meters=4, busy_ms=1_000, late=4), {1, 2, 3, 4})
+    assert warning == (
+        "gateway 192.0.2.9:502 busy 50% of tick 2023-11-14T22:13:20+00:00 (1000 ms of 2000 ms "
+        "over 1 connection(s)) reading 4 meter(s) (1, 2, 3, 4), 4 more dropped as late (all of "
+        "them would need about 100%); about 6 such meter(s) fit in 80% of the period, or a "
+        "period of 3 s would fit all 8"
     )
 
 

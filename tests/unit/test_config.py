@@ -427,3 +427,25 @@ def test_poll_every_comes_from_the_row() -> None:
         ("a", 1),
         ("serial", 0),
     ]
+
+
+def test_plausibility_limits_of_a_type_and_a_meters_own() -> None:
+    type_row = meter_type("sdm", 125, 2000, 50)
+    type_row[1].update(max_power_w=20_000.0, voltage_max_v=260.0)
+    config = build_config(
+        [
+            meter(1),
+            meter(2, max_power_w=5_000.0, voltage_min_v=None),
+            meter(3, frequency_min_hz=80.0),
+            register(10, 0, "a"),
+            type_row,
+        ]
+    )
+    limits = {mc.meter.id: mc.plausibility for mc in config.meters}
+    assert (limits[1].max_power_w, limits[1].voltage_max_v) == (20_000.0, 260.0)
+    assert (limits[2].max_power_w, limits[2].voltage_max_v) == (5_000.0, 260.0)
+    assert limits[3] == limits[1]  # a bad override: the type's limits
+    assert config.errors == [
+        "energy_meters row id=3: plausibility limits ignored (its type's apply): frequency "
+        "range must lie within 40..70 Hz"
+    ]

@@ -15,19 +15,28 @@ pytestmark = pytest.mark.timeout(30)
 
 SHIPPED = [
     "abb_b23",
+    "abb_b24",
     "cg_em24",
     "cg_em340",
     "chint_dtsu666",
     "finder_7m38",
+    "growatt",
+    "huawei_sun2000",
     "janitza_umg604",
+    "janitza_umg96rm",
+    "kostal_ksem",
     "orno_we517",
     "schneider_iem3000",
+    "schneider_pm5000",
     "sdm120",
     "sdm230",
+    "sdm530",
     "sdm630",
     "sdm72d",
     "sdm72d_m2",
     "siemens_pac2200",
+    "socomec_countis_e23",
+    "sungrow_sg",
 ]
 
 
@@ -253,3 +262,11 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_profile(path)
     assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+def test_readme_device_table_lists_every_shipped_profile() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("| maker | model | type | registers | datasheet |\n", 1)[1]
+    rows = table.split("\n\n", 1)[0].splitlines()[1:]  # after the | --- | line
+    listed = {cells[2]: int(cells[3]) for cells in (r.strip("|").split(" | ") for r in rows)}
+    assert listed == {p.type: len(p.rows) for p in shipped_profiles()}

@@ -16,6 +16,7 @@ from emm.settings import (
     MigrateSettings,
     SchedulerSettings,
     SimulatorSettings,
+    StatusSettings,
     WorkerSettings,
     WriterSettings,
 )
@@ -28,8 +29,16 @@ SERVICES = {
     "writer": WriterSettings,
     "simulator": SimulatorSettings,
     "migrate": MigrateSettings,
+    "status": StatusSettings,
 }
-Settings = SchedulerSettings | WorkerSettings | WriterSettings | SimulatorSettings | MigrateSettings
+Settings = (
+    SchedulerSettings
+    | WorkerSettings
+    | WriterSettings
+    | SimulatorSettings
+    | MigrateSettings
+    | StatusSettings
+)
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -345,3 +354,40 @@ def test_a_service_with_a_bad_setting_says_so_in_one_line_and_exits_2(
     assert done.stderr.splitlines() == [f"emm {service}: {variable}={value!r}: {allowed}"]
     assert done.returncode == 2
     assert done.stdout == ""
+
+
+def test_secrets_are_read_from_their_files(tmp_path: Path) -> None:
+    (tmp_path / "amqp").write_text("amqp://worker:s3cret@rabbitmq:5672/%2F\n")
+    (tmp_path / "dsn").write_text("postgresql://emm_scheduler:pw@postgres:5432/emm")
+    (tmp_path / "token").write_text("  writer-token\n")
+    scheduler = SchedulerSettings.from_env(
+        {
+            "EMM_AMQP_URL_FILE": str(tmp_path / "amqp"),
+            "EMM_POSTGRES_DSN_FILE": str(tmp_path / "dsn"),
+        }
+    )
+    assert scheduler.amqp_url == "amqp://worker:s3cret@rabbitmq:5672/%2F"
+    assert scheduler.postgres_dsn == "postgresql://emm_scheduler:pw@postgres:5432/emm"
+    writer = WriterSettings.from_env({"EMM_INFLUX_TOKEN_FILE": str(tmp_path / "token")})
+    assert writer.influx_token == "writer-token"
+    # a service ignores the secret files of settings it does not have
+    worker = WorkerSettings.from_env(
+        {"EMM_AMQP_URL_FILE": str(tmp_path / "amqp"), "EMM_POSTGRES_DSN_FILE": "/nonexistent"}
+    )
+    assert worker.amqp_url == "amqp://worker:s3cret@rabbitmq:5672/%2F"
+
+
+def test_secret_file_errors_name_the_file_never_the_secret(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ConfigError) as raised:
+        WorkerSettings.from_env({"EMM_AMQP_URL_FILE": missing})
+    assert str(raised.value) == (
+        f"EMM_AMQP_URL_FILE={missing!r}: cannot be read (No such file or directory)"
+    )
+    (tmp_path / "amqp").write_text("http://user:s3cret@rabbitmq/")
+    with pytest.raises(ConfigError) as raised:
+        WorkerSettings.from_env({"EMM_AMQP_URL_FILE": str(tmp_path / "amqp")})
+    assert str(raised.value) == f"EMM_AMQP_URL_FILE={str(tmp_path / 'amqp')!r}: {AMQP_URL}"
+    with pytest.raises(ConfigError) as raised:
+        WorkerSettings.from_env({"EMM_AMQP_URL_FILE": str(tmp_path / "amqp"), "EMM_AMQP_URL": AMQP})
+    assert str(raised.value) == "EMM_AMQP_URL and EMM_AMQP_URL_FILE are both set: set one"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from emm.errors import ConfigError
 from emm.profiles import shipped_profiles
 from simulator.__main__ import build
+from simulator.derived import DAY_S, SUNRISE_S, PvArray, derived_quantities
 from simulator.faults import Fault, FaultPlan, Window, load_scenario, parse_meters
 from simulator.fleet import check_ports, place
 from simulator.model import (
@@ -254,6 +255,85 @@ def test_units_are_converted_to_each_register() -> None:
     kwh = sdm["importActiveEnergy"]
     assert janitza["importActiveEnergy"] == pytest.approx(kwh * 1000, rel=1e-6)
     assert janitza["cosPhiL1"] == pytest.approx(sdm["powerFactorL1"], rel=1e-6)
+
+
+MIDNIGHT = math.floor(T0 / DAY_S) * DAY_S  # 00:00 UTC of T0's day
+
+
+def pv_at(seed: int, t_s: float, since: float = COMMISSIONED_S) -> dict[str, float]:
+    grid = quantities(MeterPhysics.from_seed(seed), t_s, since)
+    return derived_quantities(grid, PvArray.from_seed(seed), t_s, since)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pv_power_is_a_daylight_half_sine(seed: int) -> None:
+    array = PvArray.from_seed(seed)
+    for hours in (0.0, 3.0, 5.99, 18.0, 23.5):  # night: nothing on either side
+        v = pv_at(seed, MIDNIGHT + hours * 3600)
+        assert (v["pvPower"], v["activePower"], v["pvVoltage1"], v["pvCurrent2"]) == (0, 0, 0, 0)
+    noon = pv_at(seed, MIDNIGHT + 12 * 3600)
+    assert noon["pvPower"] == pytest.approx(array.peak_w, rel=1e-12)
+    morning = pv_at(seed, MIDNIGHT + SUNRISE_S + 2 * 3600)
+    assert morning["pvPower"] == pytest.approx(array.peak_w / 2, rel=1e-12)  # sin(π/6)
+    for v in (noon, morning):
+        assert v["pvPower1"] + v["pvPower2"] == pytest.approx(v["pvPower"], rel=1e-12)
+        for k in (1, 2):
+            assert v[f"pvVoltage{k}"] * v[f"pvCurrent{k}"] == pytest.approx(v[f"pvPower{k}"])
+        assert v["activePower"] == pytest.approx(v["pvPower"] * array.efficiency, rel=1e-12)
+        for phase in PHASE_NAMES:  # AC output shared by the phases at power factor 1
+            assert v[f"voltage{phase}"] * v[f"current{phase}"] == pytest.approx(
+                v["activePower"] / 3, rel=1e-12
+            )
+            assert v[f"powerFactor{phase}"] == 1.0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_yields_are_the_integral_of_ac_power(seed: int) -> None:
+    array = PvArray.from_seed(seed)
+    assert pv_at(seed, MIDNIGHT)["dailyYield"] == 0.0
+    assert pv_at(seed, MIDNIGHT + SUNRISE_S)["dailyYield"] == 0.0
+    day = pv_at(seed, MIDNIGHT + 20 * 3600)["dailyYield"]
+    full_day_kwh = array.peak_w * 12 * 3600 * 2 / math.pi * array.efficiency / 3_600_000
+    assert day == pytest.approx(full_day_kwh, rel=1e-9)
+    t0, t1 = MIDNIGHT + 9 * 3600, MIDNIGHT + 9 * 3600 + 600
+    grown = pv_at(seed, t1)["totalYield"] - pv_at(seed, t0)["totalYield"]
+    # midpoint rule over the 10 minutes, 6 s slices
+    numeric = sum(pv_at(seed, t0 + (k + 0.5) * 6.0)["activePower"] * 6.0 for k in range(100))
+    assert grown == pytest.approx(numeric / 3_600_000, rel=1e-6)
+    totals = [pv_at(seed, MIDNIGHT + h * 1800)["totalYield"] for h in range(-4, 52)]
+    assert totals == sorted(totals)
+    # a counter reset restarts both yields
+    reset = MIDNIGHT + 10 * 3600
+    assert pv_at(seed, reset, since=reset)["totalYield"] == 0.0
+    assert pv_at(seed, reset + 60, since=reset)["dailyYield"] == pytest.approx(
+        pv_at(seed, reset + 60, since=reset)["totalYield"]
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_direction_split_powers_add_up_to_the_signed_ones(seed: int) -> None:
+    grid = q_at(seed, T0 + 77.0)
+    v = derived_quantities(grid, None, T0 + 77.0, COMMISSIONED_S)
+    for phase in PHASE_NAMES:
+        p, s = grid[f"activePower{phase}"], grid[f"apparentPower{phase}"]
+        assert v[f"importActivePower{phase}"] - v[f"exportActivePower{phase}"] == p
+        assert min(v[f"importActivePower{phase}"], v[f"exportActivePower{phase}"]) == 0.0
+        assert v[f"importApparentPower{phase}"] + v[f"exportApparentPower{phase}"] == s
+        assert v[f"importReactivePower{phase}"] == grid[f"reactivePower{phase}"]
+    # the meter model's own totals are kept: the sums of the phases' parts
+    assert v["importActivePower"] == grid["importActivePower"]
+    assert v["exportActivePower"] == grid["exportActivePower"]
+
+
+def test_inverter_profiles_read_the_pv_side_and_meters_do_not() -> None:
+    noon_ms = int((MIDNIGHT + 12 * 3600) * 1000)
+    for type_ in ("huawei_sun2000", "growatt", "sungrow_sg"):
+        meter = make_meter(MeterSpec.of_type(type_, seed=5))
+        assert isinstance(meter, ProfileMeter) and meter.pv is not None
+        v = expected(MeterSpec.of_type(type_, seed=5), noon_ms)
+        assert v["activePower"] > 0 and v["totalYield"] > v["dailyYield"] > 0
+    meter = make_meter(MeterSpec.of_type("kostal_ksem", seed=5))
+    assert isinstance(meter, ProfileMeter) and meter.pv is None
 
 
 def test_single_phase_profiles_have_one_phase() -> None:
