@@ -1,4 +1,9 @@
-"""The project's own commands as child processes, each with a log file in a folder."""
+"""The project's own commands as child processes, each with a log file in a folder.
+
+Each child gets a free port of its own for its metrics (`EMM_METRICS_PORT`, unless the caller
+sets one), so that several services on this host never compete for the default 9100;
+`metrics_url(name)` is where a child serves them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from devservices.net import free_port
 
 
 def emm_command() -> list[str]:
@@ -25,11 +32,14 @@ class Processes:
         self.folder = folder
         self.cwd = cwd or folder  # where the children run unless told otherwise
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     def spawn(
         self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
         """Start `argv` with `env` added to this environment, output to `<name>.log`."""
+        env = {"EMM_METRICS_PORT": str(free_port()), **env}
+        self.metrics_ports[name] = int(env["EMM_METRICS_PORT"])
         with (self.folder / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 argv,
@@ -45,6 +55,10 @@ class Processes:
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start `emm ARGS` (e.g. `["worker"]`)."""
         return self.spawn(name, [*emm_command(), *args], env)
+
+    def metrics_url(self, name: str) -> str:
+        """Where `name` serves its Prometheus metrics."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     def log(self, name: str) -> str:
         """What `name` has written so far ("" before it wrote anything)."""

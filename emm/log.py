@@ -2,13 +2,13 @@
 
 `EMM_LOG_FORMAT=text` (the default), for people:
 
-    2026-03-01T12:00:02.123+00:00 WARNING worker worker.consumer: meter 7 (...): timeout;
-    registers not read: voltageL1 meter_id=7 gateway=10.0.0.5:502 tick=2026-03-01T12:00:00+00:00
-    error_code=timeout                                       (one line, wrapped here)
+    2026-03-01T12:00:02.123Z WARNING worker worker.consumer: meter 7 (...) tick ...: timeout;
+    1 of 2 registers not read: voltageL1 meter_id=7 gateway=10.0.0.5:502
+    tick=2026-03-01T12:00:00+00:00 error_code=timeout        (one line, wrapped here)
 
 `EMM_LOG_FORMAT=json`, for log collectors: one JSON object per line, keys in this order:
 
-    ts          the event's time, UTC, ISO 8601 with its zone (`+00:00`), to the millisecond
+    ts          the event's time, UTC, ISO 8601 with its zone (`Z`), to the millisecond
     level       DEBUG, INFO, WARNING, ERROR or CRITICAL
     service     scheduler, worker, writer, simulator, migrate, ...
     logger      the module that logged (`worker.consumer`)
@@ -21,14 +21,24 @@ gateway="10.0.0.5:502", tick_ms=job.tick_ms))`. Only the CONTEXT keys are writte
 keys is stable; the text format appends the same ones as `key=value` (a value with spaces,
 quotes or `=` is quoted). A message is always one line: characters that could break it are
 escaped (`emm.text.one_line`); only a traceback, which follows its line, spans several.
+
+Python's warnings go through the same log (logger `py.warnings`, level WARNING), one line each.
+What a service says about itself follows one pattern: at start, where it connects (`amqp_where`,
+`postgres_where`, `influx_where`: host, port, database or vhost and user, never a password);
+its first success; a `Summary` of what it did every EMM_LOG_SUMMARY_S and one at stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import sys
+import time
+import urllib.parse
+import warnings
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -73,7 +83,8 @@ def _utc(seconds: float, timespec: str) -> str:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    return _utc(record.created, "milliseconds")
+    # `Z` rather than `+00:00`: what log tools and people read as UTC at a glance
+    return _utc(record.created, "milliseconds").removesuffix("+00:00") + "Z"
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
@@ -121,11 +132,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str)
 
 
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    logging.getLogger("py.warnings").warning(
+        "%s: %s (%s:%d)", category.__name__, message, filename, lineno
+    )
+
+
 def setup_logging(level: str = "INFO", service: str = "emm", fmt: LogFormat = "text") -> None:
     """Send the service's log at `level` and above to stderr, one line per event in `fmt`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # A library's warning becomes one line of ours instead of Python's two on stderr.
+    warnings.showwarning = _log_warning
     # Library chatter at INFO drowns our own lines (pymodbus logs every reconnect, aio-pika
     # every channel event); their warnings still come through.
     # aio-pika and aiormq log every failed reconnection attempt as an error; `broker` reports
@@ -137,3 +163,96 @@ def setup_logging(level: str = "INFO", service: str = "emm", fmt: LogFormat = "t
     # pymodbus logs every timeout and refused connection as an error; the worker reports each
     # failed read itself, once, with the meter it concerns.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def amqp_where(url: str) -> str:
+    """`RabbitMQ HOST:PORT vhost V as USER` for `EMM_AMQP_URL`, without its password."""
+    parts = urllib.parse.urlsplit(url)
+    port = _port(parts) or (5671 if parts.scheme.lower() == "amqps" else 5672)
+    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    user = urllib.parse.unquote(parts.username or "guest")
+    return f"RabbitMQ {parts.hostname}:{port} vhost {vhost} as {user}"
+
+
+_LIBPQ_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def postgres_where(dsn: str) -> str:
+    """`PostgreSQL HOST:PORT database D as USER` for `EMM_POSTGRES_DSN` (a URL or libpq
+    key=value pairs), without its password."""
+    if "://" in dsn:
+        parts = urllib.parse.urlsplit(dsn)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        host = parts.hostname or query.get("host", "localhost")
+        port = _port(parts) or query.get("port", 5432)
+        database = urllib.parse.unquote(parts.path[1:]) or query.get("dbname", "")
+        user = urllib.parse.unquote(parts.username or query.get("user", ""))
+    else:
+        pairs = {k: v.strip("'") for k, v in _LIBPQ_PAIR.findall(dsn)}
+        host, port = pairs.get("host", "localhost"), pairs.get("port", 5432)
+        database, user = pairs.get("dbname", ""), pairs.get("user", "")
+    user = user or "(default)"
+    return f"PostgreSQL {host}:{port} database {database or user} as {user}"
+
+
+def influx_where(url: str, api: str, bucket: str, org: str = "") -> str:
+    """`InfluxDB URL (API v1, database B)` or `(API v2, org O, bucket B)`, the URL without
+    credentials."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    shown = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if api == "v1":
+        return f"InfluxDB {shown} (API v1, database {bucket})"
+    return f"InfluxDB {shown} (API v2, org {org or '-'}, bucket {bucket})"
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
+
+
+class Summary:
+    """What a service did, as one INFO line every `period_s` (what it did since the line
+    before) and one at stop (what it did since it started).
+
+    `counts` gives the running totals by name (`{"jobs": 120, ...}`), in the order written.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        counts: Callable[[], Mapping[str, float]],
+        period_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.counts = counts
+        self.period_s = period_s
+        self.clock = clock
+        self.started = self.last_at = clock()
+        self.last: Mapping[str, float] = {}
+
+    def line(self) -> str:
+        """`last N s: name value, ...`: the counts since the previous line; moves on."""
+        now, counts = self.clock(), dict(self.counts())
+        text = f"last {now - self.last_at:.0f} s: " + _pairs(counts, self.last)
+        self.last_at, self.last = now, counts
+        return text
+
+    def final(self) -> str:
+        """`after N s: name value, ...`: the counts since the start."""
+        return f"after {self.clock() - self.started:.0f} s: " + _pairs(self.counts(), {})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Log `summary, <line>` every `period_s` until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.period_s)
+            except TimeoutError:
+                self.logger.info("summary, %s", self.line())
+
+
+def _pairs(counts: Mapping[str, float], before: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {value - before.get(name, 0):.0f}" for name, value in counts.items())

@@ -18,12 +18,15 @@ from pathlib import Path
 from broker import JOBS, SHARDS, Broker, job_queue, shard_of
 from broker.lease import Lease
 from emm import retry
+from emm.config import LoadedConfig
 from emm.errors import BrokerError
 from emm.health import Progress, Sample, default_path
+from emm.log import Summary, amqp_where, postgres_where
 from emm.messages import MARKER_VERSION, Job, TickMarker
 from emm.schedule import CronSchedule
 from emm.service import unless_stopped
 from emm.settings import SchedulerSettings
+from scheduler import metrics
 from scheduler.repo import ConfigRepo
 from scheduler.ticks import Ticks
 
@@ -123,6 +126,64 @@ async def publish_markers(
     return sum(await asyncio.gather(*(one(k) for k in range(SHARDS))))
 
 
+class _Tally:
+    """What the scheduler did, for its summary lines."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.jobs = 0
+        self.unpublished = 0
+
+    def counts(self) -> dict[str, float]:
+        return {"ticks": self.ticks, "jobs published": self.jobs, "unpublished": self.unpublished}
+
+
+async def publish_tick(
+    broker: Broker,
+    ticks: Ticks,
+    config: LoadedConfig,
+    tick_ms: int,
+    tally: _Tally,
+    may_publish: Callable[[], bool] = lambda: True,
+) -> bool:
+    """Publish the markers and jobs of `tick_ms` for `config`, and say how it went; whether
+    every job was published."""
+    started = time.monotonic()
+    tick = ticks.jobs(config, tick_ms)
+    jobs = tick.jobs
+    period_ms = ticks.next_after(tick_ms) - tick_ms
+    await publish_markers(broker, tick_ms, period_ms, jobs)
+    published = await publish_jobs(broker, jobs, tick.give_up_ms, may_publish=may_publish)
+    took_ms = (time.monotonic() - started) * 1000
+    metrics.TICKS.inc()
+    metrics.JOBS_PUBLISHED.inc(published)
+    metrics.JOBS_UNPUBLISHED.inc(len(jobs) - published)
+    metrics.METERS.set(len(jobs))
+    metrics.LAST_TICK.set(tick_ms / 1000)
+    first = tally.jobs == 0 and published > 0
+    tally.ticks += 1
+    tally.jobs += published
+    tally.unpublished += len(jobs) - published
+    if published == len(jobs):
+        log.info(
+            "tick %s: %d jobs published in %.0f ms%s",
+            _iso(tick_ms),
+            published,
+            took_ms,
+            " (the first)" if first else "",
+        )
+        return True
+    else:
+        log.error(
+            "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
+            "unreachable); workers read the meters they were given last on their own",
+            _iso(tick_ms),
+            published,
+            len(jobs),
+        )
+    return False
+
+
 class Scheduler:
     """The tick loop of one scheduler, which publishes only while it holds the vhost's lease
     (`broker.lease`): a second scheduler started by mistake stands by and takes over when the
@@ -137,6 +198,10 @@ class Scheduler:
         self.health = Progress("scheduler", path, settings.health_stall_s)
         self.published = 0  # ticks published whole
         self.due = False  # a tick is due and not yet published whole
+        self.tally = _Tally()
+        self.summary = Summary(log, self.tally.counts, settings.log_summary_s)
+        self.settings = settings
+        metrics.watch(connected=lambda: self.broker.connected)
 
     def progress(self) -> Sample:
         """The health sample: a tick due and not published is the work waiting."""
@@ -145,10 +210,16 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set."""
         beat = asyncio.create_task(self.health.run(stop, self.progress))
+        summaries = asyncio.create_task(self.summary.run(stop))
         try:
             if not await unless_stopped(stop, self.broker.connect()):
                 return
-            log.info("scheduler started: EMM_READ_CRON=%r", self.ticks.default.expression)
+            log.info(
+                "scheduler started: EMM_READ_CRON=%r; %s; %s",
+                self.ticks.default.expression,
+                postgres_where(self.settings.postgres_dsn),
+                amqp_where(self.settings.amqp_url),
+            )
             # the meters' own crons are known once the configuration is: the first tick may
             # be theirs
             config = await asyncio.to_thread(self.repo.load)
@@ -156,6 +227,8 @@ class Scheduler:
                 self.ticks.update(config)
             await self._loop(stop)
         finally:
+            summaries.cancel()
+            log.info("scheduler stopped %s", self.summary.final())
             self.repo.close()
             await self.broker.close()
             stop.set()
@@ -216,35 +289,22 @@ class Scheduler:
     async def _tick(self, tick_ms: int) -> None:
         """Load the configuration and publish the tick's jobs."""
         self.due = True
-        started = time.monotonic()
         config = await asyncio.to_thread(self.repo.load)
         if config is None:
             return
-        tick = self.ticks.jobs(config, tick_ms)
-        jobs = tick.jobs
-        period_ms = self.ticks.next_after(tick_ms) - tick_ms
-        await publish_markers(self.broker, tick_ms, period_ms, jobs)
-        published = await publish_jobs(
+        published = await publish_tick(
             self.broker,
-            jobs,
-            tick.give_up_ms,
+            self.ticks,
+            config,
+            tick_ms,
+            self.tally,
             # while RabbitMQ is away publishing fails and is retried; once back, the lease
             # was asked for before the connection counted as up
             may_publish=lambda: self.lease.held or not self.broker.connected,
         )
-        took_ms = (time.monotonic() - started) * 1000
-        if published == len(jobs):
+        if published:
             self.due = False
             self.published += 1
-            log.info("tick %s: %d jobs published in %.0f ms", _iso(tick_ms), published, took_ms)
-        else:
-            log.error(
-                "tick %s: only %d of %d jobs published within half a tick (RabbitMQ "
-                "unreachable); workers read the meters they were given last on their own",
-                _iso(tick_ms),
-                published,
-                len(jobs),
-            )
 
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from emm.errors import ConfigError, EmmError
 from emm.log import setup_logging
+from emm.metrics import serve
 from emm.service import run_until_signalled
 from emm.settings import SimulatorSettings
 from simulator.app import STATS_EVERY_S, SimulatorOptions, run
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"emm simulator: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(settings.log_level, "simulator", settings.log_format)
+    serve(settings.metrics_port)
     try:
         run_until_signalled(
             lambda stop: run(settings, stop, options), event_loop=settings.event_loop

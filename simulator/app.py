@@ -14,8 +14,10 @@ from pathlib import Path
 
 from emm.errors import ConfigError
 from emm.health import Progress, default_path
+from emm.log import Summary, postgres_where
 from emm.profiles import Profile
 from emm.settings import MigrateSettings, SimulatorSettings
+from simulator import metrics
 from simulator.faults import FaultPlan, Scenario
 from simulator.fleet import MAX_UNITS_PER_PORT, Placement, check_ports, place, port_count
 from simulator.model import MeterSpec, make_meter, virtual_profile
@@ -25,6 +27,7 @@ from simulator.server import Device, Framing, ModbusTcpServer, SimulatedContext,
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 0.5
+FIRST_READ_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,14 @@ async def _write_stats(simulator: Simulator, path: Path) -> None:
         await asyncio.sleep(STATS_EVERY_S)
 
 
+async def _first_read(stats: Stats) -> None:
+    """Log the first read the simulator answers (looked for a few times a second: the server
+    answers requests in callbacks that must stay cheap)."""
+    while not stats.reads:
+        await asyncio.sleep(FIRST_READ_POLL_S)
+    log.info("first read answered (%d connection(s) so far)", stats.connections)
+
+
 async def run(
     settings: SimulatorSettings,
     stop: asyncio.Event | None = None,
@@ -159,6 +170,10 @@ async def run(
     )
     health.note = f"{len(simulator.placements)} meter(s) on {len(simulator.servers)} port(s)"
     beat = asyncio.create_task(health.run(stop, dict))
+    metrics.STATS.stats = simulator.stats
+    summary = Summary(log, simulator.stats.counts, settings.log_summary_s)
+    summaries = asyncio.create_task(summary.run(stop))
+    first = asyncio.create_task(_first_read(simulator.stats))
     stats_writer = None
     if options.stats_file is not None:
         stats_writer = asyncio.create_task(_write_stats(simulator, options.stats_file))
@@ -170,6 +185,9 @@ async def run(
     finally:
         stop.set()
         await beat
+        summaries.cancel()
+        first.cancel()
+        metrics.STATS.stats = None
         if stats_writer is not None:
             stats_writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,9 +229,10 @@ async def _write_config(simulator: Simulator, options: SimulatorOptions) -> None
         write_config, dsn, profile, simulator.rows(options.advertise_host)
     )
     log.info(
-        "registered %d meter(s) at %s in PostgreSQL: %d added, %d updated",
+        "registered %d meter(s) at %s in %s: %d added, %d updated",
         len(simulator.placements),
         options.advertise_host,
+        postgres_where(dsn),
         result.added,
         result.updated,
     )

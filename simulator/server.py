@@ -83,6 +83,16 @@ class Stats:
     # gateway's own measure of how busy its line was; one connection's requests never overlap)
     busy_s: dict[int, float] = field(default_factory=dict)
 
+    def counts(self) -> dict[str, float]:
+        """The totals for the summary lines."""
+        return {
+            "reads": self.reads,
+            "exceptions": sum(self.exceptions.values()),
+            "dropped": self.dropped,
+            "resets": self.resets,
+            "connections": self.connections,
+        }
+
     def as_dict(self) -> dict[str, object]:
         """For the stats file (JSON)."""
         return {

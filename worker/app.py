@@ -30,8 +30,11 @@ from pathlib import Path
 
 from broker import Broker
 from emm.health import Progress, Sample, default_path
+from emm.log import Summary, amqp_where
+from emm.metrics import by_label, total
 from emm.service import unless_stopped
 from emm.settings import WorkerSettings
+from worker import metrics
 from worker.consumer import Consumer
 from worker.device import Devices
 from worker.health import OfflinePolicy
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 5.0  # how often idle links close, old readings go and late jobs are summed up
 SHUTDOWN_OUTBOX_S = 5.0  # at most, of what is left of EMM_DRAIN_S, for the readings left
+READ_OUTCOMES = ("ok", "partial", "failed", "skipped_offline")
 
 
 class Worker:
@@ -72,6 +76,13 @@ class Worker:
         self.shards = Shards(self.broker, self.consumer, self.devices, self.replay)
         self.broker.connect_callbacks.append(self.shards.on_connect)
         self.broker.disconnect_callbacks.append(self.shards.on_disconnect)
+        metrics.watch(
+            connected=lambda: self.broker.connected,
+            outbox=lambda: self.outbox.pending,
+            devices=self.devices.states,
+            oldest_tick_ms=self.consumer.oldest_tick_ms,
+        )
+        self.summary = Summary(log, _counts, settings.log_summary_s)
         path = Path(settings.health_file or default_path("worker"))
         self.health = Progress("worker", path, settings.health_stall_s)
 
@@ -104,7 +115,8 @@ class Worker:
 
     async def _run(self, stop: asyncio.Event) -> None:
         log.info(
-            "worker started: %d jobs in flight at most, read timeout %.2f s, %d attempts",
+            "worker started: %s; %d jobs in flight at most, read timeout %.2f s, %d attempts",
+            amqp_where(self.settings.amqp_url),
             self.settings.concurrency,
             self.settings.read_timeout_s,
             self.settings.read_attempts,
@@ -116,6 +128,7 @@ class Worker:
         replayer = asyncio.create_task(self.replay.run(stop, self.consumer.read_later))
         # each gateway's load per tick, to `gateway_status` (`worker.budget`)
         budget = asyncio.create_task(self.devices.budget.run(stop, self.broker))
+        summaries = asyncio.create_task(self.summary.run(stop))
         try:
             while not stop.is_set():
                 try:
@@ -124,7 +137,9 @@ class Worker:
                     self._housekeeping()
         finally:
             budget.cancel()
+            summaries.cancel()
             await self._shut_down(replayer)
+            log.info("worker stopped %s", self.summary.final())
 
     def _housekeeping(self) -> None:
         self.devices.close_idle()
@@ -145,11 +160,27 @@ class Worker:
         await self.outbox.stop(max(0.0, min(SHUTDOWN_OUTBOX_S, left_s)))
         await self.broker.close()
         log.info(
-            "worker stopped in %.1f s: %d jobs in flight finished, %d requeued",
+            "drained in %.1f s: %d jobs in flight finished, %d requeued",
             time.monotonic() - started,
             finished,
             requeued,
         )
+
+
+def _counts() -> dict[str, float]:
+    """The worker's totals for its summary lines, from its metrics."""
+    reads = by_label(metrics.READS, "outcome")
+    counts: dict[str, float] = {
+        "jobs": total(metrics.JOBS_CONSUMED),
+        "late": total(metrics.JOBS_LATE),
+        "dead-lettered": total(metrics.JOBS_DEAD_LETTERED),
+        **{f"reads {outcome}": reads.get(outcome, 0) for outcome in READ_OUTCOMES},
+        "readings published": total(metrics.READINGS_PUBLISHED),
+    }
+    failures = by_label(metrics.READS, "error_code")
+    failures.pop("", None)
+    counts.update({f"error {code}": n for code, n in sorted(failures.items())})
+    return counts
 
 
 async def run(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from broker import Broker, Delivery
 from emm.errors import MessageError
+from emm.fate import Outcome, decide
 from emm.limits import MAX_JOB_BYTES, check_size
 from emm.log import context
 from emm.messages import Job, Reading, Status
 from emm.text import quote
-from worker.device import Devices, GatewayAddress
+from worker import metrics
+from worker.device import Device, Devices, GatewayAddress, Problem
 from worker.outbox import Outbox, Outgoing
 from worker.reader import read_job
 from worker.replay import Replay
@@ -29,30 +32,52 @@ from worker.ticks import iso, now_ms
 log = logging.getLogger(__name__)
 
 
-def report(job: Job, reading: Reading, known: set[str] | frozenset[str] = frozenset()) -> None:
-    """Log one line per meter per tick when anything went wrong, naming meter and registers.
-
-    Registers in `known` (refused addresses already reported) do not make a line by themselves.
-    """
+def report(
+    job: Job, reading: Reading, device: Device, known: set[str] | frozenset[str] = frozenset()
+) -> None:
+    """Log a device's read problem when it starts, when it changes (another error, other
+    registers) and when it ends, not every tick; registers are named only when some but not
+    all failed. Registers in `known` (refused addresses already reported) make no problem."""
     m = job.meter
-    where = (
-        f"meter {m.id} ({quote(m.type)} at {quote(m.host)}:{m.port} unit {m.unit_id}) "
-        f"tick {iso(job.tick_ms)}"
-    )
+    where = f"meter {m.id} ({quote(m.type)} at {quote(m.host)}:{m.port} unit {m.unit_id})"
+    code = reading.status.error_code
     extra = context(
-        meter_id=m.id,
-        gateway=f"{m.host}:{m.port}",
-        tick_ms=job.tick_ms,
-        error_code=reading.status.error_code,
+        meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=job.tick_ms, error_code=code
     )
-    if set(reading.errors) - known:
-        names = ", ".join(sorted(reading.errors))
+    failed = frozenset(reading.errors) - known
+    was = device.problem
+    if not failed:
+        if was is not None:
+            device.problem = None
+            log.info(
+                "%s: read fully again at tick %s, after %d tick(s) with %s",
+                where,
+                iso(job.tick_ms),
+                was.ticks,
+                was.error_code,
+                extra=extra,
+            )
+    elif was is not None and (was.error_code, was.failed) == (code, failed):
+        was.ticks += 1
+    else:
+        device.problem = Problem(code, failed, job.tick_ms)
+        total = sum(len(d.registers) for d in job.plan.decoders)
+        if len(failed) < total:
+            which = f"{len(failed)} of {total} registers not read: {', '.join(sorted(failed))}"
+        else:
+            which = f"none of its {total} registers read"
         log.warning(
-            "%s: %s; registers not read: %s", where, reading.status.error, names, extra=extra
+            "%s tick %s: %s%s; %s",
+            where,
+            iso(job.tick_ms),
+            "" if was is None else f"now (after {was.ticks} tick(s) of {was.error_code}) ",
+            reading.status.error,
+            which,
+            extra=extra,
         )
     if reading.missing:
         missing = ", ".join(reading.missing)
-        log.info("%s: not available (sentinel/NaN): %s", where, missing, extra=extra)
+        log.debug("%s: not available (sentinel/NaN): %s", where, missing, extra=extra)
 
 
 class Consumer:
@@ -80,6 +105,7 @@ class Consumer:
         self._late: dict[int, int] = {}  # tick -> late jobs since the last report
         self._tasks: set[asyncio.Task[object]] = set()
         self._reading: dict[asyncio.Task[Any], GatewayAddress] = {}  # tasks reading now, and where
+        self._ticks: Counter[int] = Counter()  # ticks of the jobs being worked on
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.create_task(coro)
@@ -135,6 +161,20 @@ class Consumer:
         except MessageError as exc:
             await self._settle(queue, delivery, exc)
             return
+        metrics.JOBS_CONSUMED.inc()
+        self._ticks[job.tick_ms] += 1
+        try:
+            await self._handle(queue, delivery, job)
+        finally:
+            self._ticks[job.tick_ms] -= 1
+            if not self._ticks[job.tick_ms]:
+                del self._ticks[job.tick_ms]
+
+    def oldest_tick_ms(self) -> int | None:
+        """The tick of the oldest job being worked on (for `emm_worker_tick_lag_seconds`)."""
+        return min(self._ticks, default=None)
+
+    async def _handle(self, queue: str, delivery: Delivery, job: Job) -> None:
         if delivery.redelivered:
             self.redelivered += 1
             log.info("job %s delivered again", job.job_id)
@@ -155,6 +195,14 @@ class Consumer:
         # Ack only once the reading is confirmed (immediately, or when the broker is back).
         await out.confirmed.wait()
         await self._settle(queue, delivery, None)
+        if not self.handled:
+            m = job.meter
+            log.info(
+                "first job done: the reading of meter %d for tick %s confirmed by RabbitMQ",
+                m.id,
+                iso(job.tick_ms),
+                extra=context(meter_id=m.id, gateway=f"{m.host}:{m.port}", tick_ms=job.tick_ms),
+            )
         self.handled += 1
 
     def _note_late(self, job: Job, late_ms: int) -> None:
@@ -170,6 +218,7 @@ class Consumer:
             self._late[job.tick_ms] = 0
         self._late[job.tick_ms] += 1
         self.late += 1
+        metrics.JOBS_LATE.inc()
         self.devices.note_late(job)
 
     def report_late(self) -> None:
@@ -194,6 +243,7 @@ class Consumer:
         reason = health.skip_reason(job.tick_ms)
         if reason is not None:
             reading = Reading(job.meter, job.tick_ms, {}, Status(False, "offline", reason))
+            metrics.READS.labels("skipped_offline", "offline").inc()
         else:
             known = device.holes.unreadable()
             was_offline = health.offline
@@ -210,15 +260,32 @@ class Consumer:
             health.record(
                 job.meter, job.tick_ms, period_ms, reading.status.up, reading.status.error_code
             )
-            if not was_offline and not health.offline:
-                report(job, reading, known)
+            _count(reading)
+            if was_offline or health.offline:
+                device.problem = None  # going offline and back are health's lines
+            else:
+                report(job, reading, device, known)
         return self.outbox.put(job, reading)
 
     async def _settle(self, queue: str, delivery: Delivery, error: BaseException | None) -> None:
         await self.broker.settle(queue, delivery, error)
         self.settled += 1
+        if decide(error) is Outcome.DEAD_LETTER:
+            metrics.JOBS_DEAD_LETTERED.inc()
 
     @property
     def in_flight(self) -> int:
         """Jobs delivered and not settled yet, and reads on its own, now."""
         return len(self._tasks)
+
+
+def _count(reading: Reading) -> None:
+    """Count a read in `emm_worker_reads_total` by its outcome and error code."""
+    status = reading.status
+    if not status.error_code:
+        outcome = "ok"
+    elif reading.fields:
+        outcome = "partial"
+    else:
+        outcome = "failed"
+    metrics.READS.labels(outcome, status.error_code).inc()

@@ -31,15 +31,28 @@ def device_key(meter: Meter) -> DeviceKey:
     return (meter.host, meter.port, meter.unit_id)
 
 
+@dataclass(slots=True)
+class Problem:
+    """What went wrong with a device's reads, tick after tick, since `since_ms`: logged when it
+    starts, when it changes and when it ends, not every tick."""
+
+    error_code: str
+    failed: frozenset[str]  # registers not read
+    since_ms: int
+    ticks: int = 1
+
+
 @dataclass(eq=False, slots=True)
 class Device:
-    """One Modbus device: its gateway's connections and load, its health and learned holes."""
+    """One Modbus device: its gateway's connections and load, its health and learned holes,
+    and the problem its reads have now (None while they are fine)."""
 
     key: DeviceKey
     gateway: GatewayLinks
     health: Health
     holes: Holes
     load: GatewayLoad
+    problem: Problem | None = None
 
     @property
     def unit_id(self) -> int:
@@ -79,6 +92,15 @@ class Devices:
                 self.budget.gateway(meter.host, meter.port),
             )
         return device
+
+    def states(self) -> tuple[int, int]:
+        """How many devices answered on their last read, and how many are offline."""
+        up = offline = 0
+        for device in self._devices.values():
+            health = device.health
+            offline += health.offline
+            up += health.failed_ticks == 0
+        return up, offline
 
     def note_late(self, job: Job) -> None:
         """Count `job`, dropped as late, in its gateway's load."""

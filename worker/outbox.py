@@ -20,6 +20,7 @@ from functools import partial
 from broker import READINGS, Broker
 from emm import retry
 from emm.messages import Job, Reading
+from worker import metrics
 from worker.ticks import now_ms
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Outbox:
             out.confirmed.set()
             self._pending -= 1
             self.confirmed += 1
+            metrics.READINGS_PUBLISHED.inc()
 
     def prune(self) -> None:
         """Forget confirmed readings whose jobs, if delivered again, would be too late to read:

@@ -33,6 +33,7 @@ from emm.messages import Job, Meter, Reading, Status
 from emm.modbus import ILLEGAL_DATA_ADDRESS
 from emm.planner import ReadRequest
 from emm.text import quote
+from worker import metrics
 from worker.device import Device
 from worker.holes import request_for, split_halves
 from worker.modbus import DeviceLink
@@ -66,6 +67,7 @@ class _Requests:
         self.budget_s = budget_s
         self.sent = 0
         self.answered = 0
+        self.latency = metrics.MODBUS_REQUEST.labels(link.name)
 
     def _short(self) -> bool:
         """Whether the device gets the short budget: silent, and others wait for the gateway."""
@@ -75,6 +77,7 @@ class _Requests:
         self.sent += 1
         short_s = self.link.timeout_s * SILENT_TIMEOUT_SHARE
         timeout_s = short_s if self._short() else self.link.timeout_s
+        started = time.monotonic()
         try:
             if self.device.health.silent and timeout_s > short_s:
                 words = await self._hurried(request, timeout_s, short_s)
@@ -84,7 +87,10 @@ class _Requests:
             if exc.answered:
                 self.answered += 1  # an exception answer from the device: it is up
             self.device.health.silent = isinstance(exc, NoAnswer)
+            if exc.code != "unreachable":  # not connected: no request went out
+                self.latency.observe(time.monotonic() - started)
             raise
+        self.latency.observe(time.monotonic() - started)
         self.answered += 1
         self.device.health.silent = False
         return words

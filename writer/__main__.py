@@ -6,6 +6,7 @@ import argparse
 
 from emm.errors import ConfigError
 from emm.log import setup_logging
+from emm.metrics import serve
 from emm.service import exit_with, run_until_signalled
 from emm.settings import WriterSettings
 from writer.app import run
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         exit_with("writer", exc)
     setup_logging(settings.log_level, "writer", settings.log_format)
+    serve(settings.metrics_port)
     run_until_signalled(lambda stop: run(settings, stop), event_loop=settings.event_loop)
 
 

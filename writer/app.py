@@ -40,13 +40,16 @@ from typing import TextIO
 from broker import READINGS, Broker, Delivery
 from emm import retry
 from emm.errors import MessageError, SinkRejected, SinkUnavailable
+from emm.fate import Outcome, decide
 from emm.health import Progress, Sample, default_path
 from emm.limits import MAX_READING_BYTES, check_size
-from emm.log import context
+from emm.log import Summary, amqp_where, context, influx_where
 from emm.messages import GatewayStatus, Reading, decode_result
+from emm.metrics import total
 from emm.schedule import CronSchedule
 from emm.service import unless_stopped
 from emm.settings import WriterSettings
+from writer import metrics
 from writer.counters import CounterWatch, tick_counter
 from writer.influx import Sink, make_sink
 from writer.influxql import restore_counters
@@ -93,6 +96,28 @@ def _context(message: Reading | GatewayStatus) -> dict[str, object]:
     return context(gateway=message.name, tick_ms=message.tick_ms)
 
 
+def _kind(message: Reading | GatewayStatus) -> str:
+    """The `kind` label of a message of `emm.readings`."""
+    return "reading" if isinstance(message, Reading) else "gateway_status"
+
+
+def _count_settled(error: BaseException | None) -> None:
+    if decide(error) is Outcome.DEAD_LETTER:
+        metrics.DEAD_LETTERED.inc()
+
+
+def _counts() -> dict[str, float]:
+    """The writer's totals for its summary lines, from its metrics."""
+    return {
+        "readings consumed": total(metrics.CONSUMED, kind="reading"),
+        "readings written": total(metrics.WRITTEN, kind="reading"),
+        "gateway statuses written": total(metrics.WRITTEN, kind="gateway_status"),
+        "batches": total(metrics.BATCH_SIZE),
+        "dead-lettered": total(metrics.DEAD_LETTERED),
+        "write failures": total(metrics.WRITE_FAILURES),
+    }
+
+
 def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
@@ -105,11 +130,17 @@ class Writer:
         self.prefetch = min(65535, settings.batch_size * 2)
         self.broker = Broker(settings.amqp_url, prefetch=self.prefetch, name="emm-writer")
         self.sink = sink or make_sink(settings)
+        self.sink_where = influx_where(
+            settings.influx_url, settings.influx_api, settings.influx_bucket, settings.influx_org
+        )
+        metrics.watch(connected=lambda: self.broker.connected, held=lambda: len(self._pending))
+        self.summary = Summary(log, _counts, settings.log_summary_s)
         self._pending: list[Item] = []
         self._pending_bytes = 0
         self._first_at: float | None = None
         self._wake = asyncio.Event()
         self._outage_since: float | None = None
+        self._said = ("", 0.0)  # the last outage line's error, and when
         self._stop = asyncio.Event()
         self.written = 0
         cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
@@ -156,7 +187,9 @@ class Writer:
             # `emm.fate` says, never left unacked for good.
             await self.broker.settle(READINGS, delivery, exc)
             self.settled += 1
+            _count_settled(exc)
             return
+        metrics.CONSUMED.labels(_kind(reading)).inc()
         if not self._pending:
             self._first_at = time.monotonic()
         item = Item(delivery, reading, data)
@@ -194,6 +227,7 @@ class Writer:
             self.settled += 1
             about = _context(item.reading)
             await self.broker.settle(READINGS, item.delivery, error, about)
+            _count_settled(error)
 
     def _take_batch(self) -> list[Item]:
         """The oldest readings held, up to `batch_size` of them and `batch_bytes` bytes (at
@@ -238,14 +272,34 @@ class Writer:
             self._record(items)
         for item in items:
             await self._settle(item, None)
+        self._count_written(items)
+
+    def _count_written(self, items: list[Item]) -> None:
+        """Count a batch InfluxDB took; the first one is worth a line."""
+        kinds = Counter(_kind(item.reading) for item in items)
+        for kind, n in kinds.items():
+            metrics.WRITTEN.labels(kind).inc(n)
+        metrics.BATCH_SIZE.observe(len(items))
+        if not self.written:
+            log.info(
+                "first batch written: %d reading(s), %d gateway status(es) to %s",
+                kinds["reading"],
+                kinds["gateway_status"],
+                self.sink_where,
+            )
         self.written += len(items)
+
+    async def _write_once(self, chunks: list[bytes]) -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(self.sink.write, chunks)
+        metrics.WRITE_SECONDS.observe(time.monotonic() - started)
 
     async def _send(self, items: list[Item]) -> None:
         """One write of `items`, retried while InfluxDB is unavailable (until the writer
         stops: SinkUnavailable then)."""
         chunks = [item.data for item in items]
         await retry.sink_write(self.settings.retry_max_s).call(
-            partial(asyncio.to_thread, self.sink.write, chunks),
+            partial(self._write_once, chunks),
             stop=lambda _state: self._stop.is_set(),
             on_retry=partial(self._failing, len(items)),
             sleep=self._pause,
@@ -297,14 +351,19 @@ class Writer:
             log.error("a flush failed", exc_info=task.exception())
 
     def _failing(self, readings: int, exc: BaseException, _wait_s: float) -> None:
-        """Log the start of an InfluxDB outage, then each retry."""
+        """Log the start of an InfluxDB outage, then a retry whose error differs from the last
+        line's or comes a retry period after it (each batch in flight retries on its own: the
+        same error from two batches is one line)."""
+        metrics.WRITE_FAILURES.inc()
+        now = time.monotonic()
         if self._outage_since is None:
-            self._outage_since = time.monotonic()
+            self._outage_since = now
             log.error("%s; keeping %d readings unacked and retrying", exc, readings)
+        elif str(exc) != self._said[0] or now - self._said[1] >= self.settings.retry_max_s:
+            log.warning("still failing after %.0f s: %s", now - self._outage_since, exc)
         else:
-            log.warning(
-                "still failing after %.0f s: %s", time.monotonic() - self._outage_since, exc
-            )
+            return
+        self._said = (str(exc), now)
 
     async def _store_held(self) -> None:
         """Write every reading still held, batch by batch (at stop)."""
@@ -332,8 +391,9 @@ class Writer:
         self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)
         log.info(
-            "writer started: %s API, batches of %d readings, %d bytes or %d ms",
-            self.settings.influx_api,
+            "writer started: %s; %s; batches of %d readings, %d bytes or %d ms",
+            amqp_where(self.settings.amqp_url),
+            self.sink_where,
             self.settings.batch_size,
             self.settings.batch_bytes,
             self.settings.flush_interval_ms,
@@ -344,11 +404,14 @@ class Writer:
             self._wake.set()
 
         relay = asyncio.create_task(wake_on_stop())
+        summaries = asyncio.create_task(self.summary.run(stop))
         try:
             await self._flush_until(stop)
             await self._finish()
         finally:
             relay.cancel()
+            summaries.cancel()
+            log.info("writer stopped %s", self.summary.final())
             if self._restored is not None:
                 self._restored.cancel()
             await self.broker.close()

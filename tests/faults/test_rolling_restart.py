@@ -60,7 +60,7 @@ def test_every_worker_restarted_in_turn_with_sigterm(
     finished = 0
     for n in range(3):
         stopped = re.findall(
-            r"worker stopped in \S+ s: (\d+) jobs in flight finished", pipeline.log(f"worker{n}")
+            r"drained in \S+ s: (\d+) jobs in flight finished", pipeline.log(f"worker{n}")
         )
         assert len(stopped) == 1, pipeline.log(f"worker{n}")[-2000:]
         finished += int(stopped[0])

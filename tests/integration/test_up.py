@@ -85,6 +85,13 @@ def test_up_runs_the_stack_and_stops_what_it_started(
         assert len(points) >= 3, output()
         assert len({p["time"] for p in points}) == len(points)
         assert all(p["time"] % 2000 == 0 for p in points)  # on the 2 s ticks
+        # each service serves its metrics on a port of its own, listed at start
+        metrics = dict(re.findall(r"== metrics of (\S+): (http://\S+)", output()))
+        assert sorted(metrics) == ["scheduler", "simulator", "worker-1", "worker-2", "writer"]
+        assert len(set(metrics.values())) == len(metrics)
+        with urllib.request.urlopen(metrics["scheduler"], timeout=5) as page:
+            scraped = page.read().decode()
+        assert re.search(r"^emm_scheduler_jobs_published_total [1-9]", scraped, re.M), scraped
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -7,15 +7,27 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 
 from emm.errors import ConfigError, MessageError, SinkRejected, TransientDeviceError
-from emm.log import CONTEXT, JsonFormatter, context, error_code, setup_logging
+from emm.log import (
+    CONTEXT,
+    JsonFormatter,
+    Summary,
+    amqp_where,
+    context,
+    error_code,
+    influx_where,
+    postgres_where,
+    setup_logging,
+)
 from emm.messages import Meter
 from emm.settings import WorkerSettings
 from worker.health import Health, OfflinePolicy
@@ -75,7 +87,7 @@ def test_json_is_one_object_per_line_with_stable_keys() -> None:
     assert list(second) == ["ts", "level", "service", "logger", "message"]
     stamp = datetime.fromisoformat(second["ts"])
     assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
-    assert second["ts"].endswith("+00:00")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", second["ts"])
 
 
 def test_json_keeps_each_event_on_one_line() -> None:
@@ -157,6 +169,7 @@ def test_a_service_logs_json_when_told() -> None:
     """The simulator (no broker needed) started with EMM_LOG_FORMAT=json: every line is JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMM_")}
     env |= {"EMM_LOG_FORMAT": "json", "EMM_SIMULATOR_HOST": "127.0.0.1", "EMM_SIMULATOR_PORT": "0"}
+    env["EMM_METRICS_PORT"] = "0"
     with subprocess.Popen(
         [sys.executable, "-m", "simulator"],
         env=env,
@@ -187,3 +200,80 @@ def test_the_workers_offline_line_carries_its_context(caplog: pytest.LogCaptureF
         "tick": "2026-03-01T12:00:00+00:00",
         "error_code": "timeout",
     }
+
+
+def test_text_lines_are_stamped_in_utc_with_a_z() -> None:
+    with captured() as out:
+        setup_logging("INFO", "writer")
+        logging.getLogger("writer.app").info("hello")
+    (line,) = _lines(out)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO writer writer\.app: hello", line
+    )
+
+
+def test_python_warnings_become_one_log_line() -> None:
+    with captured() as out, warnings.catch_warnings():
+        setup_logging("INFO", "writer")
+        warnings.simplefilter("always")
+        lineno = sys._getframe().f_lineno + 1
+        warnings.warn("the old way", FutureWarning, stacklevel=1)
+    (line,) = _lines(out)
+    assert " WARNING writer py.warnings: " in line
+    assert line.endswith(f"py.warnings: FutureWarning: the old way ({__file__}:{lineno})")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://emm:s3cret@10.0.0.9:5673/prod", "RabbitMQ 10.0.0.9:5673 vhost prod as emm"),
+        ("amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ 127.0.0.1:5672 vhost / as guest"),
+        ("amqps://u:p@mq.example", "RabbitMQ mq.example:5671 vhost / as u"),
+        ("amqp://127.0.0.1", "RabbitMQ 127.0.0.1:5672 vhost / as guest"),
+    ],
+)
+def test_where_a_service_connects_to_rabbitmq_without_the_password(url: str, shown: str) -> None:
+    assert amqp_where(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        (
+            "postgresql://emm:s3cret@db:5433/energy",
+            "PostgreSQL db:5433 database energy as emm",
+        ),
+        (
+            "postgresql://postgres@127.0.0.1/postgres",
+            "PostgreSQL 127.0.0.1:5432 database postgres as postgres",
+        ),
+        (
+            "host=db port=6432 dbname=emm user=sched password='a b'",
+            "PostgreSQL db:6432 database emm as sched",
+        ),
+    ],
+)
+def test_where_a_service_connects_to_postgresql_without_the_password(dsn: str, shown: str) -> None:
+    assert postgres_where(dsn) == shown
+    assert "s3cret" not in postgres_where(dsn) and "a b" not in postgres_where(dsn)
+
+
+def test_where_the_writer_writes_without_credentials() -> None:
+    assert influx_where("http://u:pw@influx:8086", "v1", "energy") == (
+        "InfluxDB http://influx:8086 (API v1, database energy)"
+    )
+    assert influx_where("https://cloud.example/", "v2", "energy", "acme") == (
+        "InfluxDB https://cloud.example/ (API v2, org acme, bucket energy)"
+    )
+
+
+def test_a_summary_says_what_happened_since_the_last_line_and_in_all() -> None:
+    now = [100.0]
+    counts = {"jobs": 0.0, "late": 0.0}
+    summary = Summary(logging.getLogger("t"), lambda: counts, 300, clock=lambda: now[0])
+    now[0], counts["jobs"] = 400.0, 120.0
+    assert summary.line() == "last 300 s: jobs 120, late 0"
+    now[0], counts["jobs"], counts["late"] = 700.0, 230.0, 2.0
+    assert summary.line() == "last 300 s: jobs 110, late 2"
+    now[0] = 712.4
+    assert summary.final() == "after 612 s: jobs 230, late 2"

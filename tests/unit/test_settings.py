@@ -71,6 +71,8 @@ def test_worker_defaults() -> None:
         "event_loop": "uvloop",
         "health_file": "",
         "health_stall_s": 60.0,
+        "metrics_port": 9100,
+        "log_summary_s": 300.0,
         "amqp_url": AMQP,
         "concurrency": 512,
         "read_timeout_s": 1.0,
@@ -116,6 +118,7 @@ def test_defaults(cls: type[Settings], defaults: dict[str, object]) -> None:
     common: dict[str, object] = {"log_level": "INFO", "log_format": "text"}
     if cls is not MigrateSettings:
         common |= {"event_loop": "uvloop", "health_file": "", "health_stall_s": 60.0}
+        common |= {"metrics_port": 9100, "log_summary_s": 300.0}
     assert cls.from_env({}).model_dump() == common | defaults
 
 

@@ -1,0 +1,35 @@
+"""The writer's lines while InfluxDB fails: each batch in flight retries on its own, but the same
+failure is one line, not one per batch."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from emm.errors import SinkUnavailable
+from emm.settings import WriterSettings
+from writer.app import Writer
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class _NoSink:
+    def write(self, chunks: list[bytes]) -> None:
+        raise AssertionError("not written in this test")
+
+    def close(self) -> None:
+        pass
+
+
+def test_two_batches_failing_alike_make_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    writer = Writer(WriterSettings(retry_max_s=30), sink=_NoSink())
+    down = SinkUnavailable("InfluxDB v1 at http://127.0.0.1:8086 unreachable: refused")
+    other = SinkUnavailable("InfluxDB v1 at http://127.0.0.1:8086 answered HTTP 503: busy")
+    with caplog.at_level(logging.INFO, logger="writer.app"):
+        for exc in (down, down, down, down, other, other):  # two batches, each retrying
+            writer._failing(100, exc, 0.5)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"{down}; keeping 100 readings unacked and retrying"),
+        ("WARNING", f"still failing after 0 s: {other}"),
+    ]
