@@ -14,11 +14,11 @@ import aio_pika
 import aio_pika.abc
 from tenacity import stop_after_attempt, stop_never
 
-from broker.exceptions import LIBRARY_ERRORS, map_exceptions
+from broker.exceptions import LIBRARY_ERRORS, Endpoint, connect_error, map_exceptions
 from broker.topology import dead_letter_queue, declare_topology
 from broker.transport import make_connection
 from emm import retry
-from emm.errors import BrokerError
+from emm.errors import BrokerError, Misconfigured
 from emm.fate import Outcome, decide, is_bug, reason
 from emm.log import error_code
 
@@ -36,12 +36,19 @@ class Broker:
     the queues declared again, every resumed consumer restarted and the connect callbacks run,
     waiting as `retry.BROKER_RECONNECT` says in between. While disconnected `publish` fails at
     once with BrokerError, so callers decide to retry.
+
+    An outage is logged when it starts and when it ends (`retry.Outage`). A refused login or a
+    vhost the user cannot open is Misconfigured: at start `connect` raises it (the service
+    stops); after a lost connection it is waited out like an outage, since a restarted broker
+    may not have loaded its users yet.
     """
 
     def __init__(self, url: str, *, prefetch: int = 0, name: str = "emm") -> None:
         self.url = url
         self.prefetch = prefetch
         self.name = name
+        self.endpoint = Endpoint.from_url(url)
+        self.outage = retry.Outage(str(self.endpoint), log)
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
@@ -59,12 +66,17 @@ class Broker:
 
     async def _open(self) -> None:
         connection = make_connection(self.url, self.name)
-        with map_exceptions("cannot connect to RabbitMQ"):
-            await connection.connect(timeout=10)
         try:
-            with map_exceptions("cannot set up the RabbitMQ channel"):
+            await connection.connect(timeout=10)
+        except LIBRARY_ERRORS as exc:
+            raise connect_error(exc, self.endpoint) from exc
+        try:
+            try:
                 await declare_topology(connection)
                 channel = await connection.channel(publisher_confirms=True)
+            except LIBRARY_ERRORS as exc:
+                raise connect_error(exc, self.endpoint) from exc
+            with map_exceptions("cannot set up the RabbitMQ channel"):
                 if self.prefetch:
                     # per consumer: a worker's limit is per shard queue it owns (RabbitMQ's
                     # global, per-channel limit is much slower to enforce)
@@ -87,7 +99,7 @@ class Broker:
         if self._closing or not self._connected.is_set():
             return
         self._connected.clear()
-        log.warning("lost the connection to RabbitMQ (%r); reconnecting", exc)
+        self.outage.failed(connect_error(exc, self.endpoint) if exc else "connection closed")
         for callback in self.disconnect_callbacks:
             callback()
         if self._reconnecting is None or self._reconnecting.done():
@@ -104,28 +116,29 @@ class Broker:
             await retry.BROKER_RECONNECT.call(
                 self._open,
                 stop=lambda _state: self._closing,
-                on_retry=lambda exc, _wait_s: log.debug("RabbitMQ still unreachable (%s)", exc),
+                on_retry=lambda exc, _wait_s: log.debug("%s still unreachable (%s)", self, exc),
             )
-        except BrokerError:
+        except (BrokerError, Misconfigured):
             return  # closed while waiting
         self.reconnects += 1
-        log.info("reconnected to RabbitMQ as %s", self.name)
+        self.outage.over()
+
+    def __str__(self) -> str:
+        return str(self.endpoint)
 
     async def connect(self, *, retry_forever: bool = True) -> None:
         """Connect and declare the queues, waiting for the broker to come up if it is not yet.
 
-        Raises BrokerError if it cannot connect and `retry_forever` is false, and ConfigError if
-        a queue cannot be declared as this version needs (see `broker.topology`).
+        Raises BrokerError if it cannot connect and `retry_forever` is false; Misconfigured
+        at once when RabbitMQ refuses the login or the vhost; and ConfigError if a queue cannot
+        be declared as this version needs (see `broker.topology`).
         """
-
-        def waiting(exc: BaseException, wait_s: float) -> None:
-            log.warning("RabbitMQ not reachable (%s); retrying in %.1f s", exc, wait_s)
-
         await retry.BROKER_CONNECT.call(
             self._open,
             stop=stop_never if retry_forever else stop_after_attempt(1),
-            on_retry=waiting,
+            on_retry=self.outage.failed,
         )
+        self.outage.over()
         log.info("connected to RabbitMQ as %s", self.name)
 
     @property

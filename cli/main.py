@@ -1,5 +1,5 @@
-"""The `emm` command line: the services, `migrate`, `secrets`, `read`, `profiles`, `report`,
-`status` and `health`."""
+"""The `emm` command line: the services, `migrate`, `secrets`, `check`, `read`, `profiles`,
+`report`, `status` and `health`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from cli.args import DEFAULT_PORT, bounded, host_port, seconds
 from emm.errors import EmmError
+from emm.service import exit_code
 
 SERVICES = ("scheduler", "worker", "writer", "simulator")
 
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--grant-read",
         metavar="ROLE",
         help="let ROLE (the scheduler's) read the tables and change none",
+    )
+
+    sub.add_parser(
+        "check",
+        help="judge the whole configuration in PostgreSQL; every problem one line",
+        description="Judge every enabled meter and every type, register and gateway row in "
+        "PostgreSQL (EMM_POSTGRES_DSN) at once: print each problem on one line naming its row "
+        "(rows the scheduler would skip, types without registers, shipped profiles not loaded, "
+        "gateways over budget). Exit status 0: no problem; 78: problems.",
     )
 
     for name, text in (
@@ -161,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import secrets
 
             code = secrets.run(args)
+        elif args.command == "check":
+            from cli import check
+
+            code = check.run(args)
         elif args.command == "profiles":
             from cli import profiles
 
@@ -185,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _service(args.command, extra)
     except EmmError as exc:
         print(f"emm {args.command}: {exc}", file=sys.stderr)
-        code = 2
+        code = exit_code(exc)
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:

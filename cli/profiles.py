@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from emm.errors import ConfigError, DatabaseError
+from emm.errors import ConfigError, DatabaseError, Misconfigured
 from emm.planner import ReadLimits
 from emm.profiles import Profile, ProfileRegister, load_profile, shipped_profile, shipped_profiles
 from emm.registers import DataType, Order
@@ -48,10 +48,11 @@ def _print_table(header: list[str], rows: list[list[str]], right: set[int]) -> N
 def _list() -> int:
     """The shipped profiles and the types with rows in PostgreSQL, saying where each is."""
     shipped = {p.type: p for p in shipped_profiles()}
+    dsn = _dsn()
     try:
-        with connect(_dsn(), timeout_s=2) as conn:
+        with connect(dsn, timeout_s=2) as conn:
             stored = stored_types(conn)
-    except DatabaseError as exc:
+    except (DatabaseError, Misconfigured) as exc:  # no schema: the shipped ones still are
         print(f"warning: {exc}; listing the shipped profiles only", file=sys.stderr)
         stored = {}
     rows = []
@@ -110,10 +111,11 @@ def _show(type_: str) -> int:
 def _stored(type_: str) -> tuple[StoredType | None, str]:
     """The type as PostgreSQL holds it (None when it has no rows or PostgreSQL cannot be
     reached), and a note saying why PostgreSQL was not asked."""
+    dsn = _dsn()
     try:
-        with connect(_dsn(), timeout_s=2) as conn:
+        with connect(dsn, timeout_s=2) as conn:
             return stored_type(conn, type_), ""
-    except DatabaseError as exc:
+    except (DatabaseError, Misconfigured) as exc:
         return None, f" (PostgreSQL not used: {exc})"
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cli.args import DEFAULT_PORT
-from emm.errors import ConfigError, DatabaseError, TransientDeviceError
+from emm.errors import ConfigError, DatabaseError, Misconfigured, TransientDeviceError
 from emm.log import setup_logging
 from emm.messages import Job, Meter, Reading
 from emm.plan import Plan
@@ -61,7 +61,7 @@ def register_map(type_: str) -> RegisterMap:
 
         with connect(dsn, timeout_s=2) as conn:
             registers, limits, errors = load_type(conn, type_)
-    except DatabaseError as exc:
+    except (DatabaseError, Misconfigured) as exc:  # no schema: the shipped profile still is
         registers, limits, errors = (), ReadLimits(), []
         not_used = f"PostgreSQL not used: {exc}"
     for error in errors:

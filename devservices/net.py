@@ -1,10 +1,12 @@
-"""Ports and waiting: a free port (or a run of them), whether a port answers, polling."""
+"""Ports and waiting: a free port (or a run of them), whether a port answers, polling, and a
+port that is closed until it forwards to a server (an outage a test ends when it wants)."""
 
 from __future__ import annotations
 
 import random
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -83,3 +85,49 @@ def wait_http(
             last = exc
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s: {last}")
+
+
+class Forwarder:
+    """A TCP port on 127.0.0.1 that is closed until `open` forwards it to `target`; `close`
+    closes it and every connection through it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        try:
+            sink.shutdown(socket.SHUT_WR)  # the other way may still be talking
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for s in [*self._sockets, *([self._server] if self._server else [])]:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -5,6 +5,9 @@ these where they enter, so nothing above that layer needs to know the libraries'
 
     EmmError
     ├── ConfigError              a bad setting, register row, profile or meter; skip it and go on
+    │   └── Misconfigured            what cannot fix itself: a bad setting, or a service refusing
+    │                                us as configured (login, vhost, database, bucket, schema,
+    │                                API version); the command stops with exit status 78
     ├── MessageError             a message body that cannot be decoded (carries the raw bytes)
     ├── DecodeError              registers that cannot be turned into a value (wrong length, ...)
     ├── DeviceError              a Modbus device did not give us the data
@@ -30,6 +33,12 @@ class EmmError(Exception):
 
 class ConfigError(EmmError):
     """A setting, register row, profile or meter that cannot be used as given."""
+
+
+class Misconfigured(ConfigError):
+    """A setting that cannot work, or a service that answered but refuses us as configured
+    (a refused login, a missing vhost, database, bucket or schema, the other InfluxDB API).
+    Unlike an outage, waiting will not mend it: it is reported once and the command stops."""
 
 
 class MessageError(EmmError):

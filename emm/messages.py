@@ -34,6 +34,7 @@ from typing import Any, Literal, NoReturn
 import msgspec
 from msgspec.structs import force_setattr
 
+from emm.budget import utilisation
 from emm.errors import ConfigError, MessageError
 from emm.plan import Plan, PlanCache
 from emm.planner import ReadRequest
@@ -381,8 +382,7 @@ class GatewayStatus(msgspec.Struct, frozen=True):
     def utilisation(self) -> float:
         """The share of the tick's period the gateway was busy (of `connections` periods, for
         a gateway that allows several; above 1: it overran)."""
-        capacity_ms = self.period_ms * self.connections
-        return self.busy_ms / capacity_ms if capacity_ms > 0 else 0.0
+        return utilisation(self.busy_ms, self.period_ms, self.connections)
 
     def encode(self) -> bytes:
         """The status as JSON, its version and kind first."""

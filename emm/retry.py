@@ -5,7 +5,8 @@ then twice as long after every failure, up to `max_s`:
 
     policy              first   up to                    retries            until
     BROKER_CONNECT      0.5 s   10 s                     BrokerError        connected
-    BROKER_RECONNECT    1 s     5 s                      BrokerError        reconnected, or closed
+    BROKER_RECONNECT    1 s     5 s                      BrokerError,       reconnected, or closed
+                                                         Misconfigured
     JOB_PUBLISH         0.2 s   5 s                      BrokerError        confirmed, or the tick's
                                                                             give-up time (no wait
                                                                             goes past it)
@@ -14,13 +15,20 @@ then twice as long after every failure, up to `max_s`:
                                                                             stops
     DEVICE_READ         0.05 s  1 s                      TransientDevice-   the read attempts, or
                                                          Error              the tick's budget
+    SINK_CHECK          0.5 s   10 s                     SinkUnavailable    InfluxDB answered the
+                                                                            start-up checks, or the
+                                                                            writer stops
 
 What stops a loop is the caller's (a deadline, an event, a flag), given to `retrying` or `call`.
+
+A wait for a service that is down is logged by an `Outage`: one line when it starts, one when
+it ends, never one per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +43,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from emm.errors import BrokerError, SinkUnavailable, TransientDeviceError
+from emm.errors import BrokerError, Misconfigured, SinkUnavailable, TransientDeviceError
 
 T = TypeVar("T")
 
@@ -139,12 +147,73 @@ class Policy:
 
 
 BROKER_CONNECT = Policy("broker connect", 0.5, 10.0, BrokerError)
-BROKER_RECONNECT = Policy("broker reconnect", 1.0, 5.0, BrokerError)
+# A broker that comes back may not have loaded its users and vhosts yet: a refusal after a
+# connection was lost is waited out like an outage (at start-up it stops the service).
+BROKER_RECONNECT = Policy("broker reconnect", 1.0, 5.0, (BrokerError, Misconfigured))
 JOB_PUBLISH = Policy("job publish", 0.2, 5.0, BrokerError)
 OUTBOX_PUBLISH = Policy("outbox publish", 0.2, 2.0, BrokerError)
 DEVICE_READ = Policy("device read", 0.05, 1.0, TransientDeviceError)
+SINK_CHECK = Policy("sink check", 0.5, 10.0, SinkUnavailable)
 
 
 def sink_write(max_s: float) -> Policy:
     """Writing a batch to the sink; `max_s` is EMM_WRITER_RETRY_MAX_S."""
     return Policy("sink write", 0.5, max_s, SinkUnavailable)
+
+
+def utc(epoch_s: float) -> str:
+    """`2026-12-02T06:50:01Z`: when an outage began, as the log lines say it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
+class Outage:
+    """A service that is down, logged as one line when it goes down and one when it is back.
+
+    `failed` (usable as a policy's `on_retry`) logs `<what> not reachable since <UTC>: <error>;
+    retrying` the first time only; `over` logs `<what> back after N s` once it had failed.
+    `started` and `ended` change the wording (fields `what`, `since`, `error`; `what`,
+    `after_s`).
+    """
+
+    STARTED = "{what} not reachable since {since}: {error}; retrying"
+    ENDED = "{what} back after {after_s:.0f} s"
+
+    def __init__(
+        self,
+        what: str,
+        log: logging.Logger,
+        *,
+        started: str = STARTED,
+        ended: str = ENDED,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.what = what
+        self.log = log
+        self.started = started
+        self.ended = ended
+        self.clock = clock
+        self.wall = wall
+        self.since: float | None = None  # clock() when it went down
+
+    @property
+    def active(self) -> bool:
+        """Whether the service is down (failed, and not back since)."""
+        return self.since is not None
+
+    def failed(self, error: BaseException | str, _wait_s: float = 0.0) -> None:
+        """An attempt failed: the start line, unless the outage already began."""
+        if self.since is None:
+            self.since = self.clock()
+            since = utc(self.wall())
+            self.log.warning(self.started.format(what=self.what, since=since, error=error))
+
+    def over(self, extra: str = "") -> float | None:
+        """It answered again: the end line (with `extra` appended) and how long it was down,
+        or None when it was not."""
+        if self.since is None:
+            return None
+        after_s = self.clock() - self.since
+        self.since = None
+        self.log.info(self.ended.format(what=self.what, after_s=after_s) + extra)
+        return after_s

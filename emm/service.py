@@ -3,6 +3,18 @@
 A stop is prompt in every state: the first signal sets the service's `stop` event, which its
 loops and its waits (`unless_stopped`) watch, so it settles its in-flight work and returns; if
 it has not within `grace_s`, or a second signal comes, its main task is cancelled.
+
+The exit statuses of every `emm` command:
+
+    status  meaning
+    0       done (a service: stopped when asked)
+    1       a runtime failure: a service needed was unreachable for a one-shot command, or a
+            fault of ours
+    2       a usage error: a bad option or argument (a type, a file) given on the command line
+    78      a configuration that cannot work (EX_CONFIG): a bad or empty EMM_* variable, a refused
+            login, a missing vhost, database, bucket or schema, the other InfluxDB API; and
+            `emm check` finding problems
+    130     interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -17,12 +29,34 @@ from typing import Any, NoReturn
 
 import uvloop
 
-from emm.errors import EmmError
+from emm.errors import (
+    BrokerError,
+    ConfigError,
+    DatabaseError,
+    DeviceError,
+    EmmError,
+    Misconfigured,
+    SinkError,
+)
 from emm.settings import EventLoop
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 30.0  # after the first signal, how long a service may take to stop on its own
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
+
+
+def exit_code(error: EmmError, *, service: bool = False) -> int:
+    """The status a command ends with for `error`; in a service every ConfigError is the
+    configuration's (a service takes no argument that names a type or a file)."""
+    if isinstance(error, Misconfigured) or (service and isinstance(error, ConfigError)):
+        return EXIT_CONFIG
+    if isinstance(error, BrokerError | DatabaseError | SinkError | DeviceError):
+        return EXIT_FAILURE
+    return EXIT_USAGE
 
 
 def loop_factory(event_loop: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -93,7 +127,23 @@ async def unless_stopped(stop: asyncio.Event, awaitable: Awaitable[object]) -> b
     return True
 
 
+def serve(
+    service: str,
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    *,
+    event_loop: EventLoop,
+    grace_s: float = STOP_GRACE_S,
+) -> None:
+    """`run_until_signalled`, ending the process as `exit_with` does when `main` raises a
+    configuration error (a refused login, a missing vhost, bucket or schema, ...)."""
+    try:
+        run_until_signalled(main, event_loop=event_loop, grace_s=grace_s)
+    except ConfigError as exc:
+        exit_with(service, exc)
+
+
 def exit_with(service: str, error: EmmError) -> NoReturn:
-    """End the process as `emm <service>` does for a bad setting: one line on stderr, status 2."""
+    """End the process as `emm <service>` does for a configuration that cannot work: one line on
+    stderr, status 78 (EX_CONFIG)."""
     print(f"emm {service}: {error}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(exit_code(error, service=True))

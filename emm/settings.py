@@ -2,10 +2,11 @@
 
 Each field states its default and what it allows once; pydantic-settings reads the variable that
 bears its name (`log_level` is `EMM_LOG_LEVEL`), or the one its `validation_alias` names. Blanks
-around a value are ignored and an empty value means the default. `from_env` is the one place that
-reads the environment, and it turns every bad value into one `ConfigError` line naming the
-variable and what it allows. Building a class directly (as tests do) validates the same way and
-reads no environment at all.
+around a value are ignored. A variable set but empty is refused unless its default is empty too
+(`EMM_INFLUX_TOKEN=`): `EMM_POSTGRES_DSN=` is a slip, and silently using the default database
+would hide it. `from_env` is the one place that reads the environment, and it turns every bad
+value into one `Misconfigured` line naming the variable and what it allows. Building a class
+directly (as tests do) validates the same way and reads no environment at all.
 
 A secret can come from a file instead: `EMM_AMQP_URL_FILE`, `EMM_POSTGRES_DSN_FILE` and
 `EMM_INFLUX_TOKEN_FILE` name a file whose contents (blanks around them ignored) are the value, as
@@ -35,7 +36,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from emm.errors import ConfigError
+from emm.errors import ConfigError, Misconfigured
 from emm.log import LogFormat
 from emm.schedule import CronSchedule
 
@@ -160,14 +161,29 @@ class _Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        """The settings from `env` (default: the process environment); raises ConfigError."""
+        """The settings from `env` (default: the process environment); raises Misconfigured."""
         env = os.environ if env is None else env
         secrets = tuple(cls.variable(field) for field in cls.model_fields if field in SECRET_FIELDS)
         env = {**env, **read_secret_files(env, secrets)}
+        problems = cls._empty(env)
         try:
-            return cls(**_EnvMapping(cls, env)())
+            settings = cls(**_EnvMapping(cls, env)())
         except ValidationError as exc:
-            raise ConfigError("; ".join(_explain(cls, e, env) for e in exc.errors())) from None
+            problems += [_explain(cls, e, env) for e in exc.errors()]
+        if problems:
+            raise Misconfigured("; ".join(problems))
+        return settings
+
+    @classmethod
+    def _empty(cls, env: Mapping[str, str]) -> list[str]:
+        """A line for each variable set but empty whose default is not empty."""
+        return [
+            f"{variable} is set but empty: give it a value, or unset it to use the default"
+            for name, field in cls.model_fields.items()
+            if field.default != ""
+            and (variable := cls.variable(name)) in env
+            and not env[variable].strip()
+        ]
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -259,16 +275,22 @@ class StatusSettings(_Amqp, _ReadCron):
 class SimulatorSettings(_Service):
     """`emm simulator`: where to listen."""
 
-    host: str = Field("0.0.0.0", validation_alias="EMM_SIMULATOR_HOST")
+    # loopback unless asked: virtual meters are for this machine (compose binds 0.0.0.0)
+    host: str = Field("127.0.0.1", validation_alias="EMM_SIMULATOR_HOST")
     port: int = Field(5020, ge=0, le=65535, validation_alias="EMM_SIMULATOR_PORT")
     step_s: Seconds = Field(1.0, ge=0.001, validation_alias="EMM_SIMULATOR_STEP_S")
+
+
+class CheckSettings(_Postgres, _ReadCron):
+    """`emm check`: the database to judge, and the period meters without a cron are read at."""
 
 
 class MigrateSettings(_Postgres):
     """`emm migrate`, and the commands that load configuration: the database, the seeded meter."""
 
-    seed_host: str = "simulator"
-    seed_port: int = Field(502, ge=1, le=65535)
+    # where `emm simulator` listens by default; compose points these at its simulator container
+    seed_host: str = "127.0.0.1"
+    seed_port: int = Field(5020, ge=1, le=65535)
 
 
 def _explain(cls: type[_Settings], error: ErrorDetails, env: Mapping[str, str]) -> str:

@@ -1,11 +1,11 @@
 """The queries that load the configuration: every enabled meter with its type's registers and
-limits and its gateway's settings for the scheduler's tick, and one type's registers for
-`emm read`. The rows are validated by `emm.config`.
+limits and its gateway's settings for the scheduler's tick, one type's registers for
+`emm read`, and every row for `emm check`. The rows are validated by `emm.config`.
 """
 
 from __future__ import annotations
 
-from emm.config import LoadedConfig, build_config, build_type
+from emm.config import LoadedConfig, Row, build_config, build_type
 from emm.planner import ReadLimits
 from emm.plausibility import PLAUSIBILITY_KEYS
 from emm.registers import Register
@@ -53,6 +53,28 @@ FROM gateways g
 WHERE (g.host, g.port) IN (SELECT host, port FROM energy_meters WHERE enabled)
 """
 
+# Every row `emm check` judges: the enabled meters, and every type, register and gateway,
+# used or not.
+_ALL_SQL = f"""
+SELECT 'meter', json_build_object(
+    'id', m.id, 'host', m.host, 'port', m.port, 'unit_id', m.slave_address,
+    'type', m.type, 'description', m.description, 'read_cron', m.read_cron)
+FROM energy_meters m
+WHERE m.enabled
+UNION ALL
+SELECT 'register', {_REGISTER_JSON} FROM registers r
+UNION ALL
+SELECT 'type', {_TYPE_JSON} FROM meter_types t
+UNION ALL
+SELECT 'gateway', json_build_object(
+    'host', g.host, 'port', g.port, 'max_connections', g.max_connections,
+    'pause_between_requests_ms', g.pause_between_requests_ms,
+    'pause_after_connect_ms', g.pause_after_connect_ms,
+    'request_timeout_ms', g.request_timeout_ms, 'max_read_registers', g.max_read_registers,
+    'framing', g.framing)
+FROM gateways g
+"""
+
 _TYPE_SQL = f"""
 SELECT 'register', {_REGISTER_JSON} FROM registers r WHERE r.type = %(type)s
 UNION ALL
@@ -66,10 +88,18 @@ def load_config(conn: Connection) -> LoadedConfig:
     A bad register row or meter is reported in `errors` (naming its table and id) and skipped;
     the rest is returned.
     """
-    with map_errors(), conn, conn.cursor() as cur:
+    with map_errors(conn=conn), conn, conn.cursor() as cur:
         cur.execute(_LOAD_SQL)
         rows = cur.fetchall()
     return build_config(rows)
+
+
+def load_rows(conn: Connection) -> list[Row]:
+    """Every row of the configuration, unvalidated: the enabled meters and every type,
+    register and gateway (`emm check` judges them with `emm.config`)."""
+    with map_errors(conn=conn), conn, conn.cursor() as cur:
+        cur.execute(_ALL_SQL)
+        return list(cur.fetchall())
 
 
 def load_type(conn: Connection, type_: str) -> tuple[tuple[Register, ...], ReadLimits, list[str]]:

@@ -1,8 +1,10 @@
 """`energy_meters` rows written by a program rather than by hand (the simulator's
 `--write-config`).
 
-Each row is known by its description; a later write updates that row's host, port, unit id and
-type instead of adding another, so writing twice never duplicates.
+Each row is known by its address, host:port and unit id: a later write at the same address
+updates that row's type and description instead of adding another, so writing twice never
+duplicates, and a second simulator (another port or host) adds its own rows instead of taking
+over the first one's.
 """
 
 from __future__ import annotations
@@ -35,24 +37,25 @@ class WriteResult:
 
 
 def upsert_meters(conn: Connection, type_: str, rows: Sequence[MeterRow]) -> WriteResult:
-    """Add or update one meter row of type `type_` per entry of `rows`, by description."""
+    """Add or update one meter row of type `type_` per entry of `rows`, by address."""
     with conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         cur.execute(
-            """SELECT description, host, port, slave_address, type FROM energy_meters
-               WHERE description = ANY(%s)""",
-            ([r.description for r in rows],),
+            """SELECT host, port, slave_address, type, description FROM energy_meters
+               WHERE (host, port) IN (SELECT * FROM unnest(%s::text[], %s::int[]))""",
+            ([r.host for r in rows], [r.port for r in rows]),
         )
-        existing = {row[0]: tuple(row[1:]) for row in cur.fetchall()}
+        existing = {tuple(row[:3]): tuple(row[3:]) for row in cur.fetchall()}
         inserts, updates = [], []
         unchanged = 0
         for r in rows:
-            wanted = (r.host, r.port, r.slave_address, type_)
-            current = existing.get(r.description)
+            address = (r.host, r.port, r.slave_address)
+            wanted = (type_, r.description)
+            current = existing.get(address)
             if current is None:
-                inserts.append((*wanted, r.description))
+                inserts.append((*address, *wanted))
             elif current != wanted:
-                updates.append((*wanted, r.description))
+                updates.append((*address, *wanted))
             else:
                 unchanged += 1
         if inserts:
@@ -65,10 +68,9 @@ def upsert_meters(conn: Connection, type_: str, rows: Sequence[MeterRow]) -> Wri
         if updates:
             execute_values(
                 cur,
-                """UPDATE energy_meters AS m SET host = v.host, port = v.port,
-                       slave_address = v.slave_address, type = v.type
+                """UPDATE energy_meters AS m SET type = v.type, description = v.description
                    FROM (VALUES %s) AS v (host, port, slave_address, type, description)
-                   WHERE m.description = v.description""",
+                   WHERE (m.host, m.port, m.slave_address) = (v.host, v.port, v.slave_address)""",
                 updates,
             )
     return WriteResult(len(inserts), len(updates), unchanged)

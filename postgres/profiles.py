@@ -114,7 +114,7 @@ SELECT name, max_read_registers, max_read_bits, max_gap_registers FROM meter_typ
 
 def stored_type(conn: Connection, type_: str) -> StoredType | None:
     """The rows and limits of `type_` in the database; None when it has no register rows."""
-    with map_errors(), conn, conn.cursor() as cur:
+    with map_errors(conn=conn), conn, conn.cursor() as cur:
         cur.execute(_ROWS_SQL, (type_,))
         rows = cur.fetchall()
         cur.execute(_LIMITS_SQL, (type_,))
@@ -161,7 +161,7 @@ _ROW_KEYS = (
 
 def stored_types(conn: Connection) -> dict[str, tuple[int, str]]:
     """Every type with register rows in the database: its row count and its name."""
-    with map_errors(), conn, conn.cursor() as cur:
+    with map_errors(conn=conn), conn, conn.cursor() as cur:
         cur.execute(
             """SELECT r.type, count(*), max(t.name) FROM registers r
                LEFT JOIN meter_types t ON t.type = r.type GROUP BY r.type ORDER BY r.type"""
@@ -171,7 +171,7 @@ def stored_types(conn: Connection) -> dict[str, tuple[int, str]]:
 
 def meters_using(conn: Connection, type_: str) -> int:
     """How many `energy_meters` rows (enabled or not) are of type `type_`."""
-    with map_errors(), conn, conn.cursor() as cur:
+    with map_errors(conn=conn), conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM energy_meters WHERE type = %s", (type_,))
         (count,) = cur.fetchone()
     return int(count)

@@ -3,18 +3,88 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from emm import metrics
 from emm.errors import ConfigError, EmmError
 from emm.log import setup_logging
-from emm.metrics import serve
-from emm.service import run_until_signalled
+from emm.service import exit_code, run_until_signalled
 from emm.settings import SimulatorSettings
 from simulator.app import STATS_EVERY_S, SimulatorOptions, run
 from simulator.faults import Fault, Scenario, load_scenario, parse_fault, parse_meters
 from simulator.fleet import MAX_UNITS_PER_PORT
 from simulator.model import VIRTUAL_TYPE, resolve_profile
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argument type: a whole number from `low` (to `high`)."""
+    allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argument type: a finite number from `low` (to `high`)."""
+    allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"must be a number {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _part(name: str, parse: Callable[[str], float], text: str) -> None:
+    """Check one part of a compound flag value, naming the part."""
+    try:
+        parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{name} {exc}") from None
+
+
+def _meter_spec(text: str) -> str:
+    """An argument type: meter indexes such as "0-9,12" (kept as text)."""
+    try:
+        parse_meters(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _exception_spec(text: str) -> str:
+    """An argument type: CODE[@RATE] (kept as text)."""
+    code, at, rate = text.partition("@")
+    _part("CODE", _whole(1, 255), code)
+    if at:
+        _part("RATE", _number(0, 1), rate)
+    return text
+
+
+def _reboot_spec(text: str) -> str:
+    """An argument type: AFTER:FOR[:EVERY] seconds (kept as text)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected AFTER:FOR or AFTER:FOR:EVERY, got {text!r}")
+    for name, part in zip(("AFTER", "FOR", "EVERY"), parts, strict=False):
+        _part(name, _number(0), part)
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +118,7 @@ def _meter_arguments(meters: argparse._ArgumentGroup) -> None:
     )
     meters.add_argument(
         "--meters",
-        type=int,
+        type=_whole(1),
         metavar="N",
         help="serve N meters with seeds 0..N-1: unit ids 1..247 per port "
         "(gateway mode), then the next port",
@@ -60,14 +130,14 @@ def _meter_arguments(meters: argparse._ArgumentGroup) -> None:
     )
     meters.add_argument(
         "--units-per-port",
-        type=int,
+        type=_whole(1, MAX_UNITS_PER_PORT),
         default=MAX_UNITS_PER_PORT,
         metavar="N",
         help=f"meters per port in gateway mode (default {MAX_UNITS_PER_PORT})",
     )
     meters.add_argument(
         "--max-connections",
-        type=int,
+        type=_whole(0),
         default=0,
         metavar="N",
         help="accept at most N connections per port at once, as a gateway does: one more is "
@@ -86,22 +156,33 @@ def _meter_arguments(meters: argparse._ArgumentGroup) -> None:
         help="write the counters (reads, connections refused, most connections open at once "
         f"per port) to FILE as JSON every {STATS_EVERY_S:g} s and at shutdown",
     )
-    meters.add_argument("--host", help="address to listen on (EMM_SIMULATOR_HOST)")
-    meters.add_argument("--port", type=int, help="(first) port (EMM_SIMULATOR_PORT); 0: any free")
+    meters.add_argument(
+        "--host", help="address to listen on (EMM_SIMULATOR_HOST; default 127.0.0.1)"
+    )
+    meters.add_argument(
+        "--port", type=_whole(0, 65535), help="(first) port (EMM_SIMULATOR_PORT); 0: any free"
+    )
 
 
 def _fault_arguments(faults: argparse._ArgumentGroup) -> None:
     """Faults given as flags (a scenario file gives them per meter)."""
     faults.add_argument("--scenario", metavar="FILE", help="faults from a TOML or JSON file")
-    faults.add_argument("--fault-meters", metavar="SPEC", help='meter indexes, e.g. "0-9,12"')
     faults.add_argument(
-        "--latency-ms", type=float, default=0.0, metavar="MS", help="answer this much later"
+        "--fault-meters", type=_meter_spec, metavar="SPEC", help='meter indexes, e.g. "0-9,12"'
     )
     faults.add_argument(
-        "--jitter-ms", type=float, default=0.0, metavar="MS", help="plus up to this much, at random"
+        "--latency-ms", type=_number(0), default=0.0, metavar="MS", help="answer this much later"
+    )
+    faults.add_argument(
+        "--jitter-ms",
+        type=_number(0),
+        default=0.0,
+        metavar="MS",
+        help="plus up to this much, at random",
     )
     faults.add_argument(
         "--exception",
+        type=_exception_spec,
         action="append",
         default=[],
         metavar="CODE[@RATE]",
@@ -109,20 +190,21 @@ def _fault_arguments(faults: argparse._ArgumentGroup) -> None:
     )
     faults.add_argument(
         "--timeout-rate",
-        type=float,
+        type=_number(0, 1),
         default=0.0,
         metavar="RATE",
         help="fraction of requests never answered",
     )
     faults.add_argument(
         "--reset-rate",
-        type=float,
+        type=_number(0, 1),
         default=0.0,
         metavar="RATE",
         help="fraction of requests answered by resetting the connection",
     )
     faults.add_argument(
         "--reboot",
+        type=_reboot_spec,
         metavar="AFTER:FOR[:EVERY]",
         help="refuse connections for FOR s starting AFTER s after start (repeating every EVERY s)",
     )
@@ -145,8 +227,8 @@ def _config_arguments(config: argparse._ArgumentGroup) -> None:
     config.add_argument(
         "--write-config",
         action="store_true",
-        help="register the meters in PostgreSQL (EMM_POSTGRES_DSN) as rows "
-        "described sim-<index>, then serve",
+        help="register the meters in PostgreSQL (EMM_POSTGRES_DSN), one row per address "
+        "(host:port, unit id) described sim-<index>, then serve",
     )
     config.add_argument(
         "--advertise-host",
@@ -180,9 +262,7 @@ def _flag_faults(args: argparse.Namespace) -> Scenario:
             )
         )
     if args.reboot:
-        parts = args.reboot.split(":")
-        if len(parts) not in (2, 3):
-            raise ConfigError(f"--reboot {args.reboot!r}: expected AFTER:FOR or AFTER:FOR:EVERY")
+        parts = args.reboot.split(":")  # checked by _reboot_spec
         data = {
             "kind": "reboot",
             "meters": args.fault_meters,
@@ -221,8 +301,6 @@ def build(argv: list[str] | None) -> tuple[SimulatorSettings, SimulatorOptions]:
         framing=args.framing,
         stats_file=Path(args.stats_file) if args.stats_file else None,
     )
-    if args.max_connections < 0:
-        raise ConfigError(f"--max-connections {args.max_connections}: must be 0 or more")
     return settings, options
 
 
@@ -232,16 +310,16 @@ def main(argv: list[str] | None = None) -> None:
         settings, options = build(argv)
     except EmmError as exc:
         print(f"emm simulator: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exit_code(exc)) from None
     setup_logging(settings.log_level, "simulator", settings.log_format)
-    serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port)
     try:
         run_until_signalled(
             lambda stop: run(settings, stop, options), event_loop=settings.event_loop
         )
     except EmmError as exc:
         print(f"emm simulator: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exit_code(exc)) from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """PostgreSQL: registering the virtual meters as `energy_meters` rows (`--write-config`).
 
-Each simulated meter is one row with description `sim-<index>`; a later run updates that row's
-host, port, unit id and type instead of adding another, so writing twice never duplicates.
+Each simulated meter is one row known by its address (host:port and unit id), described
+`sim-<index>`; a later run at the same address updates that row's type instead of adding
+another, so writing twice never duplicates, and a second simulator on another port adds its own.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from emm import metrics
 from emm.errors import ConfigError
 from emm.log import setup_logging
-from emm.metrics import serve
-from emm.service import STOP_GRACE_S, exit_with, run_until_signalled
+from emm.service import STOP_GRACE_S, exit_with, serve
 from emm.settings import WorkerSettings
 from worker.app import run
 
@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         exit_with("worker", exc)
     setup_logging(settings.log_level, "worker", settings.log_format)
-    serve(settings.metrics_port)
-    run_until_signalled(
+    metrics.serve(settings.metrics_port)
+    serve(
+        "worker",
         lambda stop: run(settings, stop),
         event_loop=settings.event_loop,
         grace_s=settings.drain_s + STOP_GRACE_S,

@@ -21,6 +21,7 @@ from functools import partial
 
 from broker import READINGS, Broker
 from emm import retry
+from emm.budget import WARN_ABOVE, meters_that_fit
 from emm.errors import BrokerError
 from emm.messages import GatewayStatus, Job
 from worker.ticks import iso, now_ms
@@ -31,8 +32,8 @@ REPORT_EVERY_S = 0.25  # how often finished ticks are looked for
 # a tick is reported this long after its deadline: a job delivered just before it expired may
 # still be on its way to being counted as late
 REPORT_AFTER_MS = 500
-WARN_ABOVE = 0.8  # a gateway busier than this share of its period is warned about...
-WARN_EVERY_S = 3600.0  # ...once an hour
+# a gateway busier than emm.budget.WARN_ABOVE of its period is warned about once an hour
+WARN_EVERY_S = 3600.0
 # A tick still reading this long after its deadline is reported anyway (a read hung past
 # every timeout would otherwise keep its tick forever).
 STUCK_AFTER_MS = 120_000
@@ -146,8 +147,7 @@ def overload_warning(status: GatewayStatus, meter_ids: set[int]) -> str | None:
         if per_meter_ms > 0:
             late += f" (all of them would need about {demand:.0%})"
     if per_meter_ms > 0:
-        room_ms = WARN_ABOVE * status.period_ms * status.connections
-        fits = math.floor(room_ms / per_meter_ms)
+        fits = meters_that_fit(per_meter_ms, status.period_ms, status.connections)
         period_s = (status.busy_ms + status.late * per_meter_ms) / (
             WARN_ABOVE * status.connections * 1000
         )

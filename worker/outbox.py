@@ -5,6 +5,9 @@ it to `emm.readings` with publisher confirms, waiting out broker outages, and ma
 which is what lets the consumer ack its job. The outbox also keeps every reading by its job id
 for as long as its job, delivered again (its ack lost with the connection), could still be read
 in time: such a job is answered from here instead of reading the device a second time.
+
+While publishing fails the outbox logs one line when it starts, and one when every reading held
+meanwhile is published, with how many they were.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from worker.ticks import now_ms
 log = logging.getLogger(__name__)
 
 
-def _not_confirmed(reading_id: str, exc: BaseException, _wait_s: float) -> None:
-    log.debug("reading %s not confirmed yet: %s", reading_id, exc)
+OUTAGE_STARTED = "outbox: readings not published since {since}: {error}; holding them"
+OUTAGE_ENDED = "outbox: RabbitMQ back after {after_s:.0f} s"  # + how many were published
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Outgoing:
     reading: Reading
     keep_until_ms: int  # a job delivered again after this is not read anyway (too late)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    held: bool = False  # waited out an outage: counted when it is published
 
 
 class Outbox:
@@ -51,6 +55,9 @@ class Outbox:
         self._pending = 0  # readings in the outbox, not yet confirmed
         self.confirmed = 0  # readings RabbitMQ confirmed (health's progress)
         self._publishers: list[asyncio.Task[None]] = []
+        self.outage = retry.Outage("RabbitMQ", log, started=OUTAGE_STARTED, ended=OUTAGE_ENDED)
+        self._held = 0  # readings held by the outage, not yet published
+        self._held_published = 0  # and published
 
     @property
     def pending(self) -> int:
@@ -68,8 +75,29 @@ class Outbox:
         self._recent[job.job_id] = out
         self._recent.move_to_end(job.job_id)
         self._pending += 1
+        if self.outage.active:
+            self._hold(out)
         self._outbox.put_nowait(out)
         return out
+
+    def _hold(self, out: Outgoing) -> None:
+        if not out.held:
+            out.held = True
+            self._held += 1
+
+    def _not_confirmed(self, out: Outgoing, exc: BaseException, _wait_s: float) -> None:
+        log.debug("reading %s not confirmed yet: %s", out.reading.reading_id, exc)
+        self.outage.failed(exc)
+        self._hold(out)
+
+    def _published(self, out: Outgoing) -> None:
+        """Count a held reading out; the end line once the last one is."""
+        if out.held:
+            self._held -= 1
+            self._held_published += 1
+            if self._held == 0:
+                self.outage.over(f"; {self._held_published} buffered readings published")
+                self._held_published = 0
 
     def start(self, publishers: int) -> None:
         """Start `publishers` publishers, each publishing one reading at a time."""
@@ -97,11 +125,12 @@ class Outbox:
                     exchange=READINGS,
                     message_id=reading_id,
                 ),
-                on_retry=partial(_not_confirmed, reading_id),
+                on_retry=partial(self._not_confirmed, out),
             )
             out.confirmed.set()
             self._pending -= 1
             self.confirmed += 1
+            self._published(out)
             metrics.READINGS_PUBLISHED.inc()
 
     def prune(self) -> None:

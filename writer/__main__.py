@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from emm import metrics
 from emm.errors import ConfigError
 from emm.log import setup_logging
-from emm.metrics import serve
-from emm.service import exit_with, run_until_signalled
+from emm.service import exit_with, serve
 from emm.settings import WriterSettings
 from writer.app import run
 
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         exit_with("writer", exc)
     setup_logging(settings.log_level, "writer", settings.log_format)
-    serve(settings.metrics_port)
-    run_until_signalled(lambda stop: run(settings, stop), event_loop=settings.event_loop)
+    metrics.serve(settings.metrics_port)
+    serve("writer", lambda stop: run(settings, stop), event_loop=settings.event_loop)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from emm.service import unless_stopped
 from emm.settings import WriterSettings
 from writer import metrics
 from writer.counters import CounterWatch, tick_counter
-from writer.influx import Sink, make_sink
+from writer.influx import Sink, check, make_sink
 from writer.influxql import restore_counters
 from writer.lines import (
     Unwritable,
@@ -135,12 +135,12 @@ class Writer:
         )
         metrics.watch(connected=lambda: self.broker.connected, held=lambda: len(self._pending))
         self.summary = Summary(log, _counts, settings.log_summary_s)
+        self._check_sink = sink is None  # a sink given (tests) is not the configured server
+        self.influx = retry.Outage(f"InfluxDB at {settings.influx_url}", log)
         self._pending: list[Item] = []
         self._pending_bytes = 0
         self._first_at: float | None = None
         self._wake = asyncio.Event()
-        self._outage_since: float | None = None
-        self._said = ("", 0.0)  # the last outage line's error, and when
         self._stop = asyncio.Event()
         self.written = 0
         cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
@@ -265,9 +265,7 @@ class Writer:
             await self._store(items[:half])
             await self._store(items[half:])
             return
-        if self._outage_since is not None:
-            log.info("InfluxDB is back after %.0f s", time.monotonic() - self._outage_since)
-            self._outage_since = None
+        self.influx.over()
         if self._stats is not None:
             self._record(items)
         for item in items:
@@ -351,19 +349,26 @@ class Writer:
             log.error("a flush failed", exc_info=task.exception())
 
     def _failing(self, readings: int, exc: BaseException, _wait_s: float) -> None:
-        """Log the start of an InfluxDB outage, then a retry whose error differs from the last
-        line's or comes a retry period after it (each batch in flight retries on its own: the
-        same error from two batches is one line)."""
+        """Log the start of an InfluxDB outage (its end is logged by the write that works);
+        each batch in flight retries on its own, and the outage is still one line."""
         metrics.WRITE_FAILURES.inc()
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = now
-            log.error("%s; keeping %d readings unacked and retrying", exc, readings)
-        elif str(exc) != self._said[0] or now - self._said[1] >= self.settings.retry_max_s:
-            log.warning("still failing after %.0f s: %s", now - self._outage_since, exc)
-        else:
-            return
-        self._said = (str(exc), now)
+        self.influx.failed(f"{exc}; keeping {readings} readings unacked")
+
+    async def _check(self, stop: asyncio.Event) -> bool:
+        """At start: wait for InfluxDB to answer (False: `stop` was set meanwhile); raises
+        Misconfigured when writes as configured cannot work (the other API, no such database
+        or bucket, credentials refused)."""
+        try:
+            found = await retry.SINK_CHECK.call(
+                partial(asyncio.to_thread, check, self.settings),
+                stop=lambda _state: stop.is_set(),
+                on_retry=self.influx.failed,
+            )
+        except SinkUnavailable:
+            return False
+        self.influx.over()
+        log.info("writing to %s", found)
+        return True
 
     async def _store_held(self) -> None:
         """Write every reading still held, batch by batch (at stop)."""
@@ -373,9 +378,11 @@ class Writer:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = self._stop = stop or asyncio.Event()
         beat = asyncio.create_task(self.health.run(stop, self.progress))
-        if self.settings.stats_file:
-            self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
         try:
+            if self._check_sink and not await self._check(stop):
+                return  # stopped while waiting for InfluxDB
+            if self.settings.stats_file:
+                self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
             if await unless_stopped(stop, self.broker.connect()):
                 await self._serve(stop)
         finally:

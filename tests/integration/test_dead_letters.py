@@ -175,7 +175,7 @@ def test_a_queue_of_an_older_version_holding_messages_stops_the_service(amqp_url
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert result.stderr.strip().splitlines()[-1] == f"emm worker: {message}"
     assert "Traceback" not in result.stderr
     assert depth(amqp_url, JOBS)[0] == 2

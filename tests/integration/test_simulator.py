@@ -492,19 +492,22 @@ def test_write_config_registers_meters_once(pg_dsn: str) -> None:
             again = write_config(pg_dsn, profile, sim.rows("10.0.0.5"))
             assert (first.added, first.updated) == (300, 0)
             assert (again.added, again.updated, again.unchanged) == (0, 0, 300)
-            moved = write_config(pg_dsn, profile, sim.rows("10.0.0.6"))
-            assert (moved.added, moved.updated) == (0, 300)
+            # another simulator's meters (another host, or another port): rows of their own,
+            # the first simulator's rows untouched
+            other = write_config(pg_dsn, profile, sim.rows("10.0.0.6"))
+            assert (other.added, other.updated, other.unchanged) == (300, 0, 0)
             ports = {s.port for s in sim.servers}
 
         config = _load(pg_dsn)
         assert not config.errors
-        assert len(config.meters) == 300
-        meters = {m.meter.description: m for m in config.meters}
-        sim_247 = meters["sim-247"]
-        assert sim_247.meter.type == "sdm630"
-        assert (sim_247.meter.host, sim_247.meter.unit_id) == ("10.0.0.6", 1)
+        assert len(config.meters) == 600
+        by_address = {(m.meter.host, m.meter.port, m.meter.unit_id): m for m in config.meters}
+        assert len(by_address) == 600
+        sim_247 = [m for m in config.meters if m.meter.description == "sim-247"]
+        assert sorted(m.meter.host for m in sim_247) == ["10.0.0.5", "10.0.0.6"]
+        assert {(m.meter.type, m.meter.unit_id) for m in sim_247} == {("sdm630", 1)}
         assert {m.meter.port for m in config.meters} == ports
-        assert {r.name for r in sim_247.registers} == {r.name for r in profile.registers}
+        assert {r.name for r in sim_247[0].registers} == {r.name for r in profile.registers}
 
     arun(main())
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from broker import READINGS
-from devservices.influx import Service, start_influxdb_v1
-from devservices.net import free_port
+from devservices.influx import start_influxdb_v1
+from devservices.net import Forwarder
 from devservices.readers import InfluxQL, VictoriaMetrics
 from emm.messages import Meter, Reading, Status
 from emm.settings import WriterSettings
@@ -235,10 +236,14 @@ def test_malformed_and_rejected_readings_are_dead_lettered(
 
 
 def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_path: Path) -> None:
-    port = free_port()
+    # InfluxDB (with its database) behind a port that stays closed until the outage ends
+    service = start_influxdb_v1(tmp_path / "influx")
+    InfluxQL(service.url, "energy").create_database()
+    influx = urllib.parse.urlsplit(service.url)
+    forwarder = Forwarder((influx.hostname or "127.0.0.1", influx.port or 8086))
     settings = WriterSettings(
         amqp_url=amqp_url,
-        influx_url=f"http://127.0.0.1:{port}",
+        influx_url=f"http://127.0.0.1:{forwarder.port}",
         influx_api="v1",
         influx_bucket="energy",
         flush_interval_ms=100,
@@ -248,18 +253,15 @@ def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_p
     readings = [reading(i, voltageL1=float(i)) for i in range(1, 11)]
     publish(amqp_url, READINGS, [r.encode() for r in readings])
     writer = Writer(settings)
-    service: list[Service] = []
 
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(writer.run(stop))
-        await asyncio.sleep(4)  # InfluxDB is not there: retries, nothing acked
+        await asyncio.sleep(4)  # InfluxDB is not there: the writer waits, nothing taken
         assert not task.done()
         assert writer.written == 0
-        assert await asyncio.to_thread(depth, amqp_url, READINGS) == (0, 1)  # all unacked
-        started = await asyncio.to_thread(start_influxdb_v1, tmp_path / "influx", port)
-        service.append(started)
-        await asyncio.to_thread(InfluxQL(started.url, "energy").create_database)
+        assert await asyncio.to_thread(depth, amqp_url, READINGS) == (10, 0)
+        forwarder.open()
         deadline = time.monotonic() + 30
         while writer.written < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -268,13 +270,13 @@ def test_influxdb_down_keeps_every_reading_until_it_returns(amqp_url: str, tmp_p
 
     try:
         asyncio.run(scenario())
-        rows = InfluxQL(service[0].url, "energy").query("SELECT voltageL1 FROM energy")
+        rows = InfluxQL(service.url, "energy").query("SELECT voltageL1 FROM energy")
         assert sorted(r["voltageL1"] for r in rows) == [float(i) for i in range(1, 11)]
         assert depth(amqp_url, READINGS)[0] == 0
         assert drain(amqp_url, f"{READINGS}.dead") == []
     finally:
-        for s in service:
-            s.stop()
+        forwarder.close()
+        service.stop()
 
 
 def dead_reasons(caplog: pytest.LogCaptureFixture) -> dict[str, str]:

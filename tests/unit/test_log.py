@@ -154,9 +154,18 @@ def test_error_code(error: BaseException, code: str) -> None:
     assert error_code(error) == code
 
 
-@pytest.mark.parametrize(("value", "expected"), [("", "text"), ("JSON", "json"), ("text", "text")])
+@pytest.mark.parametrize(("value", "expected"), [("JSON", "json"), ("text", "text")])
 def test_the_setting(value: str, expected: str) -> None:
     assert WorkerSettings.from_env({"EMM_LOG_FORMAT": value}).log_format == expected
+
+
+def test_the_default_format_is_text_and_an_empty_setting_is_refused() -> None:
+    assert WorkerSettings.from_env({}).log_format == "text"
+    with pytest.raises(ConfigError) as info:
+        WorkerSettings.from_env({"EMM_LOG_FORMAT": ""})
+    assert str(info.value) == (
+        "EMM_LOG_FORMAT is set but empty: give it a value, or unset it to use the default"
+    )
 
 
 def test_a_bad_setting_names_what_is_allowed() -> None:

@@ -1,4 +1,5 @@
-"""postgres.connection.map_errors: every error psycopg2 raises becomes a DatabaseError."""
+"""postgres.connection.map_errors: every error psycopg2 raises becomes a DatabaseError, but a
+missing table (a database without the schema), which is Misconfigured."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from emm.errors import DatabaseError
+from emm.errors import DatabaseError, Misconfigured
 from postgres.connection import map_errors
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,7 +31,11 @@ def test_every_error_class_is_found() -> None:
     assert psycopg2.OperationalError in LIBRARY_ERRORS
 
 
-@pytest.mark.parametrize("error", LIBRARY_ERRORS, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize(
+    "error",
+    [e for e in LIBRARY_ERRORS if e is not psycopg2.errors.UndefinedTable],
+    ids=lambda cls: cls.__name__,
+)
 def test_library_error_becomes_ours(error: type[Exception]) -> None:
     with pytest.raises(DatabaseError) as info, map_errors("while testing: "):
         raise error("first line\nDETAIL: second line")
@@ -46,3 +51,12 @@ def test_an_error_without_text_is_named_by_its_class() -> None:
 def test_other_errors_pass_through() -> None:
     with pytest.raises(KeyError), map_errors():
         raise KeyError("not the database")
+
+
+def test_a_missing_table_says_run_emm_migrate() -> None:
+    with pytest.raises(Misconfigured) as info, map_errors("while testing: "):
+        raise psycopg2.errors.UndefinedTable('relation "energy_meters" does not exist\nLINE 1')
+    assert str(info.value) == (
+        'PostgreSQL database has no schema (relation "energy_meters" does not exist): '
+        "run `emm migrate`"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -145,3 +146,28 @@ def test_cancellation_goes_through() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_an_outage_is_one_line_when_it_starts_and_one_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    outage = retry.Outage(
+        "RabbitMQ at 127.0.0.1:5672",
+        logging.getLogger("test.outage"),
+        clock=lambda: now[0],
+        wall=lambda: 1_764_658_201.0,  # 2025-12-02T06:50:01Z
+    )
+    caplog.set_level(logging.INFO, logger="test.outage")
+    assert outage.over() is None  # nothing to end
+    for _ in range(5):
+        outage.failed(BrokerError("connection refused"))
+        now[0] += 9
+    assert outage.active
+    assert outage.over("; 78 buffered readings published") == 45
+    assert not outage.active
+    assert [r.getMessage() for r in caplog.records] == [
+        "RabbitMQ at 127.0.0.1:5672 not reachable since 2025-12-02T06:50:01Z: connection "
+        "refused; retrying",
+        "RabbitMQ at 127.0.0.1:5672 back after 45 s; 78 buffered readings published",
+    ]

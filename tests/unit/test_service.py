@@ -38,10 +38,10 @@ def test_main_runs_on_the_chosen_loop(event_loop: EventLoop, loop_type: type) ->
     assert len(seen) == 1 and isinstance(seen[0], loop_type)
 
 
-def test_a_bad_setting_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_setting_is_one_line_and_status_78(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         exit_with("worker", ConfigError("EMM_EVENT_LOOP='trio': must be one of uvloop, asyncio"))
-    assert info.value.code == 2
+    assert info.value.code == 78
     out, err = capsys.readouterr()
     assert out == ""
     assert err == "emm worker: EMM_EVENT_LOOP='trio': must be one of uvloop, asyncio\n"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from emm.errors import ConfigError
+from emm.errors import ConfigError, Misconfigured
 from emm.settings import (
+    CheckSettings,
     MigrateSettings,
     SchedulerSettings,
     SimulatorSettings,
@@ -30,6 +31,7 @@ SERVICES = {
     "simulator": SimulatorSettings,
     "migrate": MigrateSettings,
     "status": StatusSettings,
+    "check": CheckSettings,
 }
 Settings = (
     SchedulerSettings
@@ -38,6 +40,7 @@ Settings = (
     | SimulatorSettings
     | MigrateSettings
     | StatusSettings
+    | CheckSettings
 )
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -110,8 +113,8 @@ def test_worker_defaults() -> None:
                 "stats_file": "",
             },
         ),
-        (SimulatorSettings, {"host": "0.0.0.0", "port": 5020, "step_s": 1.0}),
-        (MigrateSettings, {"postgres_dsn": DSN, "seed_host": "simulator", "seed_port": 502}),
+        (SimulatorSettings, {"host": "127.0.0.1", "port": 5020, "step_s": 1.0}),
+        (MigrateSettings, {"postgres_dsn": DSN, "seed_host": "127.0.0.1", "seed_port": 5020}),
     ],
 )
 def test_defaults(cls: type[Settings], defaults: dict[str, object]) -> None:
@@ -124,13 +127,27 @@ def test_defaults(cls: type[Settings], defaults: dict[str, object]) -> None:
 
 @pytest.mark.parametrize("cls", SERVICES.values())
 def test_built_directly_or_from_an_empty_environment_alike(cls: type[Settings]) -> None:
-    assert cls() == cls.from_env({}) == cls.from_env({v: "" for v in _variables(cls)})
+    assert cls() == cls.from_env({})
 
 
-def test_blank_means_the_default_and_blanks_around_a_value_are_ignored() -> None:
-    env = {"EMM_LOG_LEVEL": "", "EMM_WORKER_CONCURRENCY": "  ", "EMM_READ_ATTEMPTS": " 5\n"}
-    settings = WorkerSettings.from_env(env)
-    assert (settings.log_level, settings.concurrency, settings.read_attempts) == ("INFO", 512, 5)
+def test_blanks_around_a_value_are_ignored() -> None:
+    settings = WorkerSettings.from_env({"EMM_READ_ATTEMPTS": " 5\n"})
+    assert settings.read_attempts == 5
+
+
+def test_a_variable_set_but_empty_is_refused_naming_it() -> None:
+    env = {"EMM_POSTGRES_DSN": "", "EMM_LOG_LEVEL": "  ", "EMM_READ_CRON": "* * * * *"}
+    with pytest.raises(Misconfigured) as info:
+        SchedulerSettings.from_env(env)
+    assert str(info.value) == (
+        "EMM_LOG_LEVEL is set but empty: give it a value, or unset it to use the default; "
+        "EMM_POSTGRES_DSN is set but empty: give it a value, or unset it to use the default"
+    )
+
+
+def test_empty_is_the_default_where_the_default_is_empty() -> None:
+    env = {"EMM_INFLUX_TOKEN": "", "EMM_INFLUX_ORG": " ", "EMM_WRITER_STATS_FILE": ""}
+    assert WriterSettings.from_env(env) == WriterSettings()
 
 
 SAME = object()  # the value as given
@@ -342,7 +359,7 @@ EMM = Path(sys.executable).with_name("emm")
     ],
 )
 @pytest.mark.parametrize("how", ["python -m", "emm"])
-def test_a_service_with_a_bad_setting_says_so_in_one_line_and_exits_2(
+def test_a_service_with_a_bad_setting_says_so_in_one_line_and_exits_78(
     how: str, service: str, variable: str, value: str, allowed: str
 ) -> None:
     if how == "emm" and not EMM.exists():
@@ -355,7 +372,7 @@ def test_a_service_with_a_bad_setting_says_so_in_one_line_and_exits_2(
     )
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [f"emm {service}: {variable}={value!r}: {allowed}"]
-    assert done.returncode == 2
+    assert done.returncode == 78
     assert done.stdout == ""
 
 
@@ -394,3 +411,18 @@ def test_secret_file_errors_name_the_file_never_the_secret(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as raised:
         WorkerSettings.from_env({"EMM_AMQP_URL_FILE": str(tmp_path / "amqp"), "EMM_AMQP_URL": AMQP})
     assert str(raised.value) == "EMM_AMQP_URL and EMM_AMQP_URL_FILE are both set: set one"
+
+
+def test_a_service_with_an_empty_variable_names_it_and_exits_78() -> None:
+    if not EMM.exists():
+        unavailable(f"no {EMM} (package not installed)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMM_")}
+    env |= {"EMM_POSTGRES_DSN": "", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [str(EMM), "scheduler"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr.splitlines() == [
+        "emm scheduler: EMM_POSTGRES_DSN is set but empty: give it a value, or unset it to use "
+        "the default"
+    ]
+    assert (done.returncode, done.stdout) == (78, "")
