@@ -379,8 +379,10 @@ class Writer:
         stop = self._stop = stop or asyncio.Event()
         beat = asyncio.create_task(self.health.run(stop, self.progress))
         try:
-            if self._check_sink and not await self._check(stop):
-                return  # stopped while waiting for InfluxDB
+            if self._check_sink:
+                checked = asyncio.ensure_future(self._check(stop))
+                if not await unless_stopped(stop, checked) or not checked.result():
+                    return  # stopped while waiting for InfluxDB
             if self.settings.stats_file:
                 self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
             if await unless_stopped(stop, self.broker.connect()):

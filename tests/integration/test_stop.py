@@ -3,6 +3,7 @@ process: each service as its own process, as compose or Kubernetes runs it."""
 
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
 import threading
@@ -49,7 +50,8 @@ def test_sigterm_while_waiting_for_rabbitmq_at_start(
         "EMM_HEALTH_FILE": str(tmp_path / f"{service}.health"),
     }
     processes.start(service, [service], env)
-    processes.wait_log(service, r"RabbitMQ not reachable .*; retrying in", 20)
+    # waiting for RabbitMQ (the writer first waits for InfluxDB, also not there: the same)
+    processes.wait_log(service, r"(RabbitMQ|InfluxDB) at \S+ not reachable", 20)
     code, took_s = stop_timed(processes, service)
     assert code == 0, processes.log(service)
     assert took_s < 3, f"{service} took {took_s:.1f} s to stop"
@@ -82,13 +84,61 @@ def silent_port() -> Iterator[int]:
             conn.close()
 
 
+class _FakeInfluxDB(http.server.BaseHTTPRequestHandler):
+    """Answers /ping (as a server without InfluxDB's version header); a write either hangs
+    until the test ends or gets `write_status`."""
+
+    write_status: int | None = None  # None: never answer
+    released = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        if self.write_status is None:
+            self.released.wait(60)
+            return
+        self.send_response(self.write_status)
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def fake_influxdb(write_status: int | None) -> Iterator[int]:
+    """A server that passes the writer's start-up check, then hangs or fails every write."""
+    handler = type("Handler", (_FakeInfluxDB,), {"write_status": write_status})
+    handler.released = threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        handler.released.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hanging_influxdb() -> Iterator[int]:
+    yield from fake_influxdb(None)
+
+
+@pytest.fixture
+def failing_influxdb() -> Iterator[int]:
+    yield from fake_influxdb(503)
+
+
 def test_a_writer_whose_writes_hang_is_unhealthy_and_still_stops(
-    amqp_url: str, silent_port: int, processes: Processes, tmp_path: Path
+    amqp_url: str, hanging_influxdb: int, processes: Processes, tmp_path: Path
 ) -> None:
     path = tmp_path / "writer.health"
     env = {
         "EMM_AMQP_URL": amqp_url,
-        "EMM_INFLUX_URL": f"http://127.0.0.1:{silent_port}",
+        "EMM_INFLUX_URL": f"http://127.0.0.1:{hanging_influxdb}",
         "EMM_INFLUX_API": "v1",
         "EMM_INFLUX_TIMEOUT_S": "4",
         "EMM_WRITER_FLUSH_INTERVAL_MS": "50",
@@ -121,11 +171,11 @@ def test_a_writer_whose_writes_hang_is_unhealthy_and_still_stops(
 
 
 def test_sigterm_between_influxdb_retries(
-    amqp_url: str, processes: Processes, tmp_path: Path
+    amqp_url: str, failing_influxdb: int, processes: Processes, tmp_path: Path
 ) -> None:
     env = {
         "EMM_AMQP_URL": amqp_url,
-        "EMM_INFLUX_URL": f"http://127.0.0.1:{free_port()}",  # refused: an InfluxDB that is down
+        "EMM_INFLUX_URL": f"http://127.0.0.1:{failing_influxdb}",  # every write: 503
         "EMM_INFLUX_API": "v1",
         "EMM_WRITER_FLUSH_INTERVAL_MS": "50",
         "EMM_WRITER_RETRY_MAX_S": "600",  # the pauses between retries grow long
