@@ -1,5 +1,5 @@
-"""The `emm` command line: the services, `migrate`, `secrets`, `check`, `read`, `profiles`,
-`report`, `status` and `health`."""
+"""The `emm` command line: the services, `migrate`, `secrets`, `check`, `read`, `probe`,
+`profiles`, `report`, `status` and `health`."""
 
 from __future__ import annotations
 
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "permissions, queues) again.",
     )
     s.add_argument("dir", metavar="DIR", help="where to make them (the volumes' mount points)")
+    _add_probe(sub)
 
     p = sub.add_parser("profiles", help="list, show or import device profiles")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
@@ -157,6 +158,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_probe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`emm probe`: identify a device's register map and layout (reads only)."""
+    from cli.probe import DEFAULT_BUDGET, parse_units
+
+    p = sub.add_parser(
+        "probe",
+        help="identify a device: its SunSpec models, or the shipped profile, order and offset",
+        description="Read a device (never writing to it) and tell which register map it "
+        "speaks: SunSpec first, else every shipped profile in four byte/word orders and at "
+        "address offsets -1/0/+1, scored for plausibility. --write stores a SunSpec device's "
+        "map as a type and adds the meter (EMM_POSTGRES_DSN).",
+    )
+    p.add_argument("--host", required=True, type=host_port, metavar="H[:P]", help="the device")
+    p.add_argument(
+        "--port", type=bounded(1, 65535), metavar="P", help=f"TCP port (default {DEFAULT_PORT})"
+    )
+    unit = p.add_mutually_exclusive_group()
+    unit.add_argument(
+        "--unit", type=bounded(0, 255), default=1, metavar="N", help="unit id (default 1)"
+    )
+    unit.add_argument(
+        "--scan", type=parse_units, metavar="A-B", help="list the unit ids A..B that answer"
+    )
+    p.add_argument(
+        "--framing",
+        choices=("tcp", "rtu-over-tcp"),
+        default="tcp",
+        help="Modbus TCP, or RTU frames through a transparent gateway (default tcp)",
+    )
+    p.add_argument(
+        "--budget",
+        type=bounded(1, 10_000),
+        default=DEFAULT_BUDGET,
+        metavar="N",
+        help=f"send at most N requests (default {DEFAULT_BUDGET})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds to wait for the connection and for each answer (default 1)",
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="store a SunSpec device's register map as its type and add the meter",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -183,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import read
 
             code = read.run(args)
+        elif args.command == "probe":
+            from cli import probe
+
+            code = probe.run(args)
         elif args.command == "report":
             from cli import report
 

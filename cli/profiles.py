@@ -16,7 +16,7 @@ from pathlib import Path
 from emm.errors import ConfigError, DatabaseError, Misconfigured
 from emm.planner import ReadLimits
 from emm.profiles import Profile, ProfileRegister, load_profile, shipped_profile, shipped_profiles
-from emm.registers import DataType, Order
+from emm.registers import DataType, Order, Register
 from emm.settings import MigrateSettings
 from postgres.connection import connect
 from postgres.profiles import StoredType, import_profile, meters_using, stored_type, stored_types
@@ -89,10 +89,11 @@ def _show(type_: str) -> int:
             r.register.name,
             str(r.register.address),
             str(r.register.function_code),
-            r.register.data_type.name.lower(),
+            _type_text(r.register),
             r.register.order.value,
             r.register.unit,
-            f"{r.register.scale:g}",
+            f"{r.register.scale:g}"
+            + (f" x 10^{r.register.scale_register}" if r.register.scale_register else ""),
             r.source,
         ]
         for r in rows
@@ -106,6 +107,18 @@ def _show(type_: str) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _type_text(register: Register) -> str:
+    """The type as `show` prints it: string(N), an enum or bitfield marked as such."""
+    name = register.data_type.name.lower()
+    if register.length:
+        return f"{name}({register.length})"
+    if register.enum:
+        return f"{name} enum"
+    if register.bits:
+        return f"{name} bits"
+    return name
 
 
 def _stored(type_: str) -> tuple[StoredType | None, str]:

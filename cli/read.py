@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"emm read: {status.error}{tries}", file=sys.stderr)
         return 1
     _print_table(regs.registers, result, raw=args.raw)
-    read = len(result.reading.fields)
+    read = len(result.reading.fields) + len(result.reading.text)
     summary = f"{status.requests} request(s), {read} of {len(regs.registers)} values read"
     if status.error_code:
         summary += f"; first error ({status.error_code}): {status.error}"
@@ -233,6 +233,8 @@ def _print_table(registers: tuple[Register, ...], result: Result, *, raw: bool) 
     for reg in registers:
         if reg.name in reading.fields:
             value = format_value(reading.fields[reg.name])
+        elif reg.name in reading.text:
+            value = reading.text[reg.name] or '""'
         elif reg.name in missing:
             value = "n/a"
         else:

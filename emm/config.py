@@ -21,7 +21,7 @@ from emm.messages import DEFAULT_GATEWAY, Gateway, Meter
 from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
 from emm.planner import DEFAULT_MAX_GAP, ReadLimits
 from emm.plausibility import DEFAULT_PLAUSIBILITY, PLAUSIBILITY_KEYS, Plausibility
-from emm.registers import Order, Register
+from emm.registers import Order, Register, scale_problems
 from emm.schedule import CronSchedule
 from emm.text import DESCRIPTION_MAX_CHARS, TYPE_MAX_CHARS, host_problem, tag_problem
 
@@ -234,6 +234,13 @@ def _types(
                 )
             except ConfigError as exc:
                 errors.append(f"meter_types row {data.get('type')!r} ignored: {exc}")
+    for type_, regs in registers_by_type.items():
+        problems = scale_problems(regs)
+        if problems:
+            # a value whose scale factor cannot be read with it would be stored unscaled
+            for name, problem in problems.items():
+                errors.append(f"registers row (type {type_!r}, {name!r}) skipped: {problem}")
+            regs[:] = [r for r in regs if r.name not in problems]
     for type_, ids in too_many.items():
         which = f"row id={ids[0]}" if len(ids) == 1 else f"rows id={ids[0]} and {len(ids) - 1} more"
         errors.append(

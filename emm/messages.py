@@ -13,6 +13,9 @@ first time it sees its id and then only reads the head of each job. Version 2 jo
 objects) are still read, their plans cached by a hash of their bytes (a worker may read only
 those while the scheduler is older than it).
 
+A reading's `text` (the values of text registers) is optional: readings without it are read
+alike, and a writer older than it ignores the key.
+
 A version 3 job may also carry its meter's `gateway` settings (`Gateway`); only the settings
 that differ from the defaults are written, and a job without the key has the defaults, so jobs
 of either kind are read by workers of either build. Likewise its meter's `plausibility` limits
@@ -317,6 +320,9 @@ class Reading(msgspec.Struct, frozen=True):
     errors: dict[str, str] = {}
     # fields that are cumulative counters (energy): they only grow unless the meter restarted
     counters: tuple[str, ...] = ()
+    # text values (strings, enums' names, bitfields' set names), stored in `meter_info`; a
+    # reading without the key (from a worker older than text registers) has none
+    text: dict[str, str] = {}
     # what the writer checks the values against (None: not checked)
     guard: Guard | None = None
 
@@ -338,6 +344,9 @@ class Reading(msgspec.Struct, frozen=True):
         body = _ENCODER.encode(self)
         if self.guard is None:  # the last key: left out, the body is what older builds wrote
             body = body[: -len(_NO_GUARD)] + b"}"
+        if not self.text:  # likewise (the key before the guard)
+            cut = body.rfind(_NO_TEXT)
+            body = body[:cut] + body[cut + len(_NO_TEXT) :]
         return _READING_HEAD + body[1:]
 
     @classmethod
@@ -457,6 +466,7 @@ _READING_HEAD = b'{"v":%d,"kind":"reading",' % READING_VERSION
 _NO_GUARD = b',"guard":null}'
 _GATEWAY_STATUS_HEAD = b'{"v":%d,"kind":"gateway_status",' % GATEWAY_STATUS_VERSION
 _ENCODER = msgspec.json.Encoder()
+_NO_TEXT = b',"text":{}'
 _MARKER_HEAD = b'{"kind":"marker","v":%d,' % MARKER_VERSION
 _MARKER_DECODER = msgspec.json.Decoder(TickMarker)
 _HEAD_DECODER = msgspec.json.Decoder(_Head)

@@ -9,6 +9,10 @@ Poll classes decide which registers a tick reads at all (`due_classes`): a regis
 `poll_every` N is due on every Nth tick of its meter, one with 0 once and then daily. A tick's
 requests are planned from its due registers only, so slow registers cost requests only on the
 ticks that read them.
+
+A register with a `scale_register` is planned together with that register (a SunSpec scale
+factor): the two, and every register linked to them, form one unit that a single request
+covers whole, so a value is always scaled by the factor read with it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 from emm.errors import ConfigError
 from emm.modbus import BIT_FUNCTION_CODES, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
-from emm.registers import Register
+from emm.registers import Register, scale_problems
 
 DEFAULT_MAX_GAP = 50
 DAY_MS = 86_400_000
@@ -67,33 +71,56 @@ class ReadRequest:
 def plan(registers: Iterable[Register], limits: ReadLimits | None = None) -> list[ReadRequest]:
     """Merge the registers into the fewest read requests the limits allow, sorted."""
     limits = limits or ReadLimits()
+    registers = list(registers)
+    problems = scale_problems(registers)
+    if problems:
+        raise ConfigError("; ".join(f"register {n!r}: {p}" for n, p in problems.items()))
     by_fc: dict[int, list[Register]] = {}
     for reg in registers:
         by_fc.setdefault(reg.function_code, []).append(reg)
     requests: list[ReadRequest] = []
     for fc in sorted(by_fc):
         cap = limits.max_bits if fc in BIT_FUNCTION_CODES else limits.max_registers
-        regs = sorted(by_fc[fc], key=lambda r: (r.address, r.end))
         start = end = -1
-        for reg in regs:
-            if reg.end - reg.address > cap:
+        for first, last, names in _units(by_fc[fc]):
+            if last - first > cap:
                 raise ConfigError(
-                    f"register {reg.name!r} needs {reg.end - reg.address} registers, more than "
-                    f"the device's limit of {cap} per request"
+                    f"register {names[0]!r} needs {last - first} registers"
+                    + (f" (read with {', '.join(names[1:])})" if names[1:] else "")
+                    + f", more than the device's limit of {cap} per request"
                 )
-            if (
-                start >= 0
-                and reg.address - end <= limits.max_gap
-                and max(end, reg.end) - start <= cap
-            ):
-                end = max(end, reg.end)
+            if start >= 0 and first - end <= limits.max_gap and max(end, last) - start <= cap:
+                end = max(end, last)
                 continue
             if start >= 0:
                 requests.append(ReadRequest(fc, start, end - start))
-            start, end = reg.address, reg.end
+            start, end = first, last
         if start >= 0:
             requests.append(ReadRequest(fc, start, end - start))
     return requests
+
+
+def _units(registers: list[Register]) -> list[tuple[int, int, list[str]]]:
+    """The registers of one function code as units read whole, sorted: (first address, one
+    past the last, names). A unit is a register, or registers linked by scale factors."""
+    parent = list(range(len(registers)))
+    by_name = {r.name: i for i, r in reversed(list(enumerate(registers)))}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, reg in enumerate(registers):
+        if reg.scale_register in by_name:
+            parent[root(i)] = root(by_name[reg.scale_register])
+    spans: dict[int, tuple[int, int, list[str]]] = {}
+    for i in sorted(range(len(registers)), key=lambda i: (registers[i].address, registers[i].end)):
+        reg = registers[i]
+        first, last, names = spans.get(root(i), (reg.address, reg.end, []))
+        spans[root(i)] = (min(first, reg.address), max(last, reg.end), [*names, reg.name])
+    return sorted(spans.values(), key=lambda u: (u[0], u[1]))
 
 
 def assign(

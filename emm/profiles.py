@@ -24,7 +24,7 @@ from emm.limits import MAX_REGISTERS_PER_TYPE
 from emm.modbus import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
 from emm.planner import DEFAULT_MAX_GAP, ReadLimits
 from emm.plausibility import DEFAULT_PLAUSIBILITY, Plausibility
-from emm.registers import REGISTER_KEYS, Register
+from emm.registers import REGISTER_KEYS, DataType, Register, scale_problems
 
 _TYPE = re.compile(r"[a-z0-9_]{1,64}")  # the whole type: `fullmatch`
 # A row's keys are `Register.from_mapping`'s, plus the datasheet reference.
@@ -38,7 +38,9 @@ _TOP_KEYS = {
     "max_read_bits",
     "max_gap_registers",
     "plausibility",
+    "sunspec",
 }
+_SUNSPEC_KEYS = {"base", "models", "maker", "model"}
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,43 @@ class Profile:
     rows: tuple[ProfileRegister, ...]
     path: str
     plausibility: Plausibility = DEFAULT_PLAUSIBILITY
+    sunspec: SunSpecChain | None = None
 
     @property
     def registers(self) -> tuple[Register, ...]:
         return tuple(row.register for row in self.rows)
+
+
+@dataclass(frozen=True)
+class SunSpecChain:
+    """How a SunSpec device lays out its models (a profile's `[sunspec]` table): the marker's
+    address, each model's id and length in order, and the maker and model its common model
+    names. The simulator serves the marker and model headers of such a profile, so `emm probe`
+    can walk its chain."""
+
+    base: int
+    models: tuple[tuple[int, int], ...]
+    maker: str
+    model: str
+
+    @classmethod
+    def parse(cls, data: Any, path: str) -> SunSpecChain:
+        if not isinstance(data, dict) or set(data) - _SUNSPEC_KEYS:
+            raise ConfigError(f"{path}: [sunspec] takes {', '.join(sorted(_SUNSPEC_KEYS))}")
+        try:
+            models = tuple((int(m), int(n)) for m, n in data["models"])
+            return cls(int(data["base"]), models, str(data["maker"]), str(data["model"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: [sunspec] is malformed: {exc!r}") from None
+
+    def headers(self) -> list[tuple[int, int, int]]:
+        """(address, model id, length) of each model header, the end model last."""
+        out, address = [], self.base + 2
+        for model_id, length in self.models:
+            out.append((address, model_id, length))
+            address += 2 + length
+        out.append((address, 0xFFFF, 0))
+        return out
 
 
 def _row_lines(text: str) -> list[int]:
@@ -116,6 +151,11 @@ def parse_profile(text: str, path: str) -> Profile:
             raise ConfigError(f"{where}: name {name!r} is used twice")
         names.add(name)
     _check_overlaps(rows, path, lines)
+    problems = scale_problems([row.register for row in rows])
+    for index, row in enumerate(rows):
+        if row.register.name in problems:
+            line = lines[index] if index < len(lines) else 0
+            raise ConfigError(f"{path}: line {line}: {problems[row.register.name]}")
     return Profile(
         type=type_,
         name=str(data.get("name", type_)),
@@ -124,6 +164,7 @@ def parse_profile(text: str, path: str) -> Profile:
         rows=tuple(rows),
         path=path,
         plausibility=plausibility,
+        sunspec=None if "sunspec" not in data else SunSpecChain.parse(data["sunspec"], path),
     )
 
 
@@ -161,12 +202,23 @@ def _check_overlaps(rows: list[ProfileRegister], path: str, lines: list[int]) ->
     )
     for a, b in itertools.pairwise(order):
         ra, rb = rows[a].register, rows[b].register
-        if ra.function_code == rb.function_code and rb.address < ra.end:
+        if ra.function_code == rb.function_code and rb.address < ra.end and not _halves(ra, rb):
             line = lines[b] if b < len(lines) else 0
             raise ConfigError(
                 f"{path}: line {line}: {rb.name!r} at {rb.address} overlaps {ra.name!r} "
                 f"({ra.address}..{ra.end - 1})"
             )
+
+
+def _halves(a: Register, b: Register) -> bool:
+    """Whether two registers are the two bytes of one register (which may share it)."""
+    high = (DataType.UINT8_HIGH, DataType.INT8_HIGH)
+    return (
+        a.address == b.address
+        and a.data_type.is_half
+        and b.data_type.is_half
+        and (a.data_type in high) != (b.data_type in high)
+    )
 
 
 def load_profile(path: str | Path) -> Profile:

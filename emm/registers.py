@@ -6,10 +6,11 @@ message, all through `Register.from_mapping`), so everything downstream can trus
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -33,11 +34,27 @@ class DataType(IntEnum):
     UINT64 = 7
     FLOAT64 = 8
     BOOL = 9
+    STRING = 10
+    UINT8_HIGH = 11
+    UINT8_LOW = 12
+    INT8_HIGH = 13
+    INT8_LOW = 14
 
     @property
     def words(self) -> int:
-        """How many 16-bit registers (or bits, for BOOL) one value occupies."""
+        """How many 16-bit registers (or bits, for BOOL) one value occupies (a STRING: one
+        per two characters, its register's `length`)."""
         return _WORDS[self]
+
+    @property
+    def is_half(self) -> bool:
+        """Whether the value is one byte of a register (the high byte is the one sent first)."""
+        return self in _HALVES
+
+    @property
+    def bits(self) -> int:
+        """The width of the raw value in bits."""
+        return 8 if self in _HALVES else 16 * _WORDS[self]
 
     @property
     def struct_char(self) -> str:
@@ -82,7 +99,15 @@ _WORDS = {
     DataType.UINT64: 4,
     DataType.FLOAT64: 4,
     DataType.BOOL: 1,
+    DataType.STRING: 1,
+    DataType.UINT8_HIGH: 1,
+    DataType.UINT8_LOW: 1,
+    DataType.INT8_HIGH: 1,
+    DataType.INT8_LOW: 1,
 }
+_HALVES = frozenset(
+    {DataType.UINT8_HIGH, DataType.UINT8_LOW, DataType.INT8_HIGH, DataType.INT8_LOW}
+)
 _STRUCT_CHAR = {
     DataType.INT16: "h",
     DataType.UINT16: "H",
@@ -93,6 +118,12 @@ _STRUCT_CHAR = {
     DataType.UINT64: "Q",
     DataType.FLOAT64: "d",
     DataType.BOOL: "",
+    DataType.STRING: "",
+    # a half is read as its whole register, then its byte taken (`emm.codec`)
+    DataType.UINT8_HIGH: "H",
+    DataType.UINT8_LOW: "H",
+    DataType.INT8_HIGH: "H",
+    DataType.INT8_LOW: "H",
 }
 
 
@@ -155,7 +186,16 @@ DEFAULT_MISSING: dict[DataType, frozenset[int]] = {
     DataType.FLOAT32: frozenset(),
     DataType.FLOAT64: frozenset(),
     DataType.BOOL: frozenset(),
+    DataType.STRING: frozenset(),
+    DataType.UINT8_HIGH: frozenset(),
+    DataType.UINT8_LOW: frozenset(),
+    DataType.INT8_HIGH: frozenset(),
+    DataType.INT8_LOW: frozenset(),
 }
+# SunSpec scale factors are powers of ten in this range (sunssf, an int16)
+SCALE_FACTOR_RANGE = range(-10, 11)
+# the longest string a register may be: one read request's worth of registers
+MAX_STRING_REGISTERS = 125
 
 # Units of cumulative counters: a decrease means the meter restarted counting.
 COUNTER_UNITS = frozenset(
@@ -209,7 +249,7 @@ def parse_missing(value: Any, data_type: DataType) -> frozenset[int] | None:
             raw = int(part, 0)
         except ValueError:
             raise ConfigError(f"missing value {part!r} is not an integer such as 0xFFFF") from None
-        limit = 1 << (16 * data_type.words)
+        limit = 1 << data_type.bits
         if not 0 <= raw < limit:
             raise ConfigError(
                 f"missing value {part} does not fit a {data_type.name.lower()} (0..{limit - 1:#x})"
@@ -226,6 +266,11 @@ class Register:
     type's defaults (`DEFAULT_MISSING`). `poll_every` is the register's poll class: read on
     every Nth tick of its meter, or with 0 once when the scheduler first reads the meter and
     then daily (identity and ratings: serial number, firmware, nominal values).
+
+    Text registers are read as text: a STRING of `length` registers, or an integer named by
+    `enum` (value -> name) or by `bits` (bit number -> name, the names of the set bits). A
+    `scale_register` names another register of the map (a SunSpec scale factor, an int16
+    power of ten) read in the same request and applied to this reading's value.
     """
 
     name: str
@@ -238,6 +283,10 @@ class Register:
     offset: float = 0.0
     missing: frozenset[int] | None = None
     poll_every: int = 1
+    length: int = 0
+    enum: tuple[tuple[int, str], ...] = ()
+    bits: tuple[tuple[int, str], ...] = ()
+    scale_register: str = ""
     sentinels: frozenset[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -256,11 +305,8 @@ class Register:
                 f"data_type {self.data_type.name.lower()} does not fit function_code "
                 f"{self.function_code}: bool goes with 1/2, numbers with 3/4"
             )
-        if (
-            not isinstance(self.address, int)
-            or self.address < 0
-            or self.address + self.data_type.words > 65536
-        ):
+        _check_kind(self)
+        if not isinstance(self.address, int) or self.address < 0 or self.end > 65536:
             raise ConfigError(
                 f"register_address {self.address!r} is outside 0..65535 for a "
                 f"{self.data_type.name.lower()}"
@@ -283,12 +329,23 @@ class Register:
     @property
     def is_counter(self) -> bool:
         """Whether the value is a cumulative counter (energy, charge) that only grows."""
-        return self.unit.strip().lower() in COUNTER_UNITS
+        return not self.is_text and self.unit.strip().lower() in COUNTER_UNITS
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the value is text (a string, an enum's name, a bitfield's set names):
+        stored in `meter_info`, not `energy`."""
+        return self.data_type is DataType.STRING or bool(self.enum) or bool(self.bits)
+
+    @property
+    def words(self) -> int:
+        """How many registers (or bits) the value occupies."""
+        return self.length if self.data_type is DataType.STRING else self.data_type.words
 
     @property
     def end(self) -> int:
         """One past the last address the value occupies."""
-        return self.address + self.data_type.words
+        return self.address + self.words
 
     def to_row(self) -> list[Any]:
         """The register as a row of a job (columns `ROW_COLUMNS`), the trailing values
@@ -305,6 +362,10 @@ class Register:
             self.offset,
             None if self.missing is None else sorted(self.missing),
             self.poll_every,
+            self.length,
+            {str(k): v for k, v in self.enum} or None,
+            {str(k): v for k, v in self.bits} or None,
+            self.scale_register,
         ]
         while len(row) > 3 and row[-1] == _ROW_DEFAULTS[len(row) - 4]:
             row.pop()
@@ -329,8 +390,10 @@ class Register:
 
         name, address and function_code are required. data_type is a code, its text or a name
         ("float32", the default); order a name (ABCD, the default); missing as `parse_missing`
-        takes it; poll_every a number of ticks (1, the default). A null order, unit, scale,
-        offset, missing or poll_every is the default too. Other keys are not read.
+        takes it; poll_every a number of ticks (1, the default); length the registers of a
+        string; enum and bits mappings of a number (or its text) to a name; scale_register the
+        name of the register holding this one's power of ten. A null is the default too. Other
+        keys are not read.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"register must be a mapping, got {type(data).__name__}")
@@ -349,6 +412,10 @@ class Register:
                 offset=0.0 if offset is None else float(offset),
                 missing=parse_missing(data.get("missing"), data_type),
                 poll_every=1 if poll_every is None else poll_every,
+                length=data.get("length") or 0,
+                enum=parse_names(data.get("enum"), "enum"),
+                bits=parse_names(data.get("bits"), "bits"),
+                scale_register=data.get("scale_register") or "",
             )
         except KeyError as exc:
             raise ConfigError(f"register is missing the key {exc.args[0]!r}") from None
@@ -368,6 +435,10 @@ REGISTER_KEYS = (
     "offset",
     "missing",
     "poll_every",
+    "length",
+    "enum",
+    "bits",
+    "scale_register",
 )
 # the values of a register row in a job, in order
 ROW_COLUMNS = (
@@ -381,8 +452,12 @@ ROW_COLUMNS = (
     "offset",
     "missing",
     "poll_every",
+    "length",
+    "enum",
+    "bits",
+    "scale_register",
 )
-_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None, 1)
+_ROW_DEFAULTS = ("", "float32", "ABCD", 1.0, 0.0, None, 1, 0, None, None, "")
 
 
 def _sentinels(register: Register) -> frozenset[float]:
@@ -391,8 +466,11 @@ def _sentinels(register: Register) -> frozenset[float]:
         register.missing if register.missing is not None else DEFAULT_MISSING[register.data_type]
     )
     dtype = register.data_type
-    if dtype is DataType.BOOL or not patterns:
+    if dtype is DataType.BOOL or dtype is DataType.STRING or not patterns:
         return frozenset()
+    if dtype.is_half:
+        signed = dtype in (DataType.INT8_HIGH, DataType.INT8_LOW)
+        return frozenset(raw - 256 if signed and raw >= 128 else raw for raw in patterns)
     width = dtype.words * 2
     unsigned = {2: "H", 4: "I", 8: "Q"}[width]
     values = set()
@@ -401,3 +479,79 @@ def _sentinels(register: Register) -> frozenset[float]:
         if not (isinstance(value, float) and math.isnan(value)):
             values.add(value)
     return frozenset(values)
+
+
+def parse_names(value: Any, what: str) -> tuple[tuple[int, str], ...]:
+    """An enum's or a bitfield's names: a mapping of a number (or its text: "1", "0x10") to a
+    name, as sorted pairs; None or an empty mapping is none."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ConfigError(f'{what} must be a mapping such as {{1 = "OFF"}}') from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a mapping of numbers to names, got {value!r}")
+    pairs = {}
+    for key, name in value.items():
+        try:
+            number = key if isinstance(key, int) and not isinstance(key, bool) else int(key, 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what} key {key!r} is not a whole number") from None
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{what} name for {number} must be a non-empty text")
+        pairs[number] = name.strip()
+    return tuple(sorted(pairs.items()))
+
+
+def _check_kind(register: Register) -> None:
+    """Refuse a string, enum, bitfield or scale-factor link that does not fit its type."""
+    dtype, name = register.data_type, register.name
+    if dtype is DataType.STRING:
+        if not isinstance(register.length, int) or not 1 <= register.length <= MAX_STRING_REGISTERS:
+            raise ConfigError(
+                f"a string needs a length of 1..{MAX_STRING_REGISTERS} registers, "
+                f"got {register.length!r}"
+            )
+    elif register.length:
+        raise ConfigError(f"length {register.length!r} is for strings only")
+    if register.enum and register.bits:
+        raise ConfigError("a register has enum names or bit names, not both")
+    if (register.enum or register.bits) and (
+        dtype.is_float or dtype in (DataType.BOOL, DataType.STRING)
+    ):
+        raise ConfigError(f"enum and bits need an integer data_type, not {dtype.name.lower()}")
+    if register.bits:
+        for bit, _name in register.bits:
+            if not 0 <= bit < dtype.bits:
+                raise ConfigError(f"bit {bit} is outside 0..{dtype.bits - 1} of {name!r}")
+    if register.scale_register:
+        problem = name_problem(register.scale_register)
+        if problem is not None:
+            raise ConfigError(f"scale_register: {problem}")
+        if register.scale_register == name:
+            raise ConfigError(f"register {name!r} cannot be its own scale_register")
+        if register.is_text or dtype is DataType.BOOL:
+            raise ConfigError("scale_register needs a numeric register")
+
+
+def scale_problems(registers: Sequence[Register]) -> dict[str, str]:
+    """Why some registers' scale factors cannot be applied: each `scale_register` must name
+    an int16 register of the same map and function code with the same poll class (so both are
+    read in the same request), by the name of the register that cannot. Empty when all can."""
+    by_name = {r.name: r for r in registers}
+    problems = {}
+    for reg in registers:
+        if not reg.scale_register:
+            continue
+        sf = by_name.get(reg.scale_register)
+        if sf is None:
+            problems[reg.name] = f"scale_register {reg.scale_register!r} is not a register"
+        elif sf.data_type is not DataType.INT16 or sf.scale_register or sf.is_text:
+            problems[reg.name] = f"scale_register {sf.name!r} must be a plain int16 (a sunssf)"
+        elif sf.function_code != reg.function_code or sf.poll_every != reg.poll_every:
+            problems[reg.name] = (
+                f"scale_register {sf.name!r} must have the same function_code and poll_every"
+            )
+    return problems

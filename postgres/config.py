@@ -16,7 +16,9 @@ _REGISTER_JSON = """json_build_object(
     'id', r.id, 'type', r.type, 'address', r.register_address, 'name', r.measurement_name,
     'unit', r.data_unit, 'data_type', r.data_type, 'function_code', r.function_code,
     'byte_order', r.byte_order, 'word_order', r.word_order, 'scale', r.scale,
-    'offset', r.value_offset, 'missing', r.missing_values, 'poll_every', r.poll_every)"""
+    'offset', r.value_offset, 'missing', r.missing_values, 'poll_every', r.poll_every,
+    'length', r.string_length, 'enum', r.value_names, 'bits', r.bit_names,
+    'scale_register', r.scale_register)"""
 
 
 # the plausibility limits of a `meter_types` (t) or `energy_meters` (m) row, NULL: not given

@@ -4,6 +4,7 @@ own), and reading a type back as `emm profiles` and `emm read` show it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import msgspec
@@ -44,8 +45,10 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
             cur.execute(
                 """INSERT INTO registers (type, register_address, measurement_name, data_unit,
                        data_type, function_code, byte_order, word_order, scale, value_offset,
-                       missing_values, poll_every, source)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                       missing_values, poll_every, string_length, value_names, bit_names,
+                       scale_register, source)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                           %s)""",
                 (
                     profile.type,
                     reg.address,
@@ -59,6 +62,10 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
                     reg.offset,
                     missing,
                     reg.poll_every,
+                    reg.length or None,
+                    _names(reg.enum),
+                    _names(reg.bits),
+                    reg.scale_register or None,
                     row.source or None,
                 ),
             )
@@ -90,6 +97,11 @@ def import_profile(conn: Connection, profile: Profile, *, replace: bool) -> bool
     return True
 
 
+def _names(pairs: tuple[tuple[int, str], ...]) -> str | None:
+    """An enum's or a bitfield's names as the JSON object its jsonb column holds."""
+    return json.dumps({str(k): v for k, v in pairs}) if pairs else None
+
+
 @dataclass(frozen=True)
 class StoredType:
     """A type as PostgreSQL holds it: its register rows (with their datasheet references),
@@ -104,7 +116,8 @@ class StoredType:
 
 _ROWS_SQL = """
 SELECT id, type, register_address, measurement_name, data_unit, data_type, function_code,
-       byte_order, word_order, scale, value_offset, missing_values, source
+       byte_order, word_order, scale, value_offset, missing_values, string_length,
+       value_names, bit_names, scale_register, source
 FROM registers WHERE type = %s ORDER BY function_code, register_address, id
 """
 _LIMITS_SQL = """
@@ -155,6 +168,10 @@ _ROW_KEYS = (
     "scale",
     "offset",
     "missing",
+    "length",
+    "enum",
+    "bits",
+    "scale_register",
     "source",
 )
 

@@ -217,6 +217,37 @@ MIGRATIONS.append(
 )
 
 
+MIGRATIONS.append(
+    (
+        6,
+        "registers: strings, enums, bitfields, byte halves, scale-factor registers",
+        # the columns of `Register.length`, `enum`, `bits` and `scale_register`; data types 10
+        # (string) to 14 (int8/uint8 halves) join 1-9
+        """
+        ALTER TABLE registers
+            DROP CONSTRAINT IF EXISTS registers_data_type_check,
+            ADD CONSTRAINT registers_data_type_check
+                CHECK (data_type BETWEEN 1 AND 14) NOT VALID,
+            ADD COLUMN string_length integer
+                CONSTRAINT registers_string_length_check
+                CHECK (string_length BETWEEN 1 AND 125),
+            ADD CONSTRAINT registers_string_check
+                CHECK ((data_type = 10) = (string_length IS NOT NULL)) NOT VALID,
+            ADD COLUMN value_names jsonb
+                CONSTRAINT registers_value_names_check
+                CHECK (jsonb_typeof(value_names) = 'object'),
+            ADD COLUMN bit_names jsonb
+                CONSTRAINT registers_bit_names_check
+                CHECK (jsonb_typeof(bit_names) = 'object'),
+            ADD COLUMN scale_register text
+                CONSTRAINT registers_scale_register_check
+                CHECK (scale_register ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$'
+                       AND scale_register <> measurement_name);
+        """,
+    )
+)
+
+
 def migrate(conn: Connection, *, seed_host: str | None = None, seed_port: int = 502) -> list[int]:
     """Apply the migrations that have not run yet; returns the versions applied now.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from emm import metrics
 from emm.errors import ConfigError, EmmError
 from emm.log import setup_logging
+from emm.registers import Order
 from emm.service import exit_code, run_until_signalled
 from emm.settings import SimulatorSettings
 from simulator.app import STATS_EVERY_S, SimulatorOptions, run
@@ -157,6 +158,20 @@ def _meter_arguments(meters: argparse._ArgumentGroup) -> None:
         f"per port) to FILE as JSON every {STATS_EVERY_S:g} s and at shutdown",
     )
     meters.add_argument(
+        "--serve-order",
+        choices=("ABCD", "CDAB", "BADC", "DCBA"),
+        help="serve every multi-register value in this byte/word order instead of the "
+        "profile's, as a device configured otherwise does (to try `emm probe`)",
+    )
+    meters.add_argument(
+        "--serve-shift",
+        type=_whole(-10, 10),
+        default=0,
+        metavar="N",
+        help="serve every register N addresses later (-1: earlier) than the profile says, as a "
+        "device numbering its registers from 1 does (default 0)",
+    )
+    meters.add_argument(
         "--host", help="address to listen on (EMM_SIMULATOR_HOST; default 127.0.0.1)"
     )
     meters.add_argument(
@@ -300,6 +315,8 @@ def build(argv: list[str] | None) -> tuple[SimulatorSettings, SimulatorOptions]:
         max_connections=args.max_connections,
         framing=args.framing,
         stats_file=Path(args.stats_file) if args.stats_file else None,
+        serve_order=None if args.serve_order is None else Order(args.serve_order),
+        serve_shift=args.serve_shift,
     )
     return settings, options
 

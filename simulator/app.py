@@ -16,6 +16,7 @@ from emm.errors import ConfigError
 from emm.health import Progress, default_path
 from emm.log import Summary, postgres_where
 from emm.profiles import Profile
+from emm.registers import Order
 from emm.settings import MigrateSettings, SimulatorSettings
 from simulator import metrics
 from simulator.faults import FaultPlan, Scenario
@@ -44,6 +45,8 @@ class SimulatorOptions:
     max_connections: int = 0  # per port; 0: any number
     framing: Framing = "tcp"
     stats_file: Path | None = None  # the stats as JSON, rewritten every STATS_EVERY_S
+    serve_order: Order | None = None  # serve the profile in this order (`MeterSpec.order`)
+    serve_shift: int = 0  # serve every register this many addresses later
 
     @property
     def type(self) -> str:
@@ -89,6 +92,8 @@ class Simulator:
                 profile=self.options.profile,
                 step_s=self.settings.step_s,
                 energy_resets=plan.energy_resets,
+                order=self.options.serve_order,
+                shift=self.options.serve_shift,
                 distortions=tuple(plan.distortions),
             )
             self.specs.append(spec)

@@ -502,3 +502,58 @@ def _line_quantities(out: dict[str, float]) -> None:
         lines.append(vll)
     out["averageVoltageLL"] = sum(lines) / 3
     out["averageThdVoltageLL"] = sum(out[f"thdVoltage{a}{b}"] for a, b in LINE_PAIRS) / 3
+
+
+# A PV array's daylight: DC power follows a half sine from 06:00 to 18:00 UTC (zero at night),
+# its peak drawn from the meter's seed; the inverter turns `INVERTER_EFFICIENCY` of it into AC.
+DAY_S = 86_400.0
+INVERTER_EFFICIENCY = 0.96
+PV_NAMES = ("acPower", "acEnergy", "dcPower", "dcVoltage", "dcCurrent")
+MPPT_NAMES = ("dcPower", "dcVoltage", "dcCurrent", "dcEnergy")
+_unit("W", "acPower", "dcPower")
+_unit("kWh", "acEnergy", "dcEnergy")
+_unit("V", "dcVoltage")
+_unit("A", "dcCurrent")
+
+
+def daylight(seed: int) -> Wave:
+    """The array's power over the day (its positive part): 0 at 06:00 and 18:00 UTC, its peak
+    at noon."""
+    peak_w = 4000.0 + 1000.0 * (seed % 7)
+    return Wave(0.0, peak_w, DAY_S, -TWO_PI * 6 * 3600 / DAY_S)
+
+
+def pv_quantities(
+    seed: int, t_s: float, trackers: int = 0, energy_since_s: float = COMMISSIONED_S
+) -> dict[str, float]:
+    """An inverter's quantities at `t_s` (canonical units) from its array's daylight curve;
+    with `trackers`, each MPP tracker's share too (`dcPower1`, `dcVoltage1`, ...)."""
+    wave = daylight(seed)
+    dc_w = max(0.0, wave.at(t_s))
+    dc_kwh = wave.positive_integral(energy_since_s, t_s) / J_PER_KWH
+    # the string voltage rises with the light; a dark array reads 0 V
+    dc_v = 560.0 + 80.0 * dc_w / wave.amplitude if dc_w > 0 else 0.0
+    out = {
+        "acPower": dc_w * INVERTER_EFFICIENCY,
+        "acEnergy": dc_kwh * INVERTER_EFFICIENCY,
+        "dcPower": dc_w,
+        "dcVoltage": dc_v,
+        "dcCurrent": dc_w / dc_v if dc_v else 0.0,
+    }
+    for k in range(1, trackers + 1):
+        share = dc_w / trackers
+        out |= {
+            f"dcPower{k}": share,
+            f"dcVoltage{k}": dc_v,
+            f"dcCurrent{k}": share / dc_v if dc_v else 0.0,
+            f"dcEnergy{k}": dc_kwh / trackers,
+        }
+    return out
+
+
+MAX_TRACKERS = 16
+for _k in range(1, MAX_TRACKERS + 1):
+    _unit("W", f"dcPower{_k}")
+    _unit("V", f"dcVoltage{_k}")
+    _unit("A", f"dcCurrent{_k}")
+    _unit("kWh", f"dcEnergy{_k}")

@@ -140,6 +140,7 @@ class _Values:
 
     def __init__(self) -> None:
         self.fields: dict[str, float] = {}
+        self.text: dict[str, str] = {}
         self.missing: list[str] = []
         self.errors: dict[str, str] = {}
         self.first_error: DeviceError | DecodeError | None = None
@@ -148,6 +149,10 @@ class _Values:
         values, miss = decoder.decode(words)
         self.fields.update(values)
         self.missing.extend(miss)
+        if decoder.has_text:
+            text, miss = decoder.decode_text(words)
+            self.text.update(text)
+            self.missing.extend(miss)
 
     def fail(self, error: DeviceError | DecodeError) -> None:
         self.first_error = self.first_error or error
@@ -184,6 +189,7 @@ async def read_job(job: Job, device: Device, *, attempts: int) -> Reading | None
         missing=tuple(values.missing),
         errors=values.errors,
         counters=job.plan.counters,
+        text=values.text,
         guard=job.guard,
     )
 
@@ -205,7 +211,7 @@ async def _read_all(
             values.fail(exc)
             for rest in decoders[index:]:
                 for reg in rest.registers:
-                    if reg.name not in values.fields:
+                    if reg.name not in values.fields and reg.name not in values.text:
                         values.errors[reg.name] = str(exc)
             break
         except (DeviceError, DecodeError) as exc:

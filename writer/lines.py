@@ -14,6 +14,10 @@ an escape (at the end, or before a backslash, comma, equals sign or space), an o
 (`emm.text`), a field name a register may not have (`emm.registers.name_problem`), more fields
 than a type may have registers, text that is not valid Unicode.
 
+A reading with text values (strings, enums, bitfields: identity and state) also gives one
+`meter_info` point of string fields, never tags: a serial number or a firmware version that
+changes must not start a new series.
+
 A gateway's status gives one `gateway_status` point, tagged `gateway` (host:port), at its tick.
 """
 
@@ -30,6 +34,7 @@ from writer.counters import Delta
 
 ENERGY = "energy"
 STATUS = "meter_status"
+INFO = "meter_info"
 GATEWAY_STATUS = "gateway_status"
 DELTA = "energy_delta"
 SUSPECT = "energy_suspect"
@@ -80,10 +85,10 @@ def reading_lines(
     the fields the plausibility guard kept out (`writer.plausibility`); both are flagged in the
     `meter_status` point (`suspect` on every reading that carries a guard).
     """
-    if len(reading.fields) > MAX_REGISTERS_PER_TYPE:
+    values = len(reading.fields) + len(reading.text)
+    if values > MAX_REGISTERS_PER_TYPE:
         raise Unwritable(
-            f"reading has {len(reading.fields)} fields, "
-            f"at most {MAX_REGISTERS_PER_TYPE} are allowed"
+            f"reading has {values} fields, at most {MAX_REGISTERS_PER_TYPE} are allowed"
         )
     tags = _tags(reading.meter)
     ts = reading.tick_ms
@@ -93,13 +98,18 @@ def reading_lines(
             [_field_key(name) + repr(value) for name, value in reading.fields.items()]
         )
         lines.append(f"{ENERGY},{tags} {fields} {ts}")
+    if reading.text:
+        text = ",".join(
+            [_field_key(name) + _string_field(value) for name, value in reading.text.items()]
+        )
+        lines.append(f"{INFO},{tags} {text} {ts}")
     s = reading.status
     status_fields = (
         f"up={'true' if s.up else 'false'},"
         f"error_code={_string_field(s.error_code)},"
         f"latency_ms={float(s.latency_ms)!r},"
         f"requests={s.requests}i,"
-        f"values={len(reading.fields)}i,"
+        f"values={values}i,"
         f"missing={len(reading.missing)}i,"
         f"errors={len(reading.errors)}i"
     )

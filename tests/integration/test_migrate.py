@@ -120,8 +120,28 @@ def test_no_seed_leaves_the_meters_table_empty(pg_dsn: str) -> None:
         ),
         (
             "INSERT INTO registers (type, register_address, measurement_name, data_type, "
-            "function_code) VALUES ('t', 0, 'x', 10, 3)",
+            "function_code) VALUES ('t', 0, 'x', 15, 3)",
             "registers_data_type_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code) VALUES ('t', 0, 'x', 10, 3)",
+            "registers_string_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code, string_length) VALUES ('t', 0, 'x', 10, 3, 126)",
+            "registers_string_length_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code, value_names) VALUES ('t', 0, 'x', 4, 3, '[1]')",
+            "registers_value_names_check",
+        ),
+        (
+            "INSERT INTO registers (type, register_address, measurement_name, data_type, "
+            "function_code, scale_register) VALUES ('t', 0, 'x', 4, 3, 'x')",
+            "registers_scale_register_check",
         ),
         (
             "INSERT INTO registers (type, register_address, measurement_name, data_type, "

@@ -166,8 +166,19 @@ def test_the_readme_profile_example_is_a_valid_profile() -> None:
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     profile = parse_profile(example, "README")
     assert profile.type == "my_meter"
-    assert [r.name for r in profile.registers] == ["voltageL1", "importActiveEnergy"]
+    assert [r.name for r in profile.registers] == [
+        "voltageL1",
+        "importActiveEnergy",
+        "serial",
+        "operatingState",
+        "events",
+        "firmwareMajor",
+        "acPower",
+        "W_SF",
+    ]
     assert profile.registers[1].is_counter
+    assert [r.is_text for r in profile.registers[2:5]] == [True, True, True]
+    assert profile.registers[6].scale_register == "W_SF"
 
 
 def test_an_unknown_top_level_key_is_refused() -> None:

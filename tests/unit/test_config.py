@@ -16,7 +16,8 @@ from emm.registers import DataType, Order, Register
 pytestmark = pytest.mark.timeout(30)
 
 KNOWN = (
-    "(known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool)"
+    "(known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, "
+    "9 bool, 10 string, 11 uint8_high, 12 uint8_low, 13 int8_high, 14 int8_low)"
 )
 
 

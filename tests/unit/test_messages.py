@@ -51,14 +51,17 @@ def registers(draw: st.DrawFn) -> Register:
     data_type = draw(st.sampled_from(list(DataType)))
     return Register(
         name=draw(names),
-        address=draw(st.integers(0, 65532)),
+        address=draw(st.integers(0, 65531)),
         function_code=draw(st.sampled_from([1, 2] if data_type is DataType.BOOL else [3, 4])),
         data_type=data_type,
         order=draw(st.sampled_from(list(Order))),
         unit=draw(st.sampled_from(["", "V", "kWh", "µs"])),
         scale=draw(finite.filter(lambda x: x != 0)),
         offset=draw(finite),
-        missing=draw(st.none() | st.frozensets(st.integers(0, 0xFFFF), max_size=3)),
+        missing=draw(
+            st.none() | st.frozensets(st.integers(0, (1 << data_type.bits) - 1), max_size=3)
+        ),
+        length=draw(st.integers(1, 4)) if data_type is DataType.STRING else 0,
     )
 
 
@@ -414,7 +417,8 @@ GOOD_REGISTER = {"name": "v", "address": 0, "function_code": 3, "data_type": "in
         (
             _plan(registers=[GOOD_REGISTER, dict(GOOD_REGISTER, data_type="int99")]),
             "job is malformed: unknown data_type 'int99' (known: 1 int16, 2 int32, 3 float32, "
-            "4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool)",
+            "4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool, 10 string, 11 uint8_high, "
+            "12 uint8_low, 13 int8_high, 14 int8_low)",
         ),
         (_plan(registers=["v"]), "job is malformed: register must be a list or an object, got str"),
         (
@@ -423,8 +427,9 @@ GOOD_REGISTER = {"name": "v", "address": 0, "function_code": 3, "data_type": "in
         ),
         (
             _plan(registers=[["v", 0]]),
-            "job is malformed: register row has 2 values, expected 3 to 10: name, address, "
-            "function_code, unit, data_type, order, scale, offset, missing, poll_every",
+            "job is malformed: register row has 2 values, expected 3 to 14: name, address, "
+            "function_code, unit, data_type, order, scale, offset, missing, poll_every, length, "
+            "enum, bits, scale_register",
         ),
         (
             _plan(registers=[["v", 0, 3, "", "int16", "ABCD", 0]]),

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from emm.codec import decode
+from emm.codec import decode, decode_text
 from emm.profiles import Profile, shipped_profiles
+from emm.registers import Register
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,6 +156,82 @@ VECTORS: list[tuple[str, str, list[int], float | None]] = [
 PROFILES = {profile.type: profile for profile in shipped_profiles()}
 
 
+SMA = [0x534D, 0x4100] + [0] * 14  # "SMA", NUL padded (16 registers)
+# SunSpec profiles: (type, name, raw words, the scale-factor register's word (None: the point
+# has none), decoded value: a number, a text, None = "not available"). Words and scale
+# factors as the SunSpec specification describes them: integers with a power of ten read
+# beside them, 0x8000 / 0xFFFF / 0xFFFFFFFF not implemented, strings NUL padded.
+SUNSPEC_VECTORS: list[tuple[str, str, list[int], int | None, float | str | None]] = []
+for _type in ("sma_sunspec", "fronius_sunspec", "solaredge_sunspec"):
+    SUNSPEC_VECTORS += [
+        (_type, "voltageL1", [0x08FD], 0xFFFF, 230.1),  # 2301 x 10^-1 V
+        (_type, "voltageL1", [0xFFFF], 0xFFFF, None),  # uint16 not implemented
+        (_type, "acPower", [0x1A2C], 0x0000, 6700.0),
+        (_type, "acPower", [0xFF9C], 0x0001, -1000.0),  # -100 x 10^1 W
+        (_type, "acPower", [0x1A2C], 0x8000, None),  # the scale factor not implemented
+        (_type, "acPower", [0x8000], 0x0000, None),
+        (_type, "powerFactor", [0xFFA1], 0x0000, -0.95),  # -95 %
+        (_type, "acEnergy", [0x0001, 0xE240], 0x0000, 123456.0),  # acc32 Wh
+        (_type, "acEnergy", [0x0001, 0xE240], 0x0002, 12345600.0),
+        (_type, "acEnergy", [0xFFFF, 0xFFFF], 0x0000, None),
+        (_type, "maker", SMA, None, "SMA"),
+        (_type, "serial", [0] * 16, None, None),  # an empty string: not available
+        (_type, "operatingState", [0x0004], None, "MPPT"),
+        (_type, "operatingState", [0xFFFF], None, None),
+        (_type, "events", [0x0000, 0x0081], None, "GROUND_FAULT,OVER_TEMP"),
+        (_type, "events", [0x0000, 0x0000], None, ""),
+        (_type, "events", [0xFFFF, 0xFFFF], None, None),
+    ]
+for _type in ("sma_sunspec", "fronius_sunspec"):
+    SUNSPEC_VECTORS += [
+        (_type, "dcPower1", [0x0BB8], 0x0000, 3000.0),
+        (_type, "dcVoltage2", [0x1770], 0xFFFF, 600.0),  # 6000 x 10^-1 V
+        (_type, "mppt1Seconds", [0x0001, 0x5180], None, 86400.0),  # uint32, no scale factor
+        (_type, "mppt1Temperature", [0xFFE7], None, -25.0),  # int16, no scale factor
+        (_type, "mppt2State", [0x0004], None, "MPPT"),
+        (_type, "mppt1Name", [0x4D50, 0x5054, 0x2031] + [0] * 5, None, "MPPT 1"),
+        (_type, "m160.N", [0x0002], None, 2.0),
+    ]
+for _type, suffix in (("fronius_smart_meter_sunspec", ""), ("solaredge_sunspec", "")):
+    SUNSPEC_VECTORS += [
+        (_type, "frequency" + suffix, [0x1388], 0xFFFE, 50.0),  # 5000 x 10^-2 Hz
+        (_type, "activePower", [0xFA24], 0x0000, -1500.0),
+        (_type, "activePowerL2", [0xFA24], 0x0001, -15000.0),
+        (_type, "importActiveEnergy", [0x0012, 0xD687], 0x0000, 1234567.0),
+        (_type, "exportActiveEnergyL3", [0x0012, 0xD687], 0xFFFD, 1234.567),
+        (_type, "meterEvents", [0x0000, 0x0004], None, "M_EVENT_Power_Failure"),
+        (_type, "powerFactorL1", [0x005F], 0x0000, 0.95),
+    ]
+SUNSPEC_VECTORS += [
+    # the scale factors themselves: int16 powers of ten, stored as they are
+    ("fronius_smart_meter_sunspec", "m203.A_SF", [0xFFFE], None, -2.0),
+    ("fronius_smart_meter_sunspec", "m203.A_SF", [0x8000], None, None),
+    ("solaredge_sunspec", "m103.A_SF", [0xFFFE], None, -2.0),
+    ("solaredge_sunspec", "vendorState", [0x0003], None, 3.0),
+    ("fronius_smart_meter_sunspec", "maker", SMA, None, "SMA"),
+    ("fronius_smart_meter_sunspec", "voltageL1", [0x08FD], 0xFFFF, 230.1),
+    ("solaredge_sunspec", "maker_2", SMA, None, "SMA"),
+]
+
+
+@pytest.mark.parametrize(("type_", "name", "words", "sf", "value"), SUNSPEC_VECTORS)
+def test_sunspec_golden_vector(
+    type_: str, name: str, words: list[int], sf: int | None, value: float | str | None
+) -> None:
+    register = {r.name: r for r in PROFILES[type_].registers}[name]
+    assert len(words) == register.words
+    assert bool(register.scale_register) == (sf is not None)
+    if register.is_text:
+        assert decode_text(words, register) == value
+        return
+    power = None if sf is None or sf == 0x8000 else sf - 0x10000 if sf >= 0x8000 else sf
+    decoded = decode(words, register, power)
+    if value is None:
+        assert decoded is None
+    else:
+        assert decoded == pytest.approx(value, rel=1e-12, abs=1e-12)
+
+
 @pytest.mark.parametrize(("type_", "name", "words", "value"), VECTORS)
 def test_golden_vector(type_: str, name: str, words: list[int], value: float | None) -> None:
     profile = PROFILES[type_]
@@ -170,11 +247,19 @@ def test_golden_vector(type_: str, name: str, words: list[int], value: float | N
 @pytest.mark.parametrize("profile", PROFILES.values(), ids=lambda p: p.type)
 def test_every_profile_has_vectors_for_each_type_and_order(profile: Profile) -> None:
     by_name = {r.name: r for r in profile.registers}
-    covered = {
-        (by_name[name].data_type, by_name[name].order)
-        for type_, name, _, _ in VECTORS
-        if type_ == profile.type
-    }
-    used = {(r.data_type, r.order) for r in profile.registers}
-    assert len({name for type_, name, _, _ in VECTORS if type_ == profile.type}) >= 3
+    names = {name for type_, name, *_ in [*VECTORS, *SUNSPEC_VECTORS] if type_ == profile.type}
+    covered = {_kind(by_name[name]) for name in names}
+    used = {_kind(r) for r in profile.registers}
+    assert len(names) >= 3
     assert used <= covered
+
+
+def _kind(register: Register) -> tuple[object, ...]:
+    """What a vector pins: type and order, and whether text, enum, bits or scale factor."""
+    return (
+        register.data_type,
+        register.order,
+        bool(register.enum),
+        bool(register.bits),
+        bool(register.scale_register),
+    )

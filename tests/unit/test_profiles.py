@@ -20,6 +20,8 @@ SHIPPED = [
     "cg_em340",
     "chint_dtsu666",
     "finder_7m38",
+    "fronius_smart_meter_sunspec",
+    "fronius_sunspec",
     "growatt",
     "huawei_sun2000",
     "janitza_umg604",
@@ -35,7 +37,9 @@ SHIPPED = [
     "sdm72d",
     "sdm72d_m2",
     "siemens_pac2200",
+    "sma_sunspec",
     "socomec_countis_e23",
+    "solaredge_sunspec",
     "sungrow_sg",
 ]
 
@@ -98,7 +102,8 @@ source = "test table 1"
 """
 GOOD_ROW = 'name = "b"\naddress = 10\nfunction_code = 4\ndata_type = "float32"\n'
 KNOWN = (
-    "(known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool)"
+    "(known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, "
+    "9 bool, 10 string, 11 uint8_high, 12 uint8_low, 13 int8_high, 14 int8_low)"
 )
 
 

@@ -20,7 +20,8 @@ from emm.registers import (
 pytestmark = pytest.mark.timeout(30)
 
 KNOWN = (
-    "(known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, 9 bool)"
+    "(known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, 6 int64, 7 uint64, 8 float64, "
+    "9 bool, 10 string, 11 uint8_high, 12 uint8_low, 13 int8_high, 14 int8_low)"
 )
 
 
@@ -59,7 +60,7 @@ def test_original_codes_keep_their_meaning(code: int, name: str) -> None:
     assert DataType(code).name.lower() == name
 
 
-@pytest.mark.parametrize("value", [0, 10, "0", "-1", "int8", "", "float", None, 3.5])
+@pytest.mark.parametrize("value", [0, 15, "0", "-1", "int8", "", "float", None, 3.5])
 def test_data_type_unknown(value: object) -> None:
     with pytest.raises(ConfigError) as info:
         DataType.parse(value)
@@ -269,10 +270,17 @@ def test_parse_missing_errors(text: str, data_type: DataType, message: str) -> N
 def registers(draw: st.DrawFn) -> Register:
     data_type = draw(st.sampled_from(list(DataType)))
     fc = draw(st.sampled_from([1, 2] if data_type is DataType.BOOL else [3, 4]))
-    bits = 16 * data_type.words
+    bits = data_type.bits
+    length = draw(st.integers(1, 125)) if data_type is DataType.STRING else 0
+    integer = not data_type.is_float and data_type not in (DataType.BOOL, DataType.STRING)
+    names = st.dictionaries(st.integers(0, bits - 1), st.sampled_from(["OFF", "ON", "FAULT"]))
+    enum = draw(names) if integer and draw(st.booleans()) else {}
+    bit_names = draw(names) if integer and not enum and draw(st.booleans()) else {}
+    numeric = data_type not in (DataType.BOOL, DataType.STRING) and not (enum or bit_names)
+    scale_register = draw(st.sampled_from(["", "W_SF"])) if numeric else ""
     return Register(
         name=draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,20}", fullmatch=True)),
-        address=draw(st.integers(0, 65536 - data_type.words)),
+        address=draw(st.integers(0, 65536 - (length or data_type.words))),
         function_code=fc,
         data_type=data_type,
         order=draw(st.sampled_from(list(Order))),
@@ -281,6 +289,10 @@ def registers(draw: st.DrawFn) -> Register:
         offset=draw(st.floats(allow_nan=False, allow_infinity=False)),
         missing=draw(st.none() | st.frozensets(st.integers(0, (1 << bits) - 1), max_size=3)),
         poll_every=draw(st.integers(0, MAX_POLL_EVERY)),
+        length=length,
+        enum=tuple(sorted(enum.items())),
+        bits=tuple(sorted(bit_names.items())),
+        scale_register=scale_register,
     )
 
 
@@ -304,6 +316,10 @@ def test_register_mapping_round_trip(register: Register) -> None:
         "offset": register.offset,
         "missing": None if register.missing is None else sorted(register.missing),
         "poll_every": register.poll_every,
+        "length": register.length,
+        "enum": dict(register.enum),
+        "bits": {str(bit): name for bit, name in register.bits},
+        "scale_register": register.scale_register,
     }
     assert set(data) == set(REGISTER_KEYS)
     assert Register.from_mapping(data) == register
@@ -446,8 +462,9 @@ def test_from_mapping_errors(data: object, message: str) -> None:
         ({"name": "v"}, "register row must be a list, got dict"),
         (
             ["v", 0],
-            "register row has 2 values, expected 3 to 10: name, address, function_code, unit, "
-            "data_type, order, scale, offset, missing, poll_every",
+            "register row has 2 values, expected 3 to 14: name, address, function_code, unit, "
+            "data_type, order, scale, offset, missing, poll_every, length, enum, bits, "
+            "scale_register",
         ),
         (["v", 0, 5], "function_code 5 is not a read function code (1, 2, 3, 4)"),
     ],
