@@ -4,17 +4,18 @@ RabbitMQ grants a user three regular expressions per virtual host, matched again
 exchanges and queues: `configure` (declare, delete), `write` (publish to an exchange, bind a
 queue) and `read` (consume or get from a queue). Declaring passively needs none. So:
 
-    service    configure  write                      read
-    scheduler  nothing    emm.jobs                   nothing
-    worker     nothing    emm.readings, emm.markers  emm.jobs.<k>
-    writer     nothing    nothing                    emm.readings
+    service    configure             write                      read
+    scheduler  emm.scheduler.lease   emm.jobs                   nothing
+    worker     nothing               emm.readings, emm.markers  emm.jobs.<k>
+    writer     nothing               nothing                    emm.readings
 
 A worker cannot publish a job (emm.jobs) nor consume readings; the writer cannot publish at
 all; the scheduler cannot consume. Nobody may publish through the default exchange, which
 reaches every queue by name. Dead-lettering is RabbitMQ's own move and needs no permission.
 
-No service may declare, so the topology comes with the users: `definitions` builds one
-RabbitMQ definitions document holding the virtual host, the users (passwords only as RabbitMQ's
+No service may declare (but for the scheduler its lease, `broker.lease`: an exclusive queue
+only its own connection can use), so the topology comes with the users: `definitions` builds
+one RabbitMQ definitions document holding the virtual host, the users (passwords only as RabbitMQ's
 salted SHA-256 hashes), their permissions and every exchange, queue and binding of
 `broker.topology`, with the same arguments the services check. RabbitMQ loads it at boot
 (`load_definitions`) or on `rabbitmqctl import_definitions FILE`.
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.lease import SCHEDULER_LEASE
 from broker.topology import (
     DEAD_LETTER_EXCHANGE,
     DEAD_QUEUES,
@@ -64,7 +66,8 @@ class Permission:
 
 # service -> its rights
 PERMISSIONS: dict[str, Permission] = {
-    "scheduler": Permission(configure=NOTHING, write=_only(JOBS), read=NOTHING),
+    # the lease is an exclusive queue it declares: configure on that one name, nothing else
+    "scheduler": Permission(configure=_only(SCHEDULER_LEASE), write=_only(JOBS), read=NOTHING),
     "worker": Permission(
         configure=NOTHING, write=_only(READINGS, MARKERS), read=rf"^{re.escape(JOBS)}\.[0-9]+$"
     ),

@@ -1,5 +1,5 @@
-"""The `emm` command line: the services, `migrate`, `secrets`, `check`, `read`, `probe`, `profiles`,
-`report` and `status`."""
+"""The `emm` command line: the services, `migrate`, `secrets`, `check`, `read`, `probe`,
+`profiles`, `report`, `status` and `health`."""
 
 from __future__ import annotations
 
@@ -148,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace the rows even though meters use the type"
     )
 
+    from cli.health import add_parser as add_health
     from cli.report import add_parser as add_report
     from cli.status import add_parser as add_status
 
     add_report(sub)
+    add_health(sub)
     add_status(sub)
     return parser
 
@@ -240,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from cli import report
 
             code = report.run(args)
+        elif args.command == "health":
+            from cli import health
+
+            code = health.run(args)
         elif args.command == "status":
             from cli import status
 

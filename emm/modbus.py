@@ -78,3 +78,53 @@ TRANSIENT_EXCEPTION_CODES = frozenset(
 def exception_name(code: int) -> str:
     """The specification's name of exception `code` ("unknown exception" for others)."""
     return EXCEPTION_NAMES.get(code, "unknown exception")
+
+
+_MBAP_HEADER = 7  # transaction id, protocol id, length, unit id
+
+
+def answer_violation(request: bytes, answer: bytes) -> str | None:
+    """What breaks the protocol in `answer`, the bytes a device sent back (Modbus TCP, MBAP
+    framing) to our read `request`, in a few words; None when nothing came or nothing we can
+    name is wrong. A client library drops such an answer and waits, so without this the read
+    only looks unanswered."""
+    if not answer or len(request) < _MBAP_HEADER + 5:
+        return None
+    if len(answer) < _MBAP_HEADER + 1:
+        return f"short frame: {len(answer)} bytes, less than a header and a function code"
+    tid, protocol, length, unit = _unpack_mbap(answer)
+    want_tid, _, _, want_unit = _unpack_mbap(request)
+    function_code = request[_MBAP_HEADER]
+    count = int.from_bytes(request[_MBAP_HEADER + 3 : _MBAP_HEADER + 5], "big")
+    if tid != want_tid:
+        return f"transaction id {tid} in the answer to transaction {want_tid}"
+    if protocol != 0:
+        return f"protocol id {protocol} in the answer, not 0 (Modbus)"
+    if unit != want_unit:
+        return f"unit id {unit} in the answer to unit {want_unit}"
+    if len(answer) < 6 + length:
+        return f"short frame: {len(answer)} bytes of the {6 + length} its header announces"
+    got = answer[_MBAP_HEADER]
+    if got & 0x7F != function_code:
+        return f"function code {got} in the answer to function code {function_code}"
+    if got & 0x80:
+        return None  # an exception answer: well formed
+    if length < 3:
+        return f"short frame: no byte count after function code {got}"
+    byte_count = answer[_MBAP_HEADER + 1]
+    follow = length - 3  # after unit id, function code and byte count
+    if byte_count != follow:
+        return f"byte count {byte_count} but {follow} bytes follow"
+    want = (count + 7) // 8 if function_code in BIT_FUNCTION_CODES else 2 * count
+    if byte_count != want:
+        return f"byte count {byte_count} for a read of {count}, {want} expected"
+    return None
+
+
+def _unpack_mbap(frame: bytes) -> tuple[int, int, int, int]:
+    return (
+        int.from_bytes(frame[0:2], "big"),
+        int.from_bytes(frame[2:4], "big"),
+        int.from_bytes(frame[4:6], "big"),
+        frame[6],
+    )

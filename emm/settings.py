@@ -194,9 +194,12 @@ class _Settings(BaseSettings):
 
 class _Service(_Settings):
     """What every long-running service reads: `EMM_EVENT_LOOP`, `EMM_METRICS_PORT`,
-    `EMM_LOG_SUMMARY_S`."""
+    `EMM_LOG_SUMMARY_S`, and where its health goes."""
 
     event_loop: Annotated[EventLoop, _LOWER] = "uvloop"
+    # empty: `emm.health.default_path` (one service per container needs no setting)
+    health_file: str = ""
+    health_stall_s: Seconds = Field(60.0, ge=1)
     # 9100: what deploy/kubernetes scrapes; 0 turns the endpoint off (see `emm.metrics`)
     metrics_port: int = Field(9100, ge=0, le=65535)
     log_summary_s: Seconds = Field(300.0, ge=1)
@@ -235,6 +238,7 @@ class WorkerSettings(_Service, _Amqp):
     offline_after_ticks: int = Field(3, ge=1)
     offline_backoff_max_s: Seconds = Field(60.0, ge=0)
     outbox_max: int = Field(50_000, ge=1, validation_alias="EMM_WORKER_OUTBOX_MAX")
+    drain_s: Seconds = Field(10.0, ge=0)
 
 
 class WriterSettings(_Service, _Amqp, _ReadCron):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emm.errors import ConfigError
+from emm.health import Progress, default_path
 from emm.log import Summary, postgres_where
 from emm.profiles import Profile
 from emm.registers import Order
@@ -166,6 +167,14 @@ async def run(
     options = options or SimulatorOptions()
     simulator = Simulator(settings, options)
     await simulator.start()
+    # it only answers: its health is its event loop turning with its ports open
+    health = Progress(
+        "simulator",
+        Path(settings.health_file or default_path("simulator")),
+        settings.health_stall_s,
+    )
+    health.note = f"{len(simulator.placements)} meter(s) on {len(simulator.servers)} port(s)"
+    beat = asyncio.create_task(health.run(stop, dict))
     metrics.STATS.stats = simulator.stats
     summary = Summary(log, simulator.stats.counts, settings.log_summary_s)
     summaries = asyncio.create_task(summary.run(stop))
@@ -179,6 +188,8 @@ async def run(
             await _write_config(simulator, options)
         await stop.wait()
     finally:
+        stop.set()
+        await beat
         summaries.cancel()
         first.cancel()
         metrics.STATS.stats = None

@@ -41,6 +41,15 @@ seconds after the simulator starts, for `for_s` seconds, repeating every `every_
     function_code = 4                 # omitted: every read function code
     addresses = [70, "342-345"]       # inclusive ranges
 
+    [[faults]]
+    kind = "violation"                # answer, but against the protocol (Modbus TCP framing):
+    violation = "transaction_id"      #   transaction_id  another transaction id than asked
+    rate = 0.5                        #   byte_count      a byte count 2 more than the data
+                                      #   function_code   another read function code (3<->4,
+                                      #                   1<->2)
+                                      #   short_frame     the last 2 bytes its header
+                                      #                   announces never sent
+
 Value faults: the read succeeds but the value is one no meter measured (what the writer's
 plausibility guard is for). Their window is checked at the simulated time step a value belongs
 to, not at the request: with `EMM_SIMULATOR_STEP_S` equal to the read period, `for_s` of one
@@ -81,7 +90,8 @@ from emm.errors import ConfigError
 from emm.modbus import READ_FUNCTION_CODES
 
 VALUE_KINDS = ("spike", "zero", "word_order")
-KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole", *VALUE_KINDS)
+KINDS = ("latency", "timeout", "exception", "reset", "reboot", "hole", "violation", *VALUE_KINDS)
+VIOLATIONS = ("transaction_id", "byte_count", "function_code", "short_frame")
 SPIKE_ADD = 9113.0  # an SDM630's notorious spike, in kWh
 EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 8, 10, 11})
 _KEYS = {
@@ -97,6 +107,7 @@ _KEYS = {
     "function_code",
     "addresses",
     "reset_energy",
+    "violation",
     # value faults
     "registers",
     "add",
@@ -157,6 +168,7 @@ class Fault:
     function_code: int | None = None
     ranges: tuple[tuple[int, int], ...] = ()  # hole: [start, end) address ranges
     reset_energy: bool = False
+    violation: str = ""
     registers: tuple[str, ...] = ()  # value faults: the registers (empty: every counter)
     add: float = SPIKE_ADD
 
@@ -175,6 +187,8 @@ class Fault:
             raise ConfigError("fixed_ms and jitter_ms must be 0 or more")
         if self.kind == "reboot" and self.for_s is None:
             raise ConfigError("a reboot needs for_s (how long the meter is down)")
+        if self.kind == "violation" and self.violation not in VIOLATIONS:
+            raise ConfigError(f"violation {self.violation!r} is not one of {', '.join(VIOLATIONS)}")
         if self.kind == "hole":
             if not self.ranges:
                 raise ConfigError("a hole needs addresses")
@@ -269,6 +283,7 @@ def parse_fault(data: Any, where: str = "fault") -> Fault:
             function_code=None if fc is None else int(fc),
             ranges=ranges,
             reset_energy=bool(data.get("reset_energy", False)),
+            violation=str(data.get("violation", "")),
             registers=tuple(str(name) for name in _as_list(data.get("registers", []))),
             add=float(data.get("add", SPIKE_ADD)),
         )
@@ -319,6 +334,13 @@ def load_scenario(path: str | Path) -> Scenario:
 # What a request gets instead of its answer.
 TIMEOUT = "timeout"
 RESET = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """An answer to send against the protocol, as `what` (one of VIOLATIONS) says."""
+
+    what: str
 
 
 @dataclass
@@ -383,10 +405,12 @@ class FaultPlan:
                 delay_ms += fault.fixed_ms + self._rng.uniform(0.0, fault.jitter_ms)
         return delay_ms / 1000.0
 
-    def action(self, t_s: float) -> str | int | None:
-        """TIMEOUT, RESET, a Modbus exception code, or None to answer normally."""
+    def action(self, t_s: float) -> str | int | Violation | None:
+        """TIMEOUT, RESET, a Modbus exception code, a Violation, or None to answer normally."""
         for fault, window in self._actions:
             if self._hits(fault, window, t_s):
+                if fault.kind == "violation":
+                    return Violation(fault.violation)
                 return fault.code if fault.kind == "exception" else fault.kind
         return None
 

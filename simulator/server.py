@@ -48,7 +48,7 @@ from emm.modbus import (
     READ_LIMITS,
     WRITE_FUNCTION_CODES,
 )
-from simulator.faults import RESET, TIMEOUT, FaultPlan
+from simulator.faults import RESET, TIMEOUT, FaultPlan, Violation
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,9 @@ class SimulatedContext:
         """Whether the port is down (every meter behind it rebooting) at `t_s`."""
         return self.can_refuse and all(plan.rebooting(t_s) for plan in self.faults.values())
 
-    def handle(self, unit: int, pdu: bytes) -> tuple[bytes | str, float]:
-        """The response PDU to `pdu` (or TIMEOUT / RESET) and how long to wait before sending it."""
+    def handle(self, unit: int, pdu: bytes) -> tuple[bytes | str | Garbled, float]:
+        """The response PDU to `pdu` (or TIMEOUT / RESET, or an answer to garble) and how long
+        to wait before sending it."""
         stats = self.stats
         fc = pdu[0]
         device = self.devices.get(unit)
@@ -163,6 +164,7 @@ class SimulatedContext:
             return _exception(fc, ILLEGAL_FUNCTION), 0.0
         t_s = self.clock()
         delay = 0.0
+        violation = None
         if plan is not None:
             if plan.rebooting(t_s):
                 if self.refusing(t_s):
@@ -179,9 +181,12 @@ class SimulatedContext:
                 if action == RESET:
                     stats.resets += 1
                     return RESET, 0.0
-                assert isinstance(action, int)
-                stats.exceptions[action] += 1
-                return _exception(fc, action), delay
+                if isinstance(action, Violation):
+                    violation = action
+                else:
+                    assert isinstance(action, int)
+                    stats.exceptions[action] += 1
+                    return _exception(fc, action), delay
         if len(pdu) != 5:
             stats.exceptions[ILLEGAL_DATA_VALUE] += 1
             return _exception(fc, ILLEGAL_DATA_VALUE), delay
@@ -197,7 +202,34 @@ class SimulatedContext:
             stats.exceptions[data] += 1
             return _exception(fc, data), delay
         stats.reads += 1
-        return bytes((fc, len(data))) + data, delay
+        reply = bytes((fc, len(data))) + data
+        if violation is not None:
+            return Garbled(violation.what, reply), delay
+        return reply, delay
+
+
+# a read function code's neighbour: the answer of the wrong kind a garbled gateway gives
+_OTHER_FUNCTION = {1: 2, 2: 1, 3: 4, 4: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Garbled:
+    """A correct answer `pdu`, to be sent against the protocol as `what` says (a Violation)."""
+
+    what: str
+    pdu: bytes
+
+    def mbap_frame(self, tid: int, unit: int) -> bytes:
+        """The answer as a Modbus TCP frame, garbled."""
+        pdu = self.pdu
+        if self.what == "function_code":
+            pdu = bytes((_OTHER_FUNCTION[pdu[0]],)) + pdu[1:]
+        elif self.what == "byte_count":
+            pdu = pdu[:1] + bytes(((pdu[1] + 2) & 0xFF,)) + pdu[2:]
+        elif self.what == "transaction_id":
+            tid = (tid + 1) & 0xFFFF
+        frame = _MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu
+        return frame[:-2] if self.what == "short_frame" else frame
 
 
 class _Connection(asyncio.Protocol):
@@ -288,6 +320,9 @@ class _MbapConnection(_Connection):
             pdu = buffer[position + 7 : end]
             position = end
             reply, delay = self.context.handle(unit, pdu)
+            if isinstance(reply, Garbled):
+                self._answer(reply.mbap_frame(tid, unit), delay, arrived)
+                continue
             if not isinstance(reply, bytes):
                 if reply == RESET:
                     self.reset()
@@ -320,6 +355,8 @@ class _RtuConnection(_Connection):
                 continue  # a serial device ignores a garbled frame
             unit, pdu = frame[0], frame[1:]
             reply, delay = self.context.handle(unit, pdu)
+            if isinstance(reply, Garbled):
+                reply = reply.pdu  # no transaction to garble: violations are Modbus TCP's
             if not isinstance(reply, bytes):
                 if reply == RESET:
                     self.reset()

@@ -7,7 +7,7 @@ import argparse
 from emm import metrics
 from emm.errors import ConfigError
 from emm.log import setup_logging
-from emm.service import exit_with, serve
+from emm.service import STOP_GRACE_S, exit_with, serve
 from emm.settings import WorkerSettings
 from worker.app import run
 
@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> None:
         exit_with("worker", exc)
     setup_logging(settings.log_level, "worker", settings.log_format)
     metrics.serve(settings.metrics_port)
-    serve("worker", lambda stop: run(settings, stop), event_loop=settings.event_loop)
+    serve(
+        "worker",
+        lambda stop: run(settings, stop),
+        event_loop=settings.event_loop,
+        grace_s=settings.drain_s + STOP_GRACE_S,
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
 from broker import Broker
+from emm.health import Progress, Sample, default_path
 from emm.log import Summary, amqp_where
 from emm.metrics import by_label, total
+from emm.service import unless_stopped
 from emm.settings import WorkerSettings
 from worker import metrics
 from worker.consumer import Consumer
@@ -42,8 +46,7 @@ from worker.shards import Shards
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 5.0  # how often idle links close, old readings go and late jobs are summed up
-SHUTDOWN_READS_S = 10.0  # how long jobs in flight may take to finish at shutdown
-SHUTDOWN_OUTBOX_S = 5.0  # and then the readings still in the outbox to reach RabbitMQ
+SHUTDOWN_OUTBOX_S = 5.0  # at most, of what is left of EMM_DRAIN_S, for the readings left
 READ_OUTCOMES = ("ok", "partial", "failed", "skipped_offline")
 
 
@@ -80,11 +83,37 @@ class Worker:
             oldest_tick_ms=self.consumer.oldest_tick_ms,
         )
         self.summary = Summary(log, _counts, settings.log_summary_s)
+        path = Path(settings.health_file or default_path("worker"))
+        self.health = Progress("worker", path, settings.health_stall_s)
+
+    def progress(self) -> Sample:
+        """The health sample: jobs in flight wait to be settled, readings to be confirmed.
+
+        While RabbitMQ is away nothing can be settled or confirmed, and the worker does what it
+        should (reads on its own, keeps the readings): not a stall, and a restart would lose
+        the outbox, so nothing counts as waiting then."""
+        if not self.broker.connected:
+            self.health.note = "RabbitMQ unreachable: reading on its own, keeping the readings"
+            return {"job": (self.consumer.settled, 0), "reading": (self.outbox.confirmed, 0)}
+        if self.health.note.startswith("RabbitMQ"):
+            self.health.note = ""
+        return {
+            "job": (self.consumer.settled, self.consumer.in_flight),
+            "reading": (self.outbox.confirmed, self.outbox.pending),
+        }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume jobs until `stop` is set, then shut down in order."""
         stop = stop or asyncio.Event()
-        await self.broker.connect()
+        beat = asyncio.create_task(self.health.run(stop, self.progress))
+        try:
+            if await unless_stopped(stop, self.broker.connect()):
+                await self._run(stop)
+        finally:
+            stop.set()
+            await beat
+
+    async def _run(self, stop: asyncio.Event) -> None:
         log.info(
             "worker started: %s; %d jobs in flight at most, read timeout %.2f s, %d attempts",
             amqp_where(self.settings.amqp_url),
@@ -118,17 +147,24 @@ class Worker:
         self.consumer.report_late()
 
     async def _shut_down(self, replayer: asyncio.Task[None]) -> None:
-        """Stop replaying, let the jobs in flight finish and their readings reach RabbitMQ,
-        then close the connections: the devices' first, so that the workers that own their
-        shards next (once RabbitMQ has the AMQP connection closed) never find them open."""
+        """Stop replaying and drain (`Shards.drain`): stop consuming, let the jobs in flight
+        finish within `EMM_DRAIN_S` and requeue the rest, the devices' connections closed
+        before the shards go to other workers; then the readings left reach RabbitMQ."""
+        started = time.monotonic()
         self.consumer.report_late()
         replayer.cancel()
-        await self.shards.close()
-        await self.consumer.wait(SHUTDOWN_READS_S)
-        self.consumer.cancel_reads(lambda _gateway: True)
-        self.devices.close()
-        await self.outbox.stop(SHUTDOWN_OUTBOX_S)
+        self.health.note = "stopping"
+        finished, requeued = await self.shards.drain(self.settings.drain_s)
+        # only readings of requeued jobs are left: their jobs are read again anyway
+        left_s = self.settings.drain_s - (time.monotonic() - started)
+        await self.outbox.stop(max(0.0, min(SHUTDOWN_OUTBOX_S, left_s)))
         await self.broker.close()
+        log.info(
+            "drained in %.1f s: %d jobs in flight finished, %d requeued",
+            time.monotonic() - started,
+            finished,
+            requeued,
+        )
 
 
 def _counts() -> dict[str, float]:

@@ -101,6 +101,7 @@ class Consumer:
         self.handled = 0  # jobs read and acked by this process
         self.redelivered = 0  # jobs RabbitMQ delivered again
         self.late = 0  # jobs acked unread because they came more than half a tick late
+        self.settled = 0  # jobs settled: acked, requeued or dead-lettered (health's progress)
         self._late: dict[int, int] = {}  # tick -> late jobs since the last report
         self._tasks: set[asyncio.Task[object]] = set()
         self._reading: dict[asyncio.Task[Any], GatewayAddress] = {}  # tasks reading now, and where
@@ -145,6 +146,12 @@ class Consumer:
             await self.handle(queue, delivery)
         except Exception as exc:
             await self._settle(queue, delivery, exc)
+        except asyncio.CancelledError as exc:
+            # stopped at shutdown or at a shard's hand-over: back to the queue, for the next
+            # owner, now rather than when the connection closes
+            if not delivery.processed:  # stopped while its ack was going out: done
+                await self._settle(queue, delivery, exc)
+            raise
 
     async def handle(self, queue: str, delivery: Delivery) -> None:
         """Decode, read, publish the reading, then ack the job (or dead-letter a bad one)."""
@@ -262,8 +269,14 @@ class Consumer:
 
     async def _settle(self, queue: str, delivery: Delivery, error: BaseException | None) -> None:
         await self.broker.settle(queue, delivery, error)
+        self.settled += 1
         if decide(error) is Outcome.DEAD_LETTER:
             metrics.JOBS_DEAD_LETTERED.inc()
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs delivered and not settled yet, and reads on its own, now."""
+        return len(self._tasks)
 
 
 def _count(reading: Reading) -> None:

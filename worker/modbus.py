@@ -33,10 +33,23 @@ from emm.modbus import (
     READ_HOLDING_REGISTERS,
     READ_INPUT_REGISTERS,
     TRANSIENT_EXCEPTION_CODES,
+    answer_violation,
     exception_name,
 )
 
 log = logging.getLogger(__name__)
+
+
+class _DecodeFailures(logging.Filter):
+    """Drops the event loop's traceback for an answer pymodbus could not decode (a false byte
+    count): the read that waited for it names the violation itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ModbusException)
+
+
+logging.getLogger("asyncio").addFilter(_DecodeFailures())
 
 # The gateway could not reach the unit: it did not answer, as after a timeout.
 NO_ANSWER_CODES = frozenset({GATEWAY_PATH_UNAVAILABLE, GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND})
@@ -64,6 +77,9 @@ class DeviceLink:
         self.last_used = time.monotonic()
         self._client: AsyncModbusTcpClient | None = None
         self._ready_at = 0.0  # when the next request may go out (the gateway's pauses)
+        # the last request's frame and the bytes received since, to name a protocol violation
+        self._sent = b""
+        self._received = b""
 
     @property
     def name(self) -> str:
@@ -93,6 +109,7 @@ class DeviceLink:
             timeout=self.connect_timeout_s,
             retries=0,
             reconnect_delay=0,
+            trace_packet=self._trace,
         )
         try:
             ok = await asyncio.wait_for(client.connect(), self.connect_timeout_s)
@@ -108,6 +125,28 @@ class DeviceLink:
         # many gateways drop or garble a request sent right after the connection opened
         self._ready_at = time.monotonic() + self.settings.pause_after_connect_ms / 1000
         return client
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's view of the wire: keep the request and what answers it."""
+        if sending:
+            self._sent, self._received = data, b""
+        elif data.startswith(self._received):
+            self._received = data  # pymodbus passes its whole buffer, kept bytes first
+        else:
+            self._received += data  # the bytes before were taken (and dropped) as a frame
+        return data
+
+    def _violation(self, what: str) -> TransientDeviceError | None:
+        """The protocol violation in the answer received so far, as our error (TCP framing
+        only: an RTU answer carries no transaction to compare)."""
+        if self.settings.framing != "tcp":
+            return None
+        found = answer_violation(self._sent, self._received)
+        if found is None:
+            return None
+        return TransientDeviceError(
+            f"{what}: protocol violation: {found}", code="protocol_violation"
+        )
 
     async def read(
         self,
@@ -154,19 +193,23 @@ class DeviceLink:
             # a safety net over pymodbus's own timeout; unlike wait_for it makes no task
             async with asyncio.timeout(timeout_s + 0.5):
                 response = await call(address, count=count, device_id=unit_id)
-        except TimeoutError as exc:
+        except TimeoutError:
             self.close()
-            raise NoAnswer(f"{what}: no answer within {timeout_s:g} s") from exc
+            raise self._violation(what) or NoAnswer(
+                f"{what}: no answer within {timeout_s:g} s"
+            ) from None
         except ConnectionException as exc:
             self.close()
-            raise TransientDeviceError(
+            raise self._violation(what) or TransientDeviceError(
                 f"{what}: connection lost ({exc})", code="connection_lost"
             ) from None
         except ModbusException:
             # pymodbus reports a missing answer as ModbusIOException; the link may hold a late
             # answer now (which RTU framing could not tell from the next one), so start afresh.
             self.close()
-            raise NoAnswer(f"{what}: no answer within {timeout_s:g} s") from None
+            raise self._violation(what) or NoAnswer(
+                f"{what}: no answer within {timeout_s:g} s"
+            ) from None
         except OSError as exc:
             self.close()
             raise TransientDeviceError(f"{what}: {exc}", code="connection_lost") from None
@@ -176,6 +219,16 @@ class DeviceLink:
             raise TransientDeviceError(
                 f"{what}: connection lost ({exc})", code="connection_lost"
             ) from None
+        if response.function_code & 0x7F != function_code or (
+            # pymodbus takes a false byte count as it comes
+            not response.isError() and self._violation(what) is not None
+        ):
+            self.close()
+            raise self._violation(what) or TransientDeviceError(
+                f"{what}: protocol violation: function code {response.function_code} in the "
+                f"answer to function code {function_code}",
+                code="protocol_violation",
+            )
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             message = f"{what}: Modbus exception {code} ({exception_name(code)})"

@@ -53,6 +53,7 @@ class Outbox:
         self._recent: OrderedDict[str, Outgoing] = OrderedDict()
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._pending = 0  # readings in the outbox, not yet confirmed
+        self.confirmed = 0  # readings RabbitMQ confirmed (health's progress)
         self._publishers: list[asyncio.Task[None]] = []
         self.outage = retry.Outage("RabbitMQ", log, started=OUTAGE_STARTED, ended=OUTAGE_ENDED)
         self._held = 0  # readings held by the outage, not yet published
@@ -128,6 +129,7 @@ class Outbox:
             )
             out.confirmed.set()
             self._pending -= 1
+            self.confirmed += 1
             self._published(out)
             metrics.READINGS_PUBLISHED.inc()
 

@@ -152,6 +152,7 @@ class Shards:
         self._previous: set[int] = set()
         self._connected_before = False
         self._closing = False
+        self._draining = False  # at SIGTERM, while the jobs of the shards owned finish
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def owned(self) -> list[int]:
@@ -236,7 +237,18 @@ class Shards:
 
     async def _on_delivery(self, shard: Shard, generation: int, delivery: Delivery) -> None:
         if self._closing:
-            return  # shutting down: RabbitMQ requeues it with the connection
+            if (
+                self._draining
+                and shard.state is State.OWNED
+                and generation == shard.generation
+                and not TickMarker.matches(delivery.body)
+            ):
+                self._take(shard, delivery)  # a job of a gateway still ours: read it
+                return
+            # given back once this worker no longer consumes the queue (were it given back
+            # now, RabbitMQ would deliver it to this same consumer again)
+            shard.held.append(delivery)
+            return
         if generation != shard.generation:
             # to a consumer cancelled meanwhile: back to the queue, for the shard's owner
             await nack(delivery, requeue=True)
@@ -382,6 +394,50 @@ class Shards:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+
+    async def drain(self, timeout_s: float) -> tuple[int, int]:
+        """Stop consuming and hand every shard over, as a rolling update needs (at SIGTERM):
+        the jobs in flight, and those of its shards delivered meanwhile, get `timeout_s` to be
+        read and their readings confirmed; those still unfinished then are requeued. The
+        devices' connections close before the consumers go, so the shards' next owners never
+        find them open. Returns (jobs finished, jobs requeued)."""
+        deadline = time.monotonic() + timeout_s
+        self._draining = True
+        await self.close()
+        # not ours: nothing in flight, the next in line may have them now (at once: a cancel
+        # is a round trip each)
+        others = [s for s in self.shards if s.state is not State.OWNED]
+        await asyncio.gather(*(self._stop_consuming(s) for s in others))
+        # the jobs already on their way to this worker are read too: the gateway is still ours
+        seen: set[asyncio.Task[object]] = set()
+        while (left_s := deadline - time.monotonic()) > 0:
+            in_flight = set().union(*(s.in_flight for s in self.shards))
+            seen |= in_flight
+            if not in_flight:
+                break
+            await asyncio.wait(in_flight, timeout=left_s)
+        self._draining = False
+        unfinished = [task for task in seen if not task.done()]
+        for task in unfinished:
+            task.cancel()  # the consumer requeues its job (`emm.fate`: interrupted)
+        if unfinished:
+            await asyncio.wait(unfinished)
+        self.consumer.cancel_reads(lambda _gateway: True)
+        self.devices.close()
+        await asyncio.gather(*(self._stop_consuming(s) for s in self.shards))
+        return len(seen) - len(unfinished), len(unfinished)
+
+    async def _stop_consuming(self, shard: Shard) -> None:
+        """Cancel this worker's consumer of `shard` and give back what it was holding."""
+        if shard.consumed:
+            shard.consumed = False
+            try:
+                await self.broker.cancel(shard.queue)
+            except BrokerError as exc:
+                log.debug("shard %d: consumer not cancelled: %s", shard.index, exc)
+        held, shard.held = shard.held, []
+        for delivery in held:
+            await nack(delivery, requeue=True)
 
 
 def _peek_marker(body: bytes) -> TickMarker | None:

@@ -27,23 +27,27 @@ default) it costs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TextIO
 
 from broker import READINGS, Broker, Delivery
 from emm import retry
 from emm.errors import MessageError, SinkRejected, SinkUnavailable
 from emm.fate import Outcome, decide
+from emm.health import Progress, Sample, default_path
 from emm.limits import MAX_READING_BYTES, check_size
 from emm.log import Summary, amqp_where, context, influx_where
 from emm.messages import GatewayStatus, Reading, decode_result
 from emm.metrics import total
 from emm.schedule import CronSchedule
+from emm.service import unless_stopped
 from emm.settings import WriterSettings
 from writer import metrics
 from writer.counters import CounterWatch, tick_counter
@@ -145,8 +149,17 @@ class Writer:
         self._restored: asyncio.Task[None] | None = None  # the counters' history, at start
         self._stats: TextIO | None = None  # EMM_WRITER_STATS_FILE, open while running
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
+        self.received = 0  # readings delivered (health: received - settled are held)
+        self.settled = 0  # readings settled: written, or dead-lettered (health's progress)
+        path = Path(settings.health_file or default_path("writer"))
+        self.health = Progress("writer", path, settings.health_stall_s)
+
+    def progress(self) -> Sample:
+        """The health sample: readings held unacked wait to be written."""
+        return {"reading": (self.settled, self.received - self.settled)}
 
     async def on_delivery(self, delivery: Delivery) -> None:
+        self.received += 1
         try:
             check_size("reading", delivery.body, MAX_READING_BYTES)
             reading = decode_result(delivery.body)
@@ -173,6 +186,7 @@ class Writer:
             # A reading that can never be written, or a fault of ours: settled alone as
             # `emm.fate` says, never left unacked for good.
             await self.broker.settle(READINGS, delivery, exc)
+            self.settled += 1
             _count_settled(exc)
             return
         metrics.CONSUMED.labels(_kind(reading)).inc()
@@ -210,6 +224,7 @@ class Writer:
     async def _settle(self, item: Item, error: BaseException | None) -> None:
         if not item.settled:
             item.settled = True
+            self.settled += 1
             about = _context(item.reading)
             await self.broker.settle(READINGS, item.delivery, error, about)
             _count_settled(error)
@@ -285,7 +300,16 @@ class Writer:
             partial(self._write_once, chunks),
             stop=lambda _state: self._stop.is_set(),
             on_retry=partial(self._failing, len(items)),
+            sleep=self._pause,
         )
+
+    async def _pause(self, wait_s: float) -> None:
+        """The wait before the next write, cut short when the writer stops (the retries end
+        then: what is held stays unacked and RabbitMQ delivers it again)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=wait_s)
+        if self._stop.is_set():
+            raise SinkUnavailable("the writer is stopping")
 
     def _record(self, items: list[Item]) -> None:
         """Append `written_ms tick_ms count` per tick of a batch InfluxDB just took."""
@@ -353,12 +377,26 @@ class Writer:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = self._stop = stop or asyncio.Event()
-        if self._check_sink and not await self._check(stop):
+        beat = asyncio.create_task(self.health.run(stop, self.progress))
+        try:
+            if self._check_sink:
+                checked = asyncio.ensure_future(self._check(stop))
+                if not await unless_stopped(stop, checked) or not checked.result():
+                    return  # stopped while waiting for InfluxDB
+            if self.settings.stats_file:
+                self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
+            if await unless_stopped(stop, self.broker.connect()):
+                await self._serve(stop)
+        finally:
             self.sink.close()
-            return  # stopped while waiting for InfluxDB
-        if self.settings.stats_file:
-            self._stats = open(self.settings.stats_file, "a", encoding="ascii")  # noqa: SIM115
-        await self.broker.connect()
+            if self._stats is not None:
+                self._stats.close()
+                self._stats = None
+            stop.set()
+            await beat
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        """Consume and write until `stop`, then write what InfluxDB takes of what is held."""
         self._restored = asyncio.create_task(restore_counters(self.counters, self.settings, stop))
         await self.broker.consume(READINGS, self.on_delivery)
         log.info(
@@ -386,10 +424,6 @@ class Writer:
             if self._restored is not None:
                 self._restored.cancel()
             await self.broker.close()
-            self.sink.close()
-            if self._stats is not None:
-                self._stats.close()
-                self._stats = None
 
     async def _flush_until(self, stop: asyncio.Event) -> None:
         """Flush a batch whenever one is full or its first reading waited the flush interval."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from broker.topology import (
     shard_of,
     work_queue_arguments,
 )
-from emm.messages import Meter
+from emm.messages import Meter, TickMarker
 
 
 @dataclass
@@ -105,3 +106,43 @@ def depth(url: str, queue: str) -> tuple[int, int]:
         return result.method.message_count, result.method.consumer_count
     finally:
         conn.close()
+
+
+class JobCollector:
+    """Consumes every shard queue of the jobs in a thread of its own, as one worker would, and
+    keeps each job's body (markers left out): jobs live one tick, so they are taken as they
+    come rather than drained afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bodies: list[bytes] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> JobCollector:
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("the job collector did not start")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            ch = conn.channel()
+            for queue in JOB_QUEUES:
+                declare(ch, queue)
+                ch.basic_consume(queue, self._take, auto_ack=True)
+            self._ready.set()
+            while not self._stop.is_set():
+                conn.process_data_events(time_limit=0.1)
+        finally:
+            conn.close()
+
+    def _take(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
+        if not TickMarker.matches(body):
+            self.bodies.append(body)

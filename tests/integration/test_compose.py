@@ -101,6 +101,19 @@ def test_compose_config_is_valid() -> None:
     assert "emm" in worker and "worker" in worker
 
 
+@pytest.mark.timeout(60)
+def test_every_service_has_a_progress_healthcheck() -> None:
+    result = _run_config()
+    assert result.returncode == 0, result.stderr
+    for service in ("scheduler", "worker", "writer", "simulator"):
+        lines = [line.strip() for line in _service_block(result.stdout, service).splitlines()]
+        assert "healthcheck:" in lines, service
+        test = lines.index("test:", lines.index("healthcheck:"))
+        assert lines[test + 1 : test + 5] == ["- CMD", "- emm", "- health", f"- {service}"]
+    grafana = _service_block(result.stdout, "grafana")
+    assert "healthcheck:" in grafana and "http://127.0.0.1:3000/api/health" in grafana
+
+
 # service -> the secret volumes it mounts: its own, and nothing else
 SECRET_VOLUMES = {
     "secrets": {

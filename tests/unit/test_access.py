@@ -75,3 +75,9 @@ def test_definitions_hold_the_topology_the_services_declare() -> None:
     }
     dead = [b for b in document["bindings"] if b["source"] == "emm.dead"]
     assert len(dead) == len(QUEUES)
+
+
+def test_the_scheduler_may_declare_its_lease_and_nothing_else() -> None:
+    names = [*EVERY_EXCHANGE, *EVERY_QUEUE, "emm.scheduler.lease", "emm.scheduler.lease2"]
+    assert _allowed(PERMISSIONS["scheduler"].configure, names) == {"emm.scheduler.lease"}
+    assert _allowed(PERMISSIONS["worker"].configure, names) == set()

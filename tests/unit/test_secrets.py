@@ -107,7 +107,7 @@ def test_rabbitmq_definitions_hold_hashes_of_the_services_passwords(tmp_path: Pa
     assert _read(tmp_path, "rabbitmq/admin-password") not in text  # hashes only
     rights = {p["user"]: (p["configure"], p["write"], p["read"]) for p in document["permissions"]}
     assert rights == {
-        "emm-scheduler": ("^$", r"^(emm\.jobs)$", "^$"),
+        "emm-scheduler": (r"^(emm\.scheduler\.lease)$", r"^(emm\.jobs)$", "^$"),
         "emm-worker": ("^$", r"^(emm\.readings|emm\.markers)$", r"^emm\.jobs\.[0-9]+$"),
         "emm-writer": ("^$", "^$", r"^(emm\.readings)$"),
         "emm-admin": (".*", ".*", ".*"),

@@ -72,6 +72,8 @@ def test_worker_defaults() -> None:
         "log_level": "INFO",
         "log_format": "text",
         "event_loop": "uvloop",
+        "health_file": "",
+        "health_stall_s": 60.0,
         "metrics_port": 9100,
         "log_summary_s": 300.0,
         "amqp_url": AMQP,
@@ -83,6 +85,7 @@ def test_worker_defaults() -> None:
         "offline_after_ticks": 3,
         "offline_backoff_max_s": 60.0,
         "outbox_max": 50_000,
+        "drain_s": 10.0,
     }
 
 
@@ -117,7 +120,8 @@ def test_worker_defaults() -> None:
 def test_defaults(cls: type[Settings], defaults: dict[str, object]) -> None:
     common: dict[str, object] = {"log_level": "INFO", "log_format": "text"}
     if cls is not MigrateSettings:
-        common |= {"event_loop": "uvloop", "metrics_port": 9100, "log_summary_s": 300.0}
+        common |= {"event_loop": "uvloop", "health_file": "", "health_stall_s": 60.0}
+        common |= {"metrics_port": 9100, "log_summary_s": 300.0}
     assert cls.from_env({}).model_dump() == common | defaults
 
 
