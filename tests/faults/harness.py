@@ -240,3 +240,26 @@ def tick_floor(ts_ms: int, period_s: int) -> int:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def log_ms(line: str) -> int:
+    """The wall-clock time (ms) a service's log line was written at."""
+    return int(datetime.fromisoformat(line.split(" ", 1)[0]).timestamp() * 1000)
+
+
+def owned_shards(worker_log: str, at_ms: int) -> set[int]:
+    """The shards a worker's log says it owned at `at_ms`: each "now owns shard" adds one,
+    each "handed over" takes it away."""
+    owned: set[int] = set()
+    marker = "worker.shards: "
+    for line in worker_log.splitlines():
+        if marker not in line:
+            continue
+        if log_ms(line) > at_ms:
+            break
+        words = line.split(marker, 1)[1].split()
+        if words[:3] == ["now", "owns", "shard"]:
+            owned.add(int(words[3]))
+        elif words[0] == "shard" and words[2:4] == ["handed", "over"]:
+            owned.discard(int(words[1]))
+    return owned
