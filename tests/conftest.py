@@ -12,7 +12,10 @@ Each fixture is a thin wrapper around a `devservices` factory that cleans up aft
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -26,6 +29,46 @@ from devservices.net import port_open
 from devservices.processes import Processes
 from devservices.readers import InfluxQL, VictoriaMetrics
 from tests.helpers import unavailable
+
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults",
+        choices=("include", "exclude", "only"),
+        default="include",
+        help="run the fault tests (tests/faults) with the others, not at all, or alone: "
+        "scripts/check runs the others in parallel, then the fault tests alone (they are "
+        "timed, and must not share the machine with other tests)",
+    )
+
+
+def _is_fault(path: Path) -> bool:
+    return path == FAULTS or FAULTS in path.parents
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Spare collecting what `--faults` leaves out."""
+    mode = config.getoption("faults")
+    if mode == "exclude" and _is_fault(collection_path):
+        return True
+    if mode == "only" and not (_is_fault(collection_path) or collection_path in FAULTS.parents):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect by `--faults` what was named on the command line."""
+    mode = config.getoption("faults")
+    if mode == "include":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if _is_fault(item.path) == (mode == "only") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +92,16 @@ def pg_dsn(postgres_server: str) -> Iterator[str]:
         yield dsn
 
 
+# AMQP URLs the test session shares with others (pytest-xdist's processes, say): given in the
+# environment, or the default vhost when no private one could be made.
+_SHARED_AMQP: set[str] = set()
+
+
 @pytest.fixture(scope="session")
 def amqp_server() -> Iterator[str]:
     """An AMQP URL; a private vhost is made for the session when rabbitmqctl can make one."""
     if os.environ.get("EMM_TEST_AMQP_URL"):
+        _SHARED_AMQP.add(os.environ["EMM_TEST_AMQP_URL"])
         yield os.environ["EMM_TEST_AMQP_URL"]
     elif containers.docker_answers():
         with containers.rabbitmq() as url:
@@ -63,17 +112,32 @@ def amqp_server() -> Iterator[str]:
                 url = stack.enter_context(rabbitmq.private_vhost(rabbitmq.DEFAULT_URL))
             except rabbitmq.VhostUnavailable:
                 url = f"{rabbitmq.DEFAULT_URL}/%2F"  # not root: the default vhost
+                _SHARED_AMQP.add(url)
             yield url
     else:
         unavailable("no RabbitMQ: set EMM_TEST_AMQP_URL or run one on 127.0.0.1:5672")
 
 
+@contextlib.contextmanager
+def _alone_on(url: str) -> Iterator[None]:
+    """Hold `url` for one test against the other test processes, if they share it."""
+    if url not in _SHARED_AMQP:
+        yield
+        return
+    name = hashlib.sha256(url.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"emm-test-amqp-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture
-def amqp_url(amqp_server: str) -> str:
-    """The AMQP URL with the project's queues deleted, so each test starts empty."""
+def amqp_url(amqp_server: str) -> Iterator[str]:
+    """The AMQP URL with the project's queues deleted, so each test starts empty (one test at a
+    time when parallel test processes share the vhost)."""
     queues = ("emm.jobs", *QUEUES, "emm.jobs.dead", "emm.readings.dead")
-    rabbitmq.delete_queues(amqp_server, queues)
-    return amqp_server
+    with _alone_on(amqp_server):
+        rabbitmq.delete_queues(amqp_server, queues)
+        yield amqp_server
 
 
 def _local_server(
