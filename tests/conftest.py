@@ -6,7 +6,8 @@
 3. a local server: PostgreSQL and RabbitMQ on their default loopback ports, InfluxDB 1.x and
    VictoriaMetrics started from their binaries in a temporary folder.
 If none is found the test is skipped with the reason, except under CI (`CI` set), where it fails.
-Each fixture is a thin wrapper around a `devservices` factory that cleans up after itself.
+Each fixture is a thin wrapper around a `devservices` factory that cleans up after itself (a
+session fixture once every test of the session is done).
 """
 
 from __future__ import annotations
@@ -71,14 +72,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+# What the session fixtures made (a RabbitMQ vhost, containers, servers), released once every
+# test is done rather than in the last test's teardown: that runs under the last test's timeout,
+# and with parallel test processes any test may be the last of its process.
+_SESSION = contextlib.ExitStack()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _SESSION.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A DSN of a PostgreSQL server where the tests may create databases."""
     if os.environ.get("EMM_TEST_POSTGRES_DSN"):
         yield os.environ["EMM_TEST_POSTGRES_DSN"]
     elif containers.docker_answers():
-        with containers.postgres() as dsn:
-            yield dsn
+        yield _SESSION.enter_context(containers.postgres())
     elif port_open("127.0.0.1", 5432):
         yield postgres.DEFAULT_DSN
     else:
@@ -104,16 +114,14 @@ def amqp_server() -> Iterator[str]:
         _SHARED_AMQP.add(os.environ["EMM_TEST_AMQP_URL"])
         yield os.environ["EMM_TEST_AMQP_URL"]
     elif containers.docker_answers():
-        with containers.rabbitmq() as url:
-            yield url
+        yield _SESSION.enter_context(containers.rabbitmq())
     elif port_open("127.0.0.1", 5672):
-        with contextlib.ExitStack() as stack:
-            try:
-                url = stack.enter_context(rabbitmq.private_vhost(rabbitmq.DEFAULT_URL))
-            except rabbitmq.VhostUnavailable:
-                url = f"{rabbitmq.DEFAULT_URL}/%2F"  # not root: the default vhost
-                _SHARED_AMQP.add(url)
-            yield url
+        try:
+            url = _SESSION.enter_context(rabbitmq.private_vhost(rabbitmq.DEFAULT_URL))
+        except rabbitmq.VhostUnavailable:
+            url = f"{rabbitmq.DEFAULT_URL}/%2F"  # not root: the default vhost
+            _SHARED_AMQP.add(url)
+        yield url
     else:
         unavailable("no RabbitMQ: set EMM_TEST_AMQP_URL or run one on 127.0.0.1:5672")
 
@@ -151,18 +159,15 @@ def _local_server(
     if os.environ.get(env):
         yield os.environ[env].rstrip("/")
     elif containers.docker_answers():
-        with container() as url:
-            yield url
+        yield _SESSION.enter_context(container())
     else:
         try:
             service = start(folder())
         except (FileNotFoundError, RuntimeError) as exc:
             unavailable(f"no {name}: {exc}")
             return
-        try:
-            yield service.url
-        finally:
-            service.stop()
+        _SESSION.callback(service.stop)
+        yield service.url
 
 
 @pytest.fixture(scope="session")
