@@ -36,12 +36,12 @@ FAULTS = Path(__file__).resolve().parent / "faults"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--faults",
-        choices=("include", "exclude", "only"),
-        default="include",
-        help="run the fault tests (tests/faults) with the others, not at all, or alone: "
-        "scripts/check runs the others in parallel, then the fault tests alone (they are "
-        "timed, and must not share the machine with other tests)",
+        "--part",
+        choices=("all", "parallel", "serial"),
+        default="all",
+        help="run every test, only those that may run beside others, or only those that need "
+        "the machine to themselves: the fault tests (tests/faults) and tests marked `alone`. "
+        "scripts/check runs the parallel part in several processes, then the serial part",
     )
 
 
@@ -49,24 +49,25 @@ def _is_fault(path: Path) -> bool:
     return path == FAULTS or FAULTS in path.parents
 
 
+def _serial(item: pytest.Item) -> bool:
+    return _is_fault(item.path) or item.get_closest_marker("alone") is not None
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Spare collecting what `--faults` leaves out."""
-    mode = config.getoption("faults")
-    if mode == "exclude" and _is_fault(collection_path):
-        return True
-    if mode == "only" and not (_is_fault(collection_path) or collection_path in FAULTS.parents):
+    """Spare collecting the fault tests for the parallel part."""
+    if config.getoption("part") == "parallel" and _is_fault(collection_path):
         return True
     return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect by `--faults` what was named on the command line."""
-    mode = config.getoption("faults")
-    if mode == "include":
+    """Deselect by `--part`."""
+    part = config.getoption("part")
+    if part == "all":
         return
     keep, drop = [], []
     for item in items:
-        (keep if _is_fault(item.path) == (mode == "only") else drop).append(item)
+        (keep if _serial(item) == (part == "serial") else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
