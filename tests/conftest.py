@@ -13,10 +13,7 @@ session fixture once every test of the session is done).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -103,16 +100,10 @@ def pg_dsn(postgres_server: str) -> Iterator[str]:
         yield dsn
 
 
-# AMQP URLs the test session shares with others (pytest-xdist's processes, say): given in the
-# environment, or the default vhost when no private one could be made.
-_SHARED_AMQP: set[str] = set()
-
-
 @pytest.fixture(scope="session")
 def amqp_server() -> Iterator[str]:
     """An AMQP URL; a private vhost is made for the session when rabbitmqctl can make one."""
     if os.environ.get("EMM_TEST_AMQP_URL"):
-        _SHARED_AMQP.add(os.environ["EMM_TEST_AMQP_URL"])
         yield os.environ["EMM_TEST_AMQP_URL"]
     elif containers.docker_answers():
         yield _SESSION.enter_context(containers.rabbitmq())
@@ -121,32 +112,17 @@ def amqp_server() -> Iterator[str]:
             url = _SESSION.enter_context(rabbitmq.private_vhost(rabbitmq.DEFAULT_URL))
         except rabbitmq.VhostUnavailable:
             url = f"{rabbitmq.DEFAULT_URL}/%2F"  # not root: the default vhost
-            _SHARED_AMQP.add(url)
         yield url
     else:
         unavailable("no RabbitMQ: set EMM_TEST_AMQP_URL or run one on 127.0.0.1:5672")
 
 
-@contextlib.contextmanager
-def _alone_on(url: str) -> Iterator[None]:
-    """Hold `url` for one test against the other test processes, if they share it."""
-    if url not in _SHARED_AMQP:
-        yield
-        return
-    name = hashlib.sha256(url.encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"emm-test-amqp-{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 @pytest.fixture
-def amqp_url(amqp_server: str) -> Iterator[str]:
-    """The AMQP URL with the project's queues deleted, so each test starts empty (one test at a
-    time when parallel test processes share the vhost)."""
+def amqp_url(amqp_server: str) -> str:
+    """The AMQP URL with the project's queues deleted, so each test starts empty."""
     queues = ("emm.jobs", *QUEUES, "emm.jobs.dead", "emm.readings.dead")
-    with _alone_on(amqp_server):
-        rabbitmq.delete_queues(amqp_server, queues)
-        yield amqp_server
+    rabbitmq.delete_queues(amqp_server, queues)
+    return amqp_server
 
 
 def _local_server(
