@@ -6,7 +6,8 @@
 3. a local server: PostgreSQL and RabbitMQ on their default loopback ports, InfluxDB 1.x and
    VictoriaMetrics started from their binaries in a temporary folder.
 If none is found the test is skipped with the reason, except under CI (`CI` set), where it fails.
-Each fixture is a thin wrapper around a `devservices` factory that cleans up after itself.
+Each fixture is a thin wrapper around a `devservices` factory that cleans up after itself (a
+session fixture once every test of the session is done).
 """
 
 from __future__ import annotations
@@ -27,6 +28,57 @@ from devservices.processes import Processes
 from devservices.readers import InfluxQL, VictoriaMetrics
 from tests.helpers import unavailable
 
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--part",
+        choices=("all", "parallel", "serial"),
+        default="all",
+        help="run every test, only those that may run beside others, or only those that need "
+        "the machine to themselves: the fault tests (tests/faults) and tests marked `alone`. "
+        "scripts/check runs the parallel part in several processes, then the serial part",
+    )
+
+
+def _is_fault(path: Path) -> bool:
+    return path == FAULTS or FAULTS in path.parents
+
+
+def _serial(item: pytest.Item) -> bool:
+    return _is_fault(item.path) or item.get_closest_marker("alone") is not None
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Spare collecting the fault tests for the parallel part."""
+    if config.getoption("part") == "parallel" and _is_fault(collection_path):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect by `--part`."""
+    part = config.getoption("part")
+    if part == "all":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if _serial(item) == (part == "serial") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# What the session fixtures made (a RabbitMQ vhost, containers, servers), released once every
+# test is done rather than in the last test's teardown: that runs under the last test's timeout,
+# and with parallel test processes any test may be the last of its process.
+_SESSION = contextlib.ExitStack()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _SESSION.close()
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
@@ -34,8 +86,7 @@ def postgres_server() -> Iterator[str]:
     if os.environ.get("EMM_TEST_POSTGRES_DSN"):
         yield os.environ["EMM_TEST_POSTGRES_DSN"]
     elif containers.docker_answers():
-        with containers.postgres() as dsn:
-            yield dsn
+        yield _SESSION.enter_context(containers.postgres())
     elif port_open("127.0.0.1", 5432):
         yield postgres.DEFAULT_DSN
     else:
@@ -55,15 +106,13 @@ def amqp_server() -> Iterator[str]:
     if os.environ.get("EMM_TEST_AMQP_URL"):
         yield os.environ["EMM_TEST_AMQP_URL"]
     elif containers.docker_answers():
-        with containers.rabbitmq() as url:
-            yield url
+        yield _SESSION.enter_context(containers.rabbitmq())
     elif port_open("127.0.0.1", 5672):
-        with contextlib.ExitStack() as stack:
-            try:
-                url = stack.enter_context(rabbitmq.private_vhost(rabbitmq.DEFAULT_URL))
-            except rabbitmq.VhostUnavailable:
-                url = f"{rabbitmq.DEFAULT_URL}/%2F"  # not root: the default vhost
-            yield url
+        try:
+            url = _SESSION.enter_context(rabbitmq.private_vhost(rabbitmq.DEFAULT_URL))
+        except rabbitmq.VhostUnavailable:
+            url = f"{rabbitmq.DEFAULT_URL}/%2F"  # not root: the default vhost
+        yield url
     else:
         unavailable("no RabbitMQ: set EMM_TEST_AMQP_URL or run one on 127.0.0.1:5672")
 
@@ -87,18 +136,15 @@ def _local_server(
     if os.environ.get(env):
         yield os.environ[env].rstrip("/")
     elif containers.docker_answers():
-        with container() as url:
-            yield url
+        yield _SESSION.enter_context(container())
     else:
         try:
             service = start(folder())
         except (FileNotFoundError, RuntimeError) as exc:
             unavailable(f"no {name}: {exc}")
             return
-        try:
-            yield service.url
-        finally:
-            service.stop()
+        _SESSION.callback(service.stop)
+        yield service.url
 
 
 @pytest.fixture(scope="session")

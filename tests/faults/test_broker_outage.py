@@ -29,7 +29,9 @@ def test_broker_killed_for_30_s(
     # Ten ticks in all, at least two after the broker's return.
     last = max(first + 9 * p_ms, tick_floor(back_at, pipeline.period_s) + 2 * p_ms)
     time.sleep(max(0.0, (last - now_ms()) / 1000))
-    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=60)
+    # The ticks of the outage are read by the workers on their own, which on a loaded machine
+    # may end a read begun in time in the simulator's next step: those values are the meter's.
+    verdict = wait_all_stored(pipeline, influx, first, last, limit_s=60, straddle=True)
     caught_up_s = (now_ms() - back_at) / 1000
     assert pipeline.alive() == dict.fromkeys(pipeline.alive()), {
         n: pipeline.log(n)[-2000:] for n, c in pipeline.alive().items() if c is not None

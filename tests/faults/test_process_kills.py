@@ -19,14 +19,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 def test_workers_killed_five_times(
     pg_dsn: str, rabbit: PrivateRabbitMQ, influx: PrivateInfluxDB, processes: Processes
 ) -> None:
-    # 100 meters each on a port of its own, 100 ms per request: a tick's jobs are in flight
-    # for about 0.4 s, which is when the kills land.
+    # 200 meters each on a port of its own, 100 ms per request: a tick's jobs are in flight
+    # for about 0.4 s, which is when the kills land. 10 ticks (2,000 meter-ticks), a kill in
+    # five of ticks 2 to 7, two ticks after the last.
     pipeline = Pipeline(
         processes,
         pg_dsn,
         rabbit.url,
         influx.url,
-        meters=100,
+        meters=200,
         period_s=5,
         workers=2,
         simulator_args=["--port-per-meter", "--latency-ms", "100"],
@@ -34,14 +35,14 @@ def test_workers_killed_five_times(
     first = pipeline.run()
     p_ms = pipeline.period_ms
     rng = random.Random()
-    kill_ticks = sorted(rng.sample(range(2, 18), 5))
+    kill_ticks = sorted(rng.sample(range(2, 8), 5))
     for n in kill_ticks:
         at = first + n * p_ms + rng.randint(100, 300)
         time.sleep(max(0.0, (at - now_ms()) / 1000))
         victim = f"worker{rng.randrange(2)}"
         pipeline.kill(victim)
         pipeline.start(victim)
-    last = first + 19 * p_ms  # 20 ticks x 100 meters = 2,000 meter-ticks
+    last = first + 9 * p_ms  # 10 ticks x 200 meters = 2,000 meter-ticks
     time.sleep(max(0.0, (last - now_ms()) / 1000))
     verdict = wait_all_stored(pipeline, influx, first, last, limit_s=30)
     assert verdict.lost == [], str(verdict)
