@@ -211,9 +211,11 @@ class Scheduler:
         """Tick until `stop` is set."""
         beat = asyncio.create_task(self.health.run(stop, self.progress))
         summaries = asyncio.create_task(self.summary.run(stop))
+        started = False  # a scheduler refused at start says only why (one line)
         try:
             if not await unless_stopped(stop, self.broker.connect()):
                 return
+            started = True
             log.info(
                 "scheduler started: EMM_READ_CRON=%r; %s; %s",
                 self.ticks.default.expression,
@@ -228,7 +230,8 @@ class Scheduler:
             await self._loop(stop)
         finally:
             summaries.cancel()
-            log.info("scheduler stopped %s", self.summary.final())
+            if started:
+                log.info("scheduler stopped %s", self.summary.final())
             self.repo.close()
             await self.broker.close()
             stop.set()
