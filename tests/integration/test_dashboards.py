@@ -298,6 +298,10 @@ def test_meter(fleet: Fleet) -> None:
     after_reset = min(t for t in fleet.up[101] if t / 1000 > RESET_S)
     assert [r["time"] for r in resets] == [after_reset]
     assert "importActiveEnergy" in resets[0]["counter_reset_fields"].split(",")
+    suspects = run.run("annotation Suspect readings", one, (ms(START), ms(END)))
+    assert [(r["time"], r["suspect_fields"]) for r in suspects] == [
+        (max(fleet.up[101]), "voltageL1")
+    ]
     latency = run.run(run.where("Read latency"), one, hour)
     assert [r["mean"] for r in latency if r["mean"] is not None] == [
         fleet.latency[(101, r["time"])] for r in latency if r["mean"] is not None
