@@ -45,15 +45,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument("--since", default="24h", help="how far back: 30m, 24h, 7d")
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = WriterSettings.from_env()
-    db = InfluxQL(
+def reader(settings: WriterSettings) -> InfluxQL:
+    """InfluxQL on the InfluxDB the writer writes to (its `EMM_INFLUX_*` settings)."""
+    return InfluxQL(
         settings.influx_url,
         settings.influx_bucket,
         api=settings.influx_api,
         token=settings.influx_token,
         timeout_s=max(settings.write_timeout_s, 30.0),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = WriterSettings.from_env()
+    db = reader(settings)
     try:
         if args.report_command == "energy":
             return energy(db, args)
@@ -107,11 +112,11 @@ def energy(db: InfluxQL, args: argparse.Namespace) -> int:
         out.writerows([[row[0], *(repr(v) for v in row[1:-1]), row[-1]] for row in table])
     else:
         print(f"meter {args.meter}, {args.tz}, counter units as the meter's registers")
-        _print_table(header, [[row[0], *(f"{v:.3f}" for v in row[1:-1]), row[-1]] for row in table])
+        print_table(header, [[row[0], *(f"{v:.3f}" for v in row[1:-1]), row[-1]] for row in table])
     return 0
 
 
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
     for row in (header, *rows):
         print(
@@ -122,7 +127,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         )
 
 
-def _duration_s(text: str) -> int:
+def duration_s(text: str) -> int:
     match = _DURATION.match(text.strip())
     if not match:
         raise ConfigError(f"--since {text!r} is not a duration such as 30m, 24h or 7d")
@@ -133,20 +138,20 @@ def completeness(db: InfluxQL, args: argparse.Namespace, cron: CronSchedule) -> 
     """Print each meter below 100 %: ticks stored / ticks scheduled since `--since`, and its
     gaps (from `energy_delta.gap_ticks`, and the ticks since its last reading)."""
     now_ms = int(time.time() * 1000)
-    since_ms = now_ms - _duration_s(args.since) * 1000
+    since_ms = now_ms - duration_s(args.since) * 1000
     between = tick_counter(cron.next_after)
     first = cron.next_after(since_ms - 1)
     expected = 0 if first > now_ms else 1 + between(first, now_ms + 1)
     window = f"time >= {since_ms}ms AND time <= {now_ms}ms"
-    counts = _by_meter(
+    counts = by_meter(
         db.query(f'SELECT count("{GAP}") FROM "energy_delta" WHERE {window} GROUP BY "meter_id"')
     )
-    gaps = _by_meter(
+    gaps = by_meter(
         db.query(
             f'SELECT "{GAP}" FROM "energy_delta" WHERE {window} AND "{GAP}" > 0 GROUP BY "meter_id"'
         )
     )
-    lasts = _by_meter(
+    lasts = by_meter(
         db.query(
             f'SELECT last("{GAP}") FROM "energy_delta" WHERE time <= {now_ms}ms GROUP BY "meter_id"'
         )
@@ -182,7 +187,7 @@ def completeness(db: InfluxQL, args: argparse.Namespace, cron: CronSchedule) -> 
     return 0
 
 
-def _by_meter(series: list[Series]) -> dict[str, list[dict[str, Any]]]:
+def by_meter(series: list[Series]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for s in series:
         out.setdefault(s.tags.get("meter_id", ""), []).extend(s.rows)

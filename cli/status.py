@@ -35,7 +35,7 @@ from typing import Any
 
 import urllib3
 
-from cli.report import _by_meter, _duration_s, _print_table
+from cli.report import by_meter, duration_s, print_table, reader
 from emm.errors import SinkError
 from emm.schedule import CronSchedule
 from emm.settings import StatusSettings, WriterSettings
@@ -95,14 +95,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     writer = WriterSettings.from_env()
     settings = StatusSettings.from_env()
-    since_s = _duration_s(args.since)
-    db = InfluxQL(
-        writer.influx_url,
-        writer.influx_bucket,
-        api=writer.influx_api,
-        token=writer.influx_token,
-        timeout_s=max(writer.write_timeout_s, 30.0),
-    )
+    since_s = duration_s(args.since)
+    db = reader(writer)
     try:
         now_ms = int(time.time() * 1000)
         cron = CronSchedule(settings.read_cron, setting="EMM_READ_CRON")
@@ -142,25 +136,25 @@ def meter_states(
 ) -> list[MeterState]:
     """Every meter's state now and its counts over the window."""
     window = f"time >= {now_ms - since_s * 1000}ms AND time <= {now_ms}ms"
-    last = _by_meter(
+    last = by_meter(
         db.query(
             'SELECT last("up") AS "up", "error_code", "suspect" FROM "meter_status" '
             f'WHERE time <= {now_ms}ms GROUP BY "meter_id"'
         )
     )
-    good = _by_meter(
+    good = by_meter(
         db.query(
             'SELECT count("up") AS "n", mean("latency_ms") AS "latency_ms" FROM "meter_status" '
             f'WHERE {window} AND "up" = true GROUP BY "meter_id"'
         )
     )
-    bad = _by_meter(
+    bad = by_meter(
         db.query(
             f'SELECT count("up") AS "n" FROM "meter_status" WHERE {window} AND "up" = false '
             'GROUP BY "meter_id"'
         )
     )
-    suspect = _by_meter(
+    suspect = by_meter(
         db.query(
             f'SELECT count("suspect_fields") AS "n" FROM "meter_status" WHERE {window} '
             'GROUP BY "meter_id"'
@@ -290,7 +284,7 @@ def _print(
     cron: CronSchedule,
 ) -> None:
     print(f"meters (last {since}: {expected} ticks of {cron.expression})")
-    _print_table(
+    print_table(
         ["meter", "state", "last reading", "age_s", "latency_ms", "errors", "suspect", "complete"],
         [
             [
@@ -308,7 +302,7 @@ def _print(
         or [["-"] * 8],
     )
     print(f"\ngateways (last {since})")
-    _print_table(
+    print_table(
         ["gateway", "utilisation", "max", "late"],
         [
             [g["gateway"], f"{g['utilisation']:.3f}", f"{g['utilisation_max']:.3f}", g["late"]]
@@ -320,7 +314,7 @@ def _print(
     if not queues.reachable:
         print(queues.error)
         return
-    _print_table(
+    print_table(
         ["queue", "messages", "ready", "unacked", "consumers"],
         [
             [

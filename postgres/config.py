@@ -29,6 +29,14 @@ def _plausibility_json(alias: str) -> str:
 _TYPE_JSON = f"""json_build_object(
     'type', t.type, 'max_registers', t.max_read_registers, 'max_bits', t.max_read_bits,
     'max_gap', t.max_gap_registers, {_plausibility_json("t")})"""
+# A `gateways` row as the loaders read it (the tick query and `emm check`'s).
+_GATEWAY_JSON = """json_build_object(
+    'host', g.host, 'port', g.port, 'max_connections', g.max_connections,
+    'pause_between_requests_ms', g.pause_between_requests_ms,
+    'pause_after_connect_ms', g.pause_after_connect_ms,
+    'request_timeout_ms', g.request_timeout_ms, 'max_read_registers', g.max_read_registers,
+    'framing', g.framing)"""
+
 
 _LOAD_SQL = f"""
 SELECT 'meter', json_build_object(
@@ -45,12 +53,7 @@ UNION ALL
 SELECT 'type', {_TYPE_JSON}
 FROM meter_types t
 UNION ALL
-SELECT 'gateway', json_build_object(
-    'host', g.host, 'port', g.port, 'max_connections', g.max_connections,
-    'pause_between_requests_ms', g.pause_between_requests_ms,
-    'pause_after_connect_ms', g.pause_after_connect_ms,
-    'request_timeout_ms', g.request_timeout_ms, 'max_read_registers', g.max_read_registers,
-    'framing', g.framing)
+SELECT 'gateway', {_GATEWAY_JSON}
 FROM gateways g
 WHERE (g.host, g.port) IN (SELECT host, port FROM energy_meters WHERE enabled)
 """
@@ -68,12 +71,7 @@ SELECT 'register', {_REGISTER_JSON} FROM registers r
 UNION ALL
 SELECT 'type', {_TYPE_JSON} FROM meter_types t
 UNION ALL
-SELECT 'gateway', json_build_object(
-    'host', g.host, 'port', g.port, 'max_connections', g.max_connections,
-    'pause_between_requests_ms', g.pause_between_requests_ms,
-    'pause_after_connect_ms', g.pause_after_connect_ms,
-    'request_timeout_ms', g.request_timeout_ms, 'max_read_registers', g.max_read_registers,
-    'framing', g.framing)
+SELECT 'gateway', {_GATEWAY_JSON}
 FROM gateways g
 """
 
